@@ -1,0 +1,5 @@
+import sys
+
+from ssdbench.cli import main
+
+sys.exit(main())

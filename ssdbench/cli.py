@@ -1,0 +1,89 @@
+"""`ssdbench` command-line entry point: one program, one sub-command per mode.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
+modules are imported only when their command runs, so `ssdbench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ssdbench.engine.demo", "train the demo model on the embedded dataset, evaluate, draw predictions"),
+    "train": ("ssdbench.engine.train_cli", "train an SSD model (MLPerf recipe, system presets, demo)"),
+    "eval": ("ssdbench.engine.eval_cli", "COCO mAP of a model on a COCO-format dataset"),
+    "score": ("ssdbench.engine.score", "MLPerf olympic mean of the time-to-train of several runs"),
+    "predict": ("ssdbench.inference.predict", "detect objects in images; JSON and drawn boxes"),
+    "export": ("ssdbench.inference.export", "export a model (ONNX)"),
+    "loadgen": ("ssdbench.inference.loadgen_cli", "SSD-Large under MLPerf LoadGen (four scenarios)"),
+    "accuracy": ("ssdbench.inference.accuracy", "COCO mAP of a LoadGen accuracy log"),
+    "data": ("ssdbench.data.cli", "synthesize, download and check COCO-format datasets"),
+    "model": ("ssdbench.model.cli", "model facts: default boxes, parameters, GFLOPs"),
+}
+
+EPILOG = """examples:
+  ssdbench demo                                  # the whole product on the embedded dataset
+  ssdbench model info ssd1200_r34
+  ssdbench data synth --out data/synth
+  ssdbench train --preset mlperf --data /coco --backbone-weights resnet34-333f7ec4.pth
+  torchrun --nproc_per_node 8 -m ssdbench train --preset dgxa100_x8 --data /coco
+  ssdbench eval --data /coco --weights runs/x/checkpoints/last.pt --model ssd300_r34
+  ssdbench loadgen --scenario Offline --mode performance --preset cpu
+"""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssdbench",
+        description="MLPerf SSD-ResNet34: training (SSD300) and SSD-Large inference (LoadGen).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"ssdbench {name}",
+        description=(module.__doc__ or COMMANDS[name][1]).strip().splitlines()[0],
+        epilog=getattr(module, "EPILOG", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (CliError, FileNotFoundError, ValueError) as exc:
+        # One clear line naming the culprit; tracebacks only with SSDBENCH_DEBUG=1.
+        import os
+
+        if os.environ.get("SSDBENCH_DEBUG"):
+            raise
+        print(f"ssdbench {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ssdbench {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
