@@ -1,0 +1,214 @@
+"""Download COCO 2017 and the torchvision ResNet34 backbone, resumably, with integrity checks.
+
+Sources (official addresses; ``base_url`` replaces the host for mirrors and tests):
+- http://images.cocodataset.org/annotations/annotations_trainval2017.zip (≈241 MB)
+- http://images.cocodataset.org/zips/val2017.zip (≈778 MB), .../zips/train2017.zip (≈18 GB)
+- https://download.pytorch.org/models/resnet34-333f7ec4.pth (≈83 MB)
+
+Each file is fetched into ``NAME.part``; an interrupted transfer resumes with an HTTP Range
+request (retried automatically, and on the next run); a server that ignores Range restarts it
+from zero. Integrity: the size announced by Content-Length; for archives every member's CRC while
+extracting (zipfile); for ``.pth`` files the sha256 prefix in the file name (torchvision's
+convention: ``resnet34-333f7ec4.pth`` has a sha256 starting with ``333f7ec4``). A corrupt file is
+deleted with an error that says so. Archives extract into the standard layout (``annotations/``,
+``train2017/``, ``val2017/``) through a temporary folder; finished steps are recorded in
+``DEST/.ssdbench-download/`` so a second run skips them.
+
+Tested against a local HTTP server (tests/test_data_download.py); the development and CI
+machines cannot reach the official hosts, so a real COCO download has not been run there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+COCO_HOST = "http://images.cocodataset.org"
+TORCH_HOST = "https://download.pytorch.org"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Artifact:
+    host: str
+    path: str  # URL path below the host; its last part is the file name
+    extract: bool  # a zip archive to unpack into the destination
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+ARTIFACTS = {
+    "annotations": Artifact(COCO_HOST, "annotations/annotations_trainval2017.zip", True),
+    "val": Artifact(COCO_HOST, "zips/val2017.zip", True),
+    "train": Artifact(COCO_HOST, "zips/train2017.zip", True),
+    "backbone": Artifact(TORCH_HOST, "models/resnet34-333f7ec4.pth", False),
+}
+
+
+class DownloadError(OSError):
+    """A download that failed for good (HTTP error, retries exhausted)."""
+
+
+def url_for(artifact: Artifact, base_url: str | None = None) -> str:
+    return f"{(base_url or artifact.host).rstrip('/')}/{artifact.path}"
+
+
+# --- one file -------------------------------------------------------------------------------
+def _content_range_start(value: str | None) -> int | None:
+    """Start offset of a ``Content-Range: bytes START-END/TOTAL`` header."""
+    m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> int | None:
+    """One GET into ``part``, resuming from its size; returns the expected total size or None."""
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # our partial file is no prefix the server knows: restart
+            part.unlink()
+            return _fetch_once(url, part, progress, timeout)
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    with resp:
+        if not (start and resp.status == 206 and _content_range_start(resp.headers.get("Content-Range")) == start):
+            start = 0  # server ignored the Range request (status 200): restart from zero
+        length = resp.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        with open(part, "ab" if start else "wb") as f, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name[:-5], disable=not progress,
+        ) as bar:
+            while chunk := resp.read(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+    return total
+
+
+def download_file(url: str, dest: Path, retries: int = 5, retry_wait: float = 2.0,
+                  progress: bool = True, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` via ``dest.part``, resuming after interruptions."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        try:
+            total = _fetch_once(url, part, progress, timeout)
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+        else:
+            size = part.stat().st_size
+            if total is None or size == total:
+                part.replace(dest)
+                return dest
+            if size > total:
+                part.unlink()
+                raise DownloadError(f"{url}: got {size} bytes, server announced {total}; deleted")
+            reason = f"connection closed at {size} of {total} bytes"
+        if attempt < retries:
+            print(f"download {dest.name}: {reason}; resuming (attempt {attempt + 2}/{retries + 1})")
+            time.sleep(retry_wait * (attempt + 1))
+    raise DownloadError(f"{url}: incomplete after {retries + 1} attempts ({reason}); "
+                        f"run again to resume from {part}")
+
+
+# --- integrity and extraction ----------------------------------------------------------------
+def sha256_prefix_of_name(name: str) -> str | None:
+    """The hash prefix torchvision puts in file names (``resnet34-333f7ec4.pth`` -> 333f7ec4)."""
+    m = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$", name)
+    return m.group(1) if m else None
+
+
+def verify_sha256_prefix(path: Path) -> None:
+    """ValueError (after deleting the file) when its sha256 does not start with the name's prefix."""
+    prefix = sha256_prefix_of_name(path.name)
+    if prefix is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(prefix):
+        path.unlink()
+        raise ValueError(f"{path} is corrupt: sha256 {digest.hexdigest()[:16]}... does not start "
+                         f"with {prefix}; deleted it, run again to download it anew")
+
+
+def extract_zip(archive: Path, dest: Path, progress: bool = True) -> None:
+    """Unpack ``archive`` into ``dest`` (CRC of every member checked); ValueError when corrupt."""
+    tmp = dest / f".extract-{archive.stem}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for info in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                zf.extract(info, tmp)  # reading a member to its end checks its CRC-32
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        archive.unlink()
+        raise ValueError(f"{archive} is corrupt ({exc}); deleted it, run again to download it anew") from None
+    _merge_move(tmp, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge_move(src: Path, dst: Path) -> None:
+    """Move the tree ``src`` into ``dst``, merging folders (``annotations/`` may exist)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if entry.is_dir() and target.is_dir():
+            _merge_move(entry, target)
+        else:
+            if target.is_dir():
+                shutil.rmtree(target)
+            entry.replace(target)
+
+
+# --- the whole set ----------------------------------------------------------------------------
+def fetch_artifact(key: str, artifact: Artifact, dest: Path, base_url: str | None = None,
+                   progress: bool = True, keep_archive: bool = True, **kwargs) -> str:
+    """Download, verify and (for archives) extract one artifact; returns what was done."""
+    done = dest / ".ssdbench-download" / f"{key}.done"
+    target = dest / artifact.name
+    if done.is_file():
+        return "already complete"
+    action = "verified (already downloaded)" if target.is_file() else "downloaded"
+    if not target.is_file():
+        download_file(url_for(artifact, base_url), target, progress=progress, **kwargs)
+    if artifact.extract:
+        extract_zip(target, dest, progress)
+        action += ", extracted"
+        if not keep_archive:
+            target.unlink()
+    else:
+        verify_sha256_prefix(target)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(url_for(artifact, base_url) + "\n")
+    return action
+
+
+def download_coco(dest, only=("annotations", "val", "train", "backbone"), base_url: str | None = None,
+                  progress: bool = True, keep_archives: bool = True, artifacts=None,
+                  **kwargs) -> dict[str, str]:
+    """Fetch the selected parts of COCO 2017 (+ backbone) into ``dest``; {key: what was done}."""
+    artifacts = artifacts or ARTIFACTS
+    unknown = [k for k in only if k not in artifacts]
+    if unknown:
+        raise ValueError(f"unknown download item(s) {unknown}; choose from {', '.join(artifacts)}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return {key: fetch_artifact(key, artifacts[key], dest, base_url, progress, keep_archives, **kwargs)
+            for key in only}

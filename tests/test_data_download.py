@@ -1,0 +1,156 @@
+"""`data download` against a local HTTP server (127.0.0.1) serving small generated archives."""
+
+import hashlib
+import io
+import re
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from data_fixtures import tiny_coco
+
+from ssdbench.cli import main
+from ssdbench.data.coco import CocoDetection
+from ssdbench.data.download import Artifact, download_coco, download_file, sha256_prefix_of_name
+
+QUIET = {"progress": False, "retry_wait": 0.0}
+
+
+class FileServer:
+    """Serves ``files`` {url path: bytes}; supports ``Range: bytes=N-`` unless ``ignore_range``.
+
+    Paths in ``drop_once`` send half of their body and close the connection on the first GET.
+    ``log`` records (path, Range header) of every GET.
+    """
+
+    def __init__(self, files):
+        self.files, self.drop_once, self.ignore_range, self.log = files, set(), False, []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # http.server calls do_<METHOD>
+                path, rng = self.path.lstrip("/"), self.headers.get("Range")
+                server.log.append((path, rng))
+                data = server.files.get(path)
+                if data is None:
+                    return self.send_error(404)
+                start = int(re.match(r"bytes=(\d+)-", rng).group(1)) if rng and not server.ignore_range else 0
+                if start:
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if path in server.drop_once:
+                    server.drop_once.discard(path)
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _zip(folder, arcnames) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name in arcnames:
+            zf.write(folder / name, name)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path):
+    src = tiny_coco(tmp_path / "src", "val")
+    images = sorted(p.relative_to(src).as_posix() for p in (src / "val2017").iterdir())
+    srv = FileServer({
+        "annotations/annotations_trainval2017.zip": _zip(src, ["annotations/instances_val2017.json"]),
+        "zips/val2017.zip": _zip(src, images),
+        "models/resnet34-333f7ec4.pth": b"not the real weights" * 100,
+    })
+    yield srv
+    srv.close()
+
+
+@pytest.mark.filterwarnings("ignore:.*non-positive")
+def test_full_download_extracts_standard_layout_and_is_idempotent(server, tmp_path):
+    dest = tmp_path / "coco"
+    done = download_coco(dest, ["annotations", "val"], base_url=server.url, **QUIET)
+    assert done == {"annotations": "downloaded, extracted", "val": "downloaded, extracted"}
+    assert len(CocoDetection(dest, "val")) == 4  # the reader works on the result
+    assert (dest / "val2017.zip").read_bytes() == server.files["zips/val2017.zip"]
+    requests = len(server.log)
+    again = download_coco(dest, ["annotations", "val"], base_url=server.url, **QUIET)
+    assert set(again.values()) == {"already complete"} and len(server.log) == requests
+
+
+def test_interrupted_download_resumes_with_range(server, tmp_path):
+    server.drop_once.add("zips/val2017.zip")
+    size = len(server.files["zips/val2017.zip"])
+    download_coco(tmp_path, ["val"], base_url=server.url, **QUIET)
+    assert server.log == [("zips/val2017.zip", None), ("zips/val2017.zip", f"bytes={size // 2}-")]
+    assert (tmp_path / "val2017.zip").read_bytes() == server.files["zips/val2017.zip"]
+    assert len(list((tmp_path / "val2017").iterdir())) == 5
+
+
+def test_partial_file_from_an_earlier_run_resumes_or_restarts(server, tmp_path):
+    data = server.files["zips/val2017.zip"]
+    url, dest = f"{server.url}/zips/val2017.zip", tmp_path / "val2017.zip"
+    (tmp_path / "val2017.zip.part").write_bytes(data[:1000])
+    download_file(url, dest, **QUIET)
+    assert server.log[-1][1] == "bytes=1000-" and dest.read_bytes() == data
+    dest.unlink()
+    (tmp_path / "val2017.zip.part").write_bytes(b"x" * 1000)  # server ignores Range: restart
+    server.ignore_range = True
+    download_file(url, dest, **QUIET)
+    assert dest.read_bytes() == data and not (tmp_path / "val2017.zip.part").exists()
+
+
+def test_corrupt_archive_is_detected_and_deleted(server, tmp_path):
+    data = bytearray(server.files["zips/val2017.zip"])
+    first = zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()[0]
+    data[first.header_offset + 30 + len(first.filename) + 5] ^= 0xFF  # a byte of member data
+    server.files["zips/val2017.zip"] = bytes(data)
+    with pytest.raises(ValueError, match=r"val2017\.zip is corrupt .*CRC.*deleted it"):
+        download_coco(tmp_path, ["val"], base_url=server.url, **QUIET)
+    assert not (tmp_path / "val2017.zip").exists() and not (tmp_path / "val2017").exists()
+
+
+def test_backbone_hash_prefix(server, tmp_path):
+    with pytest.raises(ValueError, match=r"resnet34-333f7ec4\.pth is corrupt: sha256 .* 333f7ec4"):
+        download_coco(tmp_path, ["backbone"], base_url=server.url, **QUIET)
+    assert not (tmp_path / "resnet34-333f7ec4.pth").exists()
+    weights = b"tiny weights"
+    name = f"tiny-{hashlib.sha256(weights).hexdigest()[:8]}.pth"
+    server.files[f"models/{name}"] = weights
+    artifacts = {"backbone": Artifact("http://unused", f"models/{name}", False)}
+    done = download_coco(tmp_path, ["backbone"], base_url=server.url, artifacts=artifacts, **QUIET)
+    assert done == {"backbone": "downloaded"} and (tmp_path / name).read_bytes() == weights
+    assert sha256_prefix_of_name("resnet34-333f7ec4.pth") == "333f7ec4"
+
+
+def test_cli(server, tmp_path, capsys):
+    dest = str(tmp_path / "coco")
+    assert main(["data", "download", "--dest", dest, "--base-url", server.url, "--only", "annotations"]) == 0
+    assert "annotations: downloaded, extracted" in capsys.readouterr().out
+    assert main(["data", "download", "--dest", dest, "--base-url", server.url, "--only", "backbone"]) == 2
+    assert "is corrupt" in capsys.readouterr().err
+    assert main(["data", "download", "--dest", dest, "--only", "weights"]) == 2
+    assert main(["data", "download", "--dest", dest, "--base-url", server.url + "/missing",
+                 "--only", "val"]) == 2
+    assert "HTTP 404" in capsys.readouterr().err
