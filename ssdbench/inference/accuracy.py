@@ -1,0 +1,140 @@
+"""COCO mAP of a LoadGen accuracy log (`ssdbench accuracy`).
+
+``mlperf_log_accuracy.json`` is an array of ``{"seq_id", "qsl_idx", "data"}`` where ``data`` is
+the uppercase hex of the SUT's response bytes: float32 7-tuples
+``[qsl_idx, ymin, xmin, ymax, xmax, score, label]``, normalised coordinates (SPEC §7). Labels
+(1..K) map back to the dataset's category ids, boxes to original-image pixels (xywh), and COCO
+eval runs over the logged images: every non-empty val image in a full run (4,952 on COCO, SPEC
+§5), the first ``count`` with ``--count``. Target: 99% of the fp32 reference, 0.198 on COCO.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ssdbench.engine.coco_eval import BACKENDS, coco_stats, detections_to_coco
+from ssdbench.model.postprocess import Detections
+
+REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (SPEC §7)
+TARGET_MAP = 0.198  # 99% of the reference
+COCO_VAL_IMAGES = 4952  # non-empty val images (SPEC §5)
+
+EPILOG = """examples:
+  ssdbench accuracy --log runs/lg/mlperf_log_accuracy.json               # embedded val set
+  ssdbench accuracy --log mlperf_log_accuracy.json --data /coco --backend pycocotools
+"""
+
+
+def decode_log(path: str | Path) -> dict[int, np.ndarray]:
+    """QSL index -> float32 (K, 7) detections; later entries of the same index are ignored.
+
+    Raises ValueError naming the entry whose payload is not whole float32 7-tuples or whose
+    tuples name another sample.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"accuracy log not found: {path}")
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); was the LoadGen run interrupted?") from None
+    samples: dict[int, np.ndarray] = {}
+    for n, entry in enumerate(entries):
+        idx = int(entry["qsl_idx"])
+        raw = bytes.fromhex(entry["data"])
+        if len(raw) % 28:
+            raise ValueError(f"{path}: entry {n} (qsl_idx {idx}) has {len(raw)} bytes, not float32 7-tuples")
+        dets = np.frombuffer(raw, np.float32).reshape(-1, 7)
+        if len(dets) and not np.all(dets[:, 0] == idx):
+            raise ValueError(f"{path}: entry {n} carries detections of another sample than qsl_idx {idx}")
+        samples.setdefault(idx, dets)
+    return samples
+
+
+def tuples_to_detections(dets: np.ndarray) -> Detections:
+    """(K, 7) [idx, ymin, xmin, ymax, xmax, score, label] -> `Detections` (ltrb normalised)."""
+    import torch
+
+    boxes = torch.from_numpy(np.ascontiguousarray(dets[:, [2, 1, 4, 3]]))
+    labels = torch.from_numpy(dets[:, 6].astype(np.int64))
+    return Detections(boxes, labels, torch.from_numpy(dets[:, 5].copy()))
+
+
+def coco_results(samples: dict[int, np.ndarray], dataset) -> tuple[list[dict], list[int]]:
+    """COCO results (xywh pixels) and the evaluated image ids of decoded log samples."""
+    bad = [i for i in samples if not 0 <= i < len(dataset)]
+    if bad:
+        raise ValueError(f"accuracy log names qsl_idx {bad[0]}, but the dataset has {len(dataset)} images; "
+                         "is --data the dataset of the run?")  # fmt: skip
+    order = sorted(samples)
+    infos = [dataset.image_info(i) for i in order]
+    sizes = [(int(info["height"]), int(info["width"])) for info in infos]
+    ids = [int(info["id"]) for info in infos]
+    dets = [tuples_to_detections(samples[i]) for i in order]
+    return detections_to_coco(dets, ids, sizes, dataset.label_to_cat_id), ids
+
+
+def evaluate_log(log: str | Path, dataset, backend: str = "faster") -> tuple[np.ndarray, int]:
+    """(12 COCO stats, number of images evaluated) of an accuracy log against ``dataset``."""
+    samples = decode_log(log)
+    if not samples:
+        raise ValueError(f"{log} holds no samples; run LoadGen with --mode accuracy")
+    results, ids = coco_results(samples, dataset)
+    return coco_stats(dataset.ann_file, results, image_ids=ids, backend=backend), len(ids)
+
+
+def verdict(map_value: float, dataset_is_coco: bool) -> str:
+    """The line stating the target check (only COCO val has a target)."""
+    if not dataset_is_coco:
+        return "no MLPerf target for this dataset (the 0.198 target is for COCO val 2017)"
+    ok = map_value >= TARGET_MAP
+    return f"{'meets' if ok else 'misses'} the target {TARGET_MAP} (99% of {REFERENCE_MAP})"
+
+
+def _is_coco_val(dataset, num_images: int) -> bool:
+    return len(dataset.cat_ids) == 80 and num_images == COCO_VAL_IMAGES
+
+
+def report_accuracy(log: str | Path, data: str | Path | None = None, backend: str = "faster",
+                    dataset=None) -> float:  # fmt: skip
+    """Evaluate, print ``mAP=xx.xxx%`` and the verdict; return the mAP.
+
+    ``dataset``: an already opened `CocoDetection` (else ``data`` is opened).
+    """
+    dataset = dataset if dataset is not None else open_val_dataset(data)
+    stats, n = evaluate_log(log, dataset, backend)
+    print(f"mAP={100 * stats[0]:.3f}%  ({n} images, {backend} COCO eval)")
+    print(verdict(float(stats[0]), _is_coco_val(dataset, n)))
+    return float(stats[0])
+
+
+def open_val_dataset(data: str | Path | None):
+    """`CocoDetection(data, "val")`; the embedded synthetic dataset when ``data`` is None."""
+    from ssdbench.data.coco import CocoDetection
+
+    if data is None:
+        from ssdbench.data.synth import default_dataset
+
+        data = default_dataset()
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    ann = root / "annotations" / "instances_val2017.json"
+    if not ann.is_file():
+        raise FileNotFoundError(f"{root} has no annotations/instances_val2017.json "
+                                "(COCO 2017 layout expected)")
+    return CocoDetection(root, "val")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--log", required=True, help="mlperf_log_accuracy.json of an accuracy-mode run")
+    parser.add_argument("--data", default=None, help="COCO-format dataset root (default: the embedded one)")
+    parser.add_argument("--backend", choices=BACKENDS, default="faster", help="COCO eval implementation")
+
+
+def run(args) -> int:
+    report_accuracy(args.log, args.data, args.backend)
+    return 0

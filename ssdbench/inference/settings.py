@@ -1,0 +1,253 @@
+"""LoadGen settings for SSD-Large: built-in config < preset < user config < flags.
+
+Every setting is one key of a flat namespace per scenario. LoadGen keys (``target_qps``,
+``target_latency`` in ms, ``min_duration`` in ms, ...) go to `mlperf_loadgen.TestSettings`; the
+ssdbench keys of `SUT_KEYS` (model, dtype, batcher, QSL size) configure our side and never reach
+LoadGen. Sources, lowest precedence first:
+
+1. ``ssdbench/configs/ssd-resnet34.conf``: SPEC §7 values in LoadGen's ``.conf`` syntax;
+2. a named preset from ``ssdbench/configs/loadgen_presets.json`` (the Cloud TPU seed table and
+   ``cpu`` / ``gpu_h100``);
+3. ``--user-conf FILE`` in the same ``.conf`` syntax;
+4. command-line flags.
+
+The resolved LoadGen keys are written to ``settings.conf`` in the run folder and read back with
+LoadGen's own parser (``TestSettings.FromConfig``), so the file saved is exactly what ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+MODES = ("performance", "accuracy")
+
+# ssdbench keys and their types (bool parses "true/false/1/0/yes/no").
+SUT_KEYS: dict[str, type] = {
+    "model": str,
+    "backend": str,
+    "dtype": str,
+    "channels_last": bool,
+    "space_to_depth": bool,
+    "device": str,
+    "max_batch_size": int,
+    "batch_timeout_us": int,
+    "threads": int,
+    "count": int,
+    "warmup": int,
+}
+# LoadGen `.conf` keys this harness accepts (a typo must fail, not be silently ignored).
+LOADGEN_KEYS = (
+    "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",
+    "min_duration", "max_duration", "min_query_count", "max_query_count",
+    "performance_sample_count_override", "qsl_rng_seed", "sample_index_rng_seed",
+    "schedule_rng_seed", "accuracy_log_rng_seed", "accuracy_log_probability",
+    "accuracy_log_sampling_target", "max_async_queries", "coalesce_queries",
+    "print_timestamps", "performance_issue_unique", "performance_issue_same",
+    "performance_issue_same_index", "sample_concatenate_permutation",
+)  # fmt: skip
+# The seed table's column names (SPEC §7 Cloud TPU rows) -> (our key, value converter).
+SEED_COLUMNS: dict[str, tuple[str, Any]] = {
+    "batch_size": ("max_batch_size", int),
+    "batch_timeout_micros": ("batch_timeout_us", int),
+    "count": ("count", int),
+    "max_latency": ("target_latency", lambda s: float(s) * 1000.0),  # seconds -> ms
+    "qps": ("target_qps", float),
+    "init_iterations": ("warmup", int),
+    "use_bfloat16": ("dtype", lambda b: "bf16" if b else "fp32"),
+    "threads": ("threads", int),
+    "use_space_to_depth": ("space_to_depth", bool),
+}
+_PRESET_META = ("description", "scenario", "accuracy")
+
+
+@dataclass
+class RunSettings:
+    """Resolved settings of one run: LoadGen keys, SUT keys and where each value came from."""
+
+    scenario: str
+    mode: str
+    loadgen: dict[str, Any] = field(default_factory=dict)
+    sut: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"scenario": self.scenario, "mode": self.mode, "loadgen": self.loadgen,
+                "sut": self.sut, "sources": self.sources}  # fmt: skip
+
+
+def builtin_conf_path() -> str:
+    return str(resources.files("ssdbench") / "configs" / "ssd-resnet34.conf")
+
+
+def load_presets() -> dict[str, dict]:
+    """Preset name -> its dict (the JSON's ``_comment`` dropped)."""
+    text = (resources.files("ssdbench") / "configs" / "loadgen_presets.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
+    """Values of ``path`` (LoadGen .conf syntax) that apply to (model, scenario), as strings.
+
+    Precedence inside one file follows LoadGen: ``m.S`` > ``m.*`` > ``*.S`` > ``*.*``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    ranked: dict[str, tuple[int, str]] = {}
+    with open(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, sep, value = line.partition("=")
+            parts = name.strip().split(".")
+            if not sep or len(parts) != 3 or not value.strip():
+                raise ValueError(f"{path}:{lineno}: expected 'model.Scenario.key = value', "
+                                 f"got {raw.strip()!r}")
+            m, s, key = parts
+            if m not in (model, "*") or s not in (scenario, "*"):
+                continue
+            rank = 2 * (m == model) + (s == scenario)
+            if key not in ranked or rank >= ranked[key][0]:
+                ranked[key] = (rank, value.strip())
+    return {key: value for key, (_rank, value) in ranked.items()}
+
+
+def preset_values(name: str, scenario: str) -> dict[str, Any]:
+    """The keys a preset sets for ``scenario`` (seed columns translated to our keys)."""
+    presets = load_presets()
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    values: dict[str, Any] = {}
+    for key, value in presets[name].items():
+        if key in _PRESET_META or key in SCENARIOS:
+            continue
+        if key in SEED_COLUMNS:
+            key, convert = SEED_COLUMNS[key]
+            value = convert(value)
+        values[key] = value
+    values.update(presets[name].get(scenario, {}))
+    return values
+
+
+def preset_scenario(name: str) -> str | None:
+    """The scenario a preset was written for (seed rows name one), or None."""
+    presets = load_presets()
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    return presets[name].get("scenario")
+
+
+def _convert(key: str, value: Any, origin: str) -> Any:
+    """Type-check one value; ValueError naming the key and where it came from."""
+    if key in SUT_KEYS:
+        kind = SUT_KEYS[key]
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.strip().lower() in ("1", "true", "yes")
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{origin}: {key} = {value!r} is not a valid {kind.__name__}") from None
+    if key in LOADGEN_KEYS:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{origin}: {key} = {value!r} is not a number") from None
+        if number < 0:
+            raise ValueError(f"{origin}: {key} = {value!r} must not be negative")
+        return int(number) if number.is_integer() else number
+    raise ValueError(f"{origin}: unknown setting {key!r} (LoadGen keys: {', '.join(LOADGEN_KEYS)}; "
+                     f"ssdbench keys: {', '.join(SUT_KEYS)})")  # fmt: skip
+
+
+def resolve(
+    scenario: str | None,
+    mode: str = "performance",
+    preset: str | None = None,
+    user_conf: str | None = None,
+    flags: dict[str, Any] | None = None,
+) -> RunSettings:
+    """Merge built-in config < preset < user config < flags (``None`` flag values are unset)."""
+    if scenario is None and preset is not None:
+        scenario = preset_scenario(preset)
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    layers = [("built-in ssd-resnet34.conf", parse_conf(builtin_conf_path(), LOADGEN_MODEL, scenario))]
+    if preset is not None:
+        layers.append((f"preset {preset}", preset_values(preset, scenario)))
+    if user_conf is not None:
+        layers.append((user_conf, parse_conf(user_conf, LOADGEN_MODEL, scenario)))
+    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    settings = RunSettings(scenario=scenario, mode=mode)
+    for origin, values in layers:
+        for key, value in values.items():
+            typed = _convert(key, value, origin)
+            (settings.sut if key in SUT_KEYS else settings.loadgen)[key] = typed
+            settings.sources[key] = origin
+    _check(settings)
+    return settings
+
+
+def _check(settings: RunSettings) -> None:
+    sut = settings.sut
+    for key in ("max_batch_size", "threads"):
+        if sut[key] < 1:
+            raise ValueError(f"{key} must be at least 1, got {sut[key]} (from {settings.sources[key]})")
+    for key in ("count", "warmup", "batch_timeout_us"):
+        if sut[key] < 0:
+            raise ValueError(f"{key} must not be negative, got {sut[key]} (from {settings.sources[key]})")
+
+
+def write_conf(settings: RunSettings, path: str) -> None:
+    """The resolved LoadGen keys as a LoadGen .conf file (model ssd-resnet34, this scenario)."""
+    lines = [f"# resolved LoadGen settings of this run ({settings.scenario}, {settings.mode})"]
+    for key, value in sorted(settings.loadgen.items()):
+        # LoadGen's parser takes no trailing comments: the source goes on its own line.
+        lines.append(f"# {key}: from {settings.sources.get(key, 'derived')}")
+        lines.append(f"{LOADGEN_MODEL}.{settings.scenario}.{key} = {value}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def make_test_settings(settings: RunSettings, conf_path: str, performance_count: int):
+    """`mlperf_loadgen.TestSettings` from the resolved .conf (written to ``conf_path``)."""
+    import mlperf_loadgen as lg
+
+    if settings.loadgen.get("performance_sample_count_override") != performance_count:
+        settings.loadgen["performance_sample_count_override"] = performance_count
+        settings.sources["performance_sample_count_override"] = "QSL (at most the QSL size)"
+    write_conf(settings, conf_path)
+    ts = lg.TestSettings()
+    rc = ts.FromConfig(conf_path, LOADGEN_MODEL, settings.scenario, 1)
+    if rc != 0:
+        raise ValueError(f"LoadGen rejected the settings file {conf_path} (FromConfig returned {rc})")
+    ts.scenario = getattr(lg.TestScenario, settings.scenario)
+    ts.mode = lg.TestMode.AccuracyOnly if settings.mode == "accuracy" else lg.TestMode.PerformanceOnly
+    if "target_latency" in settings.loadgen:
+        # LoadGen parses target_latency as whole milliseconds; keep sub-millisecond flags exact.
+        ns = int(round(float(settings.loadgen["target_latency"]) * 1e6))
+        if settings.scenario == "Server":
+            ts.server_target_latency_ns = ns
+        if settings.scenario == "SingleStream":
+            ts.single_stream_expected_latency_ns = max(ns, 1)
+        if settings.scenario == "MultiStream":
+            ts.multi_stream_expected_latency_ns = max(ns, 1)
+    return ts
+
+
+def format_settings(settings: RunSettings) -> str:
+    """Human table of the resolved settings with their sources."""
+    rows = [f"scenario = {settings.scenario}", f"mode = {settings.mode}"]
+    for group in (settings.loadgen, settings.sut):
+        for key, value in sorted(group.items()):
+            rows.append(f"{key} = {value}   ({settings.sources.get(key, 'derived')})")
+    return "\n".join(rows)

@@ -1,0 +1,243 @@
+"""LoadGen system under test (SUT): a dynamic batcher in front of a detector backend.
+
+LoadGen's issue callback only enqueues samples. ``threads`` workers take turns forming a batch:
+a batch leaves when it holds ``max_batch_size`` samples or when its first sample has waited
+``batch_timeout_us`` (Offline's single huge query therefore splits into full batches at once).
+While one worker runs its batch, the next one forms and copies the following batch; on CUDA the
+copy goes host -> pinned staging buffer -> device on a side stream, so it overlaps compute. The
+staging buffers are a small shared pool (`MAX_STAGING`), held only while a copy is queued: the
+seed's 128-thread TPU preset would otherwise pin 128 batch-sized buffers.
+
+Responses follow SPEC §7: per sample a contiguous float32 (K, 7) array of
+``[qsl_idx, ymin, xmin, ymax, xmax, score, label]`` with normalised coordinates (note: y before
+x, unlike our ltrb boxes) and labels 1..80. LoadGen copies the bytes inside
+`QuerySamplesComplete`, so the arrays only need to live until that call returns.
+
+``predict(batch)`` takes float32 (N, 3, S, S) on the device and returns padded detections
+``(boxes (N, D, 4) ltrb normalised, scores (N, D), labels (N, D), counts (N,))`` in that order, or
+a `PaddedDetections` (fields by name).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class _Query:
+    """One IssueQuery call: its latency ends when its last sample completes."""
+
+    t_issue: int  # perf_counter_ns
+    remaining: int
+
+
+@dataclass
+class _Item:
+    id: int  # LoadGen's response id
+    index: int  # QSL index
+    query: _Query
+    t_enqueue: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+MAX_STAGING = 4  # pinned staging buffers (each max_batch x 3 x S x S float32: 69 MB at 4 x 1200^2)
+
+
+def detections_to_responses(index: np.ndarray, boxes, scores, labels, counts) -> list[np.ndarray]:
+    """Padded detections -> per-sample float32 (K, 7) arrays [idx, ymin, xmin, ymax, xmax, score, label].
+
+    index (N,) QSL indices; boxes (N, D, 4) ltrb normalised; scores, labels (N, D); counts (N,).
+    """
+    boxes, scores, labels, counts = (_numpy(x) for x in (boxes, scores, labels, counts))
+    out = []
+    for j in range(len(index)):
+        k = int(counts[j])
+        arr = np.empty((k, 7), np.float32)
+        arr[:, 0] = index[j]
+        arr[:, 1:5] = boxes[j, :k][:, [1, 0, 3, 2]]  # ltrb -> (ymin, xmin, ymax, xmax)
+        arr[:, 5] = scores[j, :k]
+        arr[:, 6] = labels[j, :k]
+        out.append(arr)
+    return out
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        return (x.float() if x.is_floating_point() else x).cpu().numpy()
+    return np.asarray(x)
+
+
+class HostToDevice:
+    """Stages a batch of numpy samples on the device; per worker thread.
+
+    CUDA: samples are packed into a pinned buffer (max_batch, 3, S, S) and copied on a side stream;
+    the compute stream waits for that copy only, so other workers' compute overlaps it. CPU: a
+    plain stacked tensor.
+    """
+
+    def __init__(self, device: torch.device, max_batch: int, sample_shape: tuple[int, ...]):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.stream = torch.cuda.Stream(device)
+            self.pinned = torch.empty((max_batch, *sample_shape), dtype=torch.float32, pin_memory=True)
+            self.copied = None  # event of the last copy out of `pinned`
+
+    def __call__(self, samples: list[np.ndarray]) -> torch.Tensor:
+        if not self.cuda:
+            return torch.from_numpy(np.stack(samples))
+        if self.copied is not None:
+            self.copied.synchronize()  # the previous copy must leave `pinned` before we refill it
+        host = self.pinned[: len(samples)]
+        for j, sample in enumerate(samples):
+            host[j].copy_(torch.from_numpy(sample))
+        with torch.cuda.stream(self.stream):
+            batch = host.to(self.device, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record(self.stream)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)
+        batch.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+        return batch
+
+
+class BatchingSUT:
+    """Dynamic-batching SUT; `construct()` registers it with LoadGen.
+
+    predict: callable on float32 (N, 3, S, S) device batches (see module doc).
+    qsl: a `SampleLibrary` (``get(index)`` -> float32 (3, S, S), ``sample_shape``).
+    max_batch_size, batch_timeout_us, threads: the batcher's knobs.
+    """
+
+    def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
+                 threads: int = 1, device: str | torch.device = "cpu"):  # fmt: skip
+        if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0:
+            raise ValueError("max_batch_size and threads must be >= 1 and batch_timeout_us >= 0")
+        self.predict, self.qsl = predict, qsl
+        self.max_batch_size, self.timeout = int(max_batch_size), batch_timeout_us / 1e6
+        self.device = torch.device(device)
+        self.queue: queue.Queue = queue.Queue()
+        self._gather_lock, self._stats_lock = threading.Lock(), threading.Lock()
+        self.query_latencies_ns: list[int] = []  # per IssueQuery call, completion order
+        self.sample_latencies_ns: list[int] = []  # per sample: its query's issue -> its response
+        self.batch_sizes: list[int] = []
+        self.issued: Counter = Counter()  # response id -> times issued
+        self.responded: Counter = Counter()  # response id -> times answered
+        self.error: BaseException | None = None
+        self._staging: queue.Queue = queue.Queue()  # idle HostToDevice feeders
+        self._staging_made = 0
+        self._workers = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
+                         for i in range(int(threads))]  # fmt: skip
+        for w in self._workers:
+            w.start()
+
+    # ---- LoadGen callbacks ----
+    def issue_queries(self, samples) -> None:
+        """Enqueue one query's samples; never blocks on inference."""
+        query = _Query(time.perf_counter_ns(), len(samples))
+        with self._stats_lock:
+            for s in samples:
+                self.issued[s.id] += 1
+        for s in samples:
+            self.queue.put(_Item(s.id, s.index, query))
+
+    def flush_queries(self) -> None:
+        """Nothing is held back beyond the batch timeout, so there is nothing to flush."""
+
+    def construct(self):
+        import mlperf_loadgen as lg
+
+        return lg.ConstructSUT(self.issue_queries, self.flush_queries)
+
+    # ---- workers ----
+    def _gather(self) -> list[_Item] | None:
+        """Block for a first sample, then take more until the batch is full or its timeout passes."""
+        with self._gather_lock:
+            first = self.queue.get()
+            if first is _STOP:
+                return None
+            items = [first]
+            deadline = first.t_enqueue + self.timeout
+            while len(items) < self.max_batch_size:
+                try:
+                    remaining = deadline - time.perf_counter()
+                    item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self.queue.put(_STOP)  # leave it for this worker's next round
+                    break
+                items.append(item)
+            return items
+
+    def _work(self) -> None:
+        while (items := self._gather()) is not None:
+            try:
+                self._run_batch(items)
+            except BaseException as exc:  # noqa: BLE001 - LoadGen must still get every response
+                self.error = self.error or exc
+                self._complete(items, [np.empty((0, 7), np.float32) for _ in items])
+
+    def _to_device(self, samples: list[np.ndarray]) -> torch.Tensor:
+        """Stage through a pooled feeder; it goes back as soon as the copy is queued."""
+        try:
+            feeder = self._staging.get_nowait()
+        except queue.Empty:
+            with self._stats_lock:
+                make = self._staging_made < MAX_STAGING
+                self._staging_made += make
+            feeder = (HostToDevice(self.device, self.max_batch_size, self.qsl.sample_shape) if make
+                      else self._staging.get())  # fmt: skip
+        try:
+            return feeder(samples)
+        finally:
+            self._staging.put(feeder)
+
+    def _run_batch(self, items: list[_Item]) -> None:
+        index = np.array([it.index for it in items], np.int64)
+        batch = self._to_device([self.qsl.get(int(i)) for i in index])
+        with torch.inference_mode():
+            dets = self.predict(batch)
+        if hasattr(dets, "counts"):
+            dets = (dets.boxes, dets.scores, dets.labels, dets.counts)
+        self._complete(items, detections_to_responses(index, *dets))
+        with self._stats_lock:
+            self.batch_sizes.append(len(items))
+
+    def _complete(self, items: list[_Item], arrays: list[np.ndarray]) -> None:
+        import mlperf_loadgen as lg
+
+        responses = [lg.QuerySampleResponse(it.id, a.ctypes.data, a.nbytes) for it, a in zip(items, arrays)]
+        lg.QuerySamplesComplete(responses)  # LoadGen copies the bytes here; `arrays` lives until now
+        now = time.perf_counter_ns()
+        with self._stats_lock:
+            for it in items:
+                self.responded[it.id] += 1
+                self.sample_latencies_ns.append(now - it.query.t_issue)
+                it.query.remaining -= 1
+                if it.query.remaining == 0:
+                    self.query_latencies_ns.append(now - it.query.t_issue)
+
+    # ---- teardown and checks ----
+    def stop(self) -> None:
+        """Stop the workers (after LoadGen returned: every query is answered by then)."""
+        for _ in self._workers:
+            self.queue.put(_STOP)
+        for w in self._workers:
+            w.join()
+
+    def response_problems(self) -> str | None:
+        """None when every issued id got exactly one response; else a description."""
+        lost = [i for i in self.issued if self.responded[i] < self.issued[i]]
+        extra = [i for i in self.responded if self.responded[i] > self.issued.get(i, 0)]
+        if not lost and not extra:
+            return None
+        return f"{len(lost)} queries never answered, {len(extra)} answered more than once"

@@ -1,0 +1,213 @@
+"""`ssdbench accuracy`: LoadGen accuracy logs -> COCO mAP, checked against `engine.evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ssdbench import cli
+from ssdbench.inference import settings as S
+from ssdbench.inference.accuracy import coco_results, decode_log, evaluate_log, tuples_to_detections
+from ssdbench.inference.loadgen_cli import run_loadgen
+
+
+@pytest.fixture(scope="module")
+def acc_env(tmp_path_factory):
+    """(dataset root, dataset, weights) with the sample cache in a temporary folder."""
+    from ssdbench.data.coco import CocoDetection
+    from ssdbench.data.synth import make_synthetic_coco
+    from ssdbench.model.ssd import build_model
+
+    root = tmp_path_factory.mktemp("acc")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SSDBENCH_CACHE", str(root / "cache"))  # this module only
+    data = make_synthetic_coco(root / "data", train_images=0, val_images=10, workers=1, progress=False)
+    torch.manual_seed(1)
+    model = build_model("ssd128_mini", num_classes=10)
+    with torch.no_grad():  # favour background: fewer, more varied detections
+        for conv, nd in zip(model.conf, model.spec.boxes_per_cell):
+            conv.bias[:nd] += 2.0
+    weights = root / "mini.pt"
+    torch.save(model.state_dict(), weights)
+    yield data, CocoDetection(data, "val"), weights
+    patch.undo()
+
+
+def _write_log(path, entries):
+    """entries: [(qsl_idx, float32 (K, 7))] -> LoadGen's accuracy-log JSON (uppercase hex)."""
+    rows = [{"seq_id": n, "qsl_idx": i, "data": a.astype(np.float32).tobytes().hex().upper()}
+            for n, (i, a) in enumerate(entries)]  # fmt: skip
+    path.write_text(json.dumps(rows))
+
+
+def test_decode_and_pixel_boxes_by_hand(acc_env, tmp_path):
+    _, dataset, _ = acc_env
+    info = dataset.image_info(1)
+    h, w = info["height"], info["width"]
+    dets = np.array([[1, 0.1, 0.2, 0.5, 0.6, 0.9, 2], [1, 0.0, 0.0, 1.0, 1.0, 0.3, 1]], np.float32)
+    log = tmp_path / "acc.json"
+    _write_log(log, [(1, dets), (0, np.zeros((0, 7))), (1, dets[:1])])  # a repeat of 1 is ignored
+    samples = decode_log(log)
+    assert sorted(samples) == [0, 1] and samples[0].shape == (0, 7)
+    np.testing.assert_array_equal(samples[1], dets)
+    d = tuples_to_detections(dets)
+    np.testing.assert_allclose(d.boxes[0].numpy(), [0.2, 0.1, 0.6, 0.5])  # ltrb
+    results, ids = coco_results(samples, dataset)
+    assert ids == [dataset.ids[0], dataset.ids[1]] and len(results) == 2
+    first = results[0]
+    assert first["image_id"] == dataset.ids[1] and first["category_id"] == dataset.label_to_cat_id[2]
+    np.testing.assert_allclose(first["bbox"], [0.2 * w, 0.1 * h, 0.4 * w, 0.4 * h], rtol=1e-6)
+    assert results[1]["bbox"] == pytest.approx([0, 0, w, h])
+
+
+def test_bad_logs(acc_env, tmp_path):
+    data, dataset, _ = acc_env
+    log = tmp_path / "acc.json"
+    log.write_text(json.dumps([{"seq_id": 0, "qsl_idx": 0, "data": "00" * 27}]))
+    with pytest.raises(ValueError, match="27 bytes, not float32 7-tuples"):
+        decode_log(log)
+    _write_log(log, [(3, np.array([[4, 0, 0, 1, 1, 0.5, 1]]))])
+    with pytest.raises(ValueError, match="another sample"):
+        decode_log(log)
+    _write_log(log, [(len(dataset) + 5, np.zeros((0, 7)))])
+    with pytest.raises(ValueError, match="is --data the dataset of the run"):
+        evaluate_log(log, dataset)
+    log.write_text("[\n{ \"seq_id\" : 0")  # an interrupted run
+    with pytest.raises(ValueError, match="not valid JSON"):
+        decode_log(log)
+    assert cli.main(["accuracy", "--log", str(tmp_path / "none.json"), "--data", str(data)]) == 2
+
+
+def _reference_eval(dataset, weights, count):
+    """`engine.evaluate` of the same weights on the same images (SPEC §5 preprocessing, batch 1)."""
+    from ssdbench.data.transforms import preprocess_for_inference
+    from ssdbench.engine.evaluate import evaluate
+    from ssdbench.model.ssd import build_model
+
+    loader = []
+    for i in range(count):
+        image = dataset.read_image(i)
+        loader.append({"images": torch.from_numpy(preprocess_for_inference(image, 128))[None],
+                       "image_ids": [dataset.ids[i]], "orig_sizes": [image.shape[:2]]})  # fmt: skip
+
+    class Subset:  # the first `count` images, as the LoadGen QSL holds them
+        ann_file, ids, label_to_cat_id = dataset.ann_file, dataset.ids[:count], dataset.label_to_cat_id
+
+    model = build_model("ssd128_mini", weights=weights)
+    return evaluate(model, loader, Subset, "cpu", progress=False)
+
+
+def test_accuracy_mode_matches_evaluate(acc_env, tmp_path, capsys):
+    data, dataset, weights = acc_env
+    out = tmp_path / "out"
+    rc = cli.main(["loadgen", "--scenario", "SingleStream", "--mode", "accuracy", "--preset", "cpu",
+                   "--warmup", "0", "--count", "8", "--data", str(data), "--weights", str(weights),
+                   "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    auto = capsys.readouterr().out
+    assert "mAP=" in (out / "accuracy.txt").read_text() and "mAP=" in auto
+    assert cli.main(["accuracy", "--log", str(out / "mlperf_log_accuracy.json"), "--data", str(data)]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mAP=")][0]
+    assert "(8 images" in line
+
+    stats, results = _reference_eval(dataset, weights, 8)
+    assert line.startswith(f"mAP={100 * stats[0]:.3f}%")
+    ours, _ = coco_results(decode_log(out / "mlperf_log_accuracy.json"), dataset)
+    assert len(ours) == len(results) > 0
+
+    def key(r):
+        return (r["image_id"], -r["score"], r["category_id"], r["bbox"])
+
+    for a, b in zip(sorted(ours, key=key), sorted(results, key=key)):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(a["bbox"] + [a["score"]], b["bbox"] + [b["score"]], rtol=1e-5, atol=1e-4)
+    ours_stats, n = evaluate_log(out / "mlperf_log_accuracy.json", dataset)
+    assert n == 8
+    np.testing.assert_allclose(ours_stats, stats, atol=1e-9)
+
+
+def test_oracle_detections_score_full_map(acc_env, tmp_path):
+    """A stand-in network answering each image with its ground truth must reach mAP 1: any
+    mix-up of y/x order, pixel scaling, label mapping or QSL index breaks that."""
+    from ssdbench.data.transforms import preprocess_for_inference
+
+    _, dataset, _ = acc_env
+    truth = {}
+    for i in range(len(dataset)):
+        image, target = dataset.load(i)
+        key = preprocess_for_inference(image, 128).tobytes()
+        truth[key] = (torch.from_numpy(target["boxes"]), torch.from_numpy(target["labels"]))
+
+    def oracle(batch):
+        n, d = len(batch), 50
+        boxes, scores = torch.zeros(n, d, 4), torch.zeros(n, d)
+        labels, counts = torch.zeros(n, d, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        for j in range(n):
+            b, lab = truth[batch[j].numpy().tobytes()]
+            k = len(lab)
+            boxes[j, :k], labels[j, :k], scores[j, :k], counts[j] = b, lab, 1.0, k
+        return boxes, scores, labels, counts
+
+    settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 4})
+    run = run_loadgen(settings, tmp_path / "out", data=dataset.root, predict=oracle, verbose=False)
+    assert run.map == pytest.approx(1.0, abs=1e-6)
+
+
+class NoisyOracleSSD(torch.nn.Module):
+    """A stand-in network whose raw outputs encode each image's ground truth plus fixed noise
+    (seeded by the image bytes), so that mAP lands strictly between 0 and 1 and both pipelines
+    run the real SPEC §4 post-processing on identical raw maps."""
+
+    def __init__(self, truth: dict, num_classes: int):
+        super().__init__()
+        from ssdbench.model.boxes import default_boxes
+        from ssdbench.model.specs import get_spec
+
+        self.spec = get_spec("ssd128_mini", num_classes)
+        self.truth, self.dboxes = truth, default_boxes("ssd128_mini")
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # so that .to()/.eval() behave
+
+    def forward(self, images):
+        import zlib
+
+        from ssdbench.model.encoder import encode_targets
+
+        locs, scores = [], []
+        for image in images:
+            key = image.float().cpu().numpy().tobytes()
+            boxes, labels = self.truth[key]
+            loc, lab = encode_targets(boxes[None], labels[None], self.dboxes)
+            g = torch.Generator().manual_seed(zlib.crc32(key))
+            logits = torch.nn.functional.one_hot(lab[0], self.spec.num_classes).float() * 6.0
+            logits += 2.5 * torch.randn(logits.shape, generator=g)
+            locs.append((loc[0] + 0.5 * torch.randn(loc[0].shape, generator=g)).T)
+            scores.append(logits.T)
+        return torch.stack(locs), torch.stack(scores)
+
+
+def test_accuracy_log_map_equals_evaluate_nonzero(acc_env, tmp_path):
+    """Same network, same images: LoadGen accuracy log mAP == engine.evaluate mAP, with 0 < mAP < 1."""
+    from ssdbench.data.transforms import preprocess_for_inference
+    from ssdbench.engine.evaluate import evaluate
+    from ssdbench.inference.backends import make_backend
+
+    _, dataset, _ = acc_env
+    truth, loader = {}, []
+    for i in range(len(dataset)):
+        image, target = dataset.load(i)
+        x = torch.from_numpy(preprocess_for_inference(image, 128))
+        truth[x.numpy().tobytes()] = (torch.from_numpy(target["boxes"]), torch.from_numpy(target["labels"]))
+        loader.append({"images": x[None], "image_ids": [dataset.ids[i]], "orig_sizes": [image.shape[:2]]})
+    net = NoisyOracleSSD(truth, dataset.num_classes).eval()
+    stats, _ = evaluate(net, loader, dataset, "cpu", progress=False)
+    assert 0.05 < stats[0] < 0.95, stats[0]
+
+    predict = make_backend("eager", "ssd128_mini", model=net).predict
+    settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 3})
+    run = run_loadgen(settings, tmp_path / "out", data=dataset.root, predict=predict, verbose=False)
+    assert run.map == pytest.approx(stats[0], abs=1e-9)
+    np.testing.assert_allclose(evaluate_log(tmp_path / "out" / "mlperf_log_accuracy.json", dataset)[0], stats,
+                               atol=1e-9)  # fmt: skip
