@@ -1,0 +1,317 @@
+"""Inference backends: PyTorch eager, ``torch.compile`` and ONNX Runtime behind one interface.
+
+Every backend takes normalised images (N, 3, S, S) float32 (SPEC §5; S = ``input_size``) and has
+
+- ``forward_raw(images) -> (locs (N, 4, B), scores (N, C, B))``: the network only, float32 raw
+  maps, so that benchmarks time network and post-processing separately;
+- ``predict(images) -> Predictions(boxes (N, K, 4) ltrb normalised, scores (N, K), labels (N, K),
+  counts (N,))``: network + SPEC §4 post-processing, fixed-size padded outputs (label 0 = padding) and no host
+  sync (`ssdbench.model.postprocess.postprocess_padded`).
+
+Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .space_to_depth import apply_space_to_depth
+from .space_to_depth import space_to_depth as to_space_to_depth
+
+
+class Predictions(NamedTuple):
+    """Padded detections of a batch (field order as the backends' contract; prefer the names).
+
+    Unlike `PaddedDetections` of `ssdbench.model.postprocess`, scores come before labels.
+    """
+
+    boxes: torch.Tensor  # (N, K, 4) ltrb normalised, zero in padding
+    scores: torch.Tensor  # (N, K) float32, 0 in padding
+    labels: torch.Tensor  # (N, K) int64 1..C-1, 0 in padding
+    counts: torch.Tensor  # (N,) int64: valid detections per image, they come first
+
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+class Backend:
+    """Common part: input checks and post-processing. Subclasses implement `forward_raw`."""
+
+    name = "base"
+
+    def __init__(self, model_name: str, input_size: int, device: str | torch.device, dtype: str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        self.model_name = model_name
+        self.input_size = input_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def check_images(self, images: torch.Tensor) -> None:
+        s = self.input_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise ValueError(f"{self.name} backend expects images (N, 3, {s}, {s}), got {tuple(images.shape)}")
+
+    def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor):
+        """SPEC §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
+        from ..model.postprocess import postprocess_padded
+
+        dets = postprocess_padded(locs, scores, self.model_name)
+        return Predictions(dets.boxes, dets.scores, dets.labels, dets.counts)
+
+    def predict(self, images: torch.Tensor):
+        with torch.inference_mode():
+            return self.postprocess(*self.forward_raw(images))
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for timing)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model": self.model_name, "device": str(self.device), "dtype": self.dtype}
+
+
+class EagerBackend(Backend):
+    """PyTorch eager: fp32, or bf16/fp16 autocast (CUDA; bf16 only on CPU), optional channels_last
+    and space-to-depth first conv, under ``torch.inference_mode``."""
+
+    name = "eager"
+
+    def __init__(self, model: nn.Module, model_name: str, device="cpu", dtype="fp32",
+                 channels_last=False, space_to_depth=False):
+        super().__init__(model_name, model.spec.input_size, device, dtype)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        if self.device.type == "cpu" and dtype == "fp16":
+            raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        self.network = model.eval()  # the caller's fp32 network, never modified (export uses it)
+        # A private copy: device moves and memory-format changes are in-place in PyTorch.
+        module = apply_space_to_depth(model) if space_to_depth else copy.deepcopy(model)
+        module = module.to(self.device).eval()
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.channels_last = channels_last
+        self.space_to_depth = space_to_depth
+
+    def _autocast(self):
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
+        x = images.to(self.device, non_blocking=True)
+        if self.space_to_depth:
+            x = to_space_to_depth(x)  # (N, 12, S/2, S/2), SPEC §7
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward_raw(self, images):
+        x = self._prepare(images)
+        with torch.inference_mode(), self._autocast():
+            locs, scores = self.module(x)
+        return locs.float(), scores.float()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "channels_last": self.channels_last, "space_to_depth": self.space_to_depth}
+
+
+class CompileBackend(EagerBackend):
+    """``torch.compile`` of the eager module, static shapes (one graph per batch size).
+
+    ``mode="reduce-overhead"`` adds CUDA graphs (GPU only), again one per batch size; outputs are
+    cloned because the graph's output buffers are reused by the next replay. `compile_backend` is
+    torch.compile's backend ("inductor"; "aot_eager" checks graph capture without code generation).
+    """
+
+    name = "compile"
+
+    def __init__(self, model, model_name, device="cpu", dtype="fp32", channels_last=False,
+                 space_to_depth=False, mode="default", compile_backend="inductor"):
+        super().__init__(model, model_name, device, dtype, channels_last, space_to_depth)
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if self.device.type != "cuda" and mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {mode!r} uses CUDA graphs / GPU autotuning; use 'default' on CPU")
+        _allow_one_graph_per_batch_size()
+        self.mode, self.compile_backend = mode, compile_backend
+        self.cuda_graphs = mode in ("reduce-overhead", "max-autotune")
+        options = {"mode": mode} if compile_backend == "inductor" else {}  # modes are inductor's
+        self.module = torch.compile(self.module, backend=compile_backend, dynamic=False, **options)
+
+    def forward_raw(self, images):
+        x = self._prepare(images)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.inference_mode(), self._autocast():
+            locs, scores = self.module(x)
+        if self.cuda_graphs:
+            return locs.float().clone(), scores.float().clone()
+        return locs.float(), scores.float()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "compile_mode": self.mode, "compile_backend": self.compile_backend}
+
+
+def _allow_one_graph_per_batch_size(limit: int = 64) -> None:
+    """Benchmarks sweep batch sizes 1..128; dynamo's default recompile limit (8) would fall back to
+    eager after eight shapes."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(cfg, key):
+            setattr(cfg, key, max(getattr(cfg, key), limit))
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on an exported file (CPU EP; TensorRT / CUDA EPs first on a CUDA device).
+
+    Works with both graph layouts of `ssdbench.inference.export`: raw maps (post-processing in
+    PyTorch afterwards) or post-processing inside (outputs bboxes/labels/scores).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32"):
+        super().__init__(model_name, input_size, device, dtype)
+        import onnxruntime as ort
+
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX file not found: {self.onnx_path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # respect the process's thread budget
+        self.providers = _providers(ort, self.device, dtype)
+        self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=self.providers)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.postprocess_inside = "bboxes" in self.outputs
+
+    def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self.check_images(images)
+        feed = {"image": images.detach().to("cpu", torch.float32).contiguous().numpy()}
+        return [torch.from_numpy(a).to(self.device) for a in self.session.run(self.outputs, feed)]
+
+    def forward_raw(self, images):
+        if self.postprocess_inside:
+            raise ValueError(f"{self.onnx_path} has post-processing inside the graph: no raw maps")
+        out = dict(zip(self.outputs, self._run(images)))
+        return out["locs"], out["scores"]
+
+    def predict(self, images):
+        if not self.postprocess_inside:
+            return super().predict(images)
+        out = dict(zip(self.outputs, self._run(images)))
+        labels = out["labels"]
+        return Predictions(out["bboxes"], out["scores"], labels, (labels > 0).sum(dim=1))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers, "postprocess_inside": self.postprocess_inside}
+
+
+def _providers(ort, device: torch.device, dtype: str) -> list:
+    """Execution providers in preference order for `device` (ONNX Runtime runs fp32 here; fp16
+    only through TensorRT's own fp16 mode)."""
+    available = ort.get_available_providers()
+    if device.type == "cpu":
+        if dtype != "fp32":
+            raise ValueError(f"the onnxruntime backend runs fp32 on CPU, not {dtype}")
+        return ["CPUExecutionProvider"]
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if not gpu:
+        raise ValueError(f"onnxruntime has no CUDA/TensorRT provider here (has {', '.join(available)})")
+    if dtype == "bf16" or (dtype == "fp16" and "TensorrtExecutionProvider" not in gpu):
+        raise ValueError(f"the onnxruntime backend runs fp32 (fp16 only with TensorRT), not {dtype}")
+    options = {"device_id": device.index or 0}
+    providers = []
+    for p in gpu:
+        extra = {"trt_fp16_enable": True} if p == "TensorrtExecutionProvider" and dtype == "fp16" else {}
+        providers.append((p, {**options, **extra}))
+    return providers + ["CPUExecutionProvider"]
+
+
+def cache_dir() -> Path:
+    """``$SSDBENCH_CACHE`` (default ``~/.cache/ssdbench``)."""
+    return Path(os.environ.get("SSDBENCH_CACHE", Path.home() / ".cache" / "ssdbench"))
+
+
+def _state_hash(model: nn.Module) -> str:
+    """Short content hash of a state dict: the cache key of its exported ONNX file."""
+    h = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_to_depth=False) -> Path:
+    """Export `model` once into ``<cache>/onnx/`` (keyed by its weights) and return the path."""
+    from .export import export_model
+
+    tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
+    path = cache_dir() / "onnx" / f"{tag}.onnx"
+    if not path.is_file():
+        net = apply_space_to_depth(model) if space_to_depth else model
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        export_model(net, model_name, tmp, postprocess=postprocess)
+        tmp.replace(path)  # atomic: concurrent processes never read a half-written file
+    return path
+
+
+def make_backend(
+    name: str,
+    model_name: str,
+    weights=None,
+    device="cpu",
+    dtype="fp32",
+    channels_last=False,
+    space_to_depth=False,
+    onnx_path=None,
+    num_classes=None,
+    compile_mode="default",
+    compile_backend="inductor",
+    onnx_postprocess="outside",
+    model: nn.Module | None = None,
+) -> Backend:
+    """Build a backend by name ("eager", "compile", "onnxruntime") for `model_name`.
+
+    `weights` as for `build_model` (None: random init); `model` reuses an already built network
+    instead. For onnxruntime, `onnx_path` is used as is (its graph decides space-to-depth and where
+    post-processing runs); without it the model is exported into the cache first.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "onnxruntime" and channels_last:
+        raise ValueError("channels_last does not apply to onnxruntime (it picks its own layouts)")
+    if name == "onnxruntime" and onnx_path is not None:
+        from ..model.specs import get_spec
+
+        return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
+    if model is None:
+        from ..model.ssd import build_model
+
+        model = build_model(model_name, weights=weights, num_classes=num_classes)
+    model = model.eval()
+    if name == "eager":
+        return EagerBackend(model, model_name, device, dtype, channels_last, space_to_depth)
+    if name == "compile":
+        return CompileBackend(model, model_name, device, dtype, channels_last, space_to_depth, compile_mode,
+                              compile_backend)
+    path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
+    return OnnxRuntimeBackend(path, model_name, model.spec.input_size, device, dtype)

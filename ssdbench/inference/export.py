@@ -1,0 +1,238 @@
+"""Export a model to ONNX (`ssdbench export onnx`).
+
+Two graph layouts, both with input ``image`` (N, 3, S, S) float32 (normalised as SPEC §5) and a
+dynamic batch dimension:
+
+- ``--postprocess outside`` (default): outputs ``locs`` (N, 4, B) and ``scores`` (N, C, B), the raw
+  network maps; `ssdbench.model.postprocess` runs after ONNX Runtime. Exactly the PyTorch network.
+- ``--postprocess inside``: decode, softmax and per-class NMS are in the graph (ONNX
+  ``NonMaxSuppression``), with outputs shaped like the official ``resnet34-ssd1200.onnx``:
+  ``bboxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 1..C-1, ``scores`` (N, K), K = 200;
+  rows past an image's detections are padding with label 0 and score 0 (the official file has
+  batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
+
+In-graph semantics (SPEC §4): softmax over classes; per class the top 200 candidates, keep
+score > 0.05, greedy NMS; then the top 200 of the image. Deviation: ONNX ``NonMaxSuppression``
+drops a box when IoU > 0.5 while SPEC §4 drops IoU >= 0.5; the two differ only on exact ties.
+
+The exporter is torch's TorchScript-based one (``dynamo=False``): the torch.export-based exporter
+needs ``onnxscript``, which is not a dependency of this project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.boxes import box_iou, decode_offsets, default_boxes
+
+POSTPROCESS_MODES = ("outside", "inside")
+# SPEC §4 post-processing constants, used by the in-graph variant.
+SCORE_THRESHOLD = 0.05
+IOU_THRESHOLD = 0.5
+TOPK_PER_CLASS = 200
+MAX_DETECTIONS = 200
+
+EPILOG = """examples:
+  ssdbench export onnx --model ssd1200_r34 --weights resnet34-ssd1200.pt --out ssd1200.onnx
+  ssdbench export onnx --model ssd128_mini --weights last.pt --out mini.onnx --postprocess inside
+"""
+
+
+class _OnnxNMS(torch.autograd.Function):
+    """Batched greedy NMS that exports as one ONNX ``NonMaxSuppression`` node.
+
+    boxes (M, k, 4) ltrb, scores (M, 1, k) sorted descending along k -> selected (S, 3) int64 rows
+    ``[m, 0, j]`` in ONNX's order (by m, then in selection order). The eager forward is only used
+    while tracing and by tests; ONNX Runtime runs its own kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
+        iou = box_iou(boxes, boxes)  # (M, k, k)
+        keep = scores[:, 0, :] > score_threshold  # (M, k)
+        for i in range(1, boxes.shape[1]):  # scores are sorted, so index order is selection order
+            suppressed = (keep[:, :i] & (iou[:, :i, i] > iou_threshold)).any(dim=1)
+            keep[:, i] &= ~suppressed
+        keep &= keep.cumsum(dim=1) <= max_per_class
+        m, j = keep.nonzero(as_tuple=True)
+        return torch.stack([m, torch.zeros_like(m), j], dim=1)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class, iou_threshold, score_threshold):
+        def const(value, dtype):
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        return g.op(
+            "NonMaxSuppression", boxes, scores, const(max_per_class, torch.int64),
+            const(iou_threshold, torch.float32), const(score_threshold, torch.float32),
+        )
+
+
+class DetectorWithPostprocess(nn.Module):
+    """Network + decode + NMS with fixed-size outputs, for the ``inside`` ONNX graph.
+
+    forward(image (N, 3, S, S)) -> bboxes (N, K, 4) ltrb normalised, labels (N, K) int64 (0 =
+    padding), scores (N, K) float32, detections sorted by score.
+    """
+
+    def __init__(self, model: nn.Module, model_name: str):
+        super().__init__()
+        self.model = model
+        self.register_buffer("dboxes", default_boxes(model_name, "xywh"), persistent=False)  # (B, 4)
+        self.k = min(TOPK_PER_CLASS, self.dboxes.shape[0])
+
+    def forward(self, image: torch.Tensor):
+        locs, logits = self.model(image)
+        boxes = decode_offsets(locs.float().transpose(1, 2), self.dboxes)  # (N, B, 4) ltrb
+        probs = logits.float().softmax(dim=1)[:, 1:]  # (N, C-1, B), background dropped
+        num_fg = probs.shape[1]
+        top_s, top_i = probs.topk(self.k, dim=2)  # (N, C-1, k), sorted descending
+        cand = boxes.gather(1, top_i.reshape(top_i.shape[0], -1, 1).expand(-1, -1, 4))
+        cand = cand.reshape(-1, self.k, 4)  # (N*(C-1), k, 4): one NMS "batch" per image and class
+        flat_s = top_s.reshape(-1)
+        sel = _OnnxNMS.apply(cand, flat_s.reshape(-1, 1, self.k), self.k, IOU_THRESHOLD, SCORE_THRESHOLD)
+        flat = sel[:, 0] * self.k + sel[:, 2]
+        kept = torch.zeros_like(flat_s).scatter(0, flat, flat_s.gather(0, flat))
+        kept = kept.reshape(-1, num_fg * self.k)  # (N, (C-1)*k), zero where suppressed
+        final_s, final_i = kept.topk(min(MAX_DETECTIONS, num_fg * self.k), dim=1)
+        valid = final_s > 0
+        labels = torch.where(valid, torch.div(final_i, self.k, rounding_mode="floor") + 1, 0)
+        bboxes = cand.reshape(-1, num_fg * self.k, 4).gather(1, final_i.unsqueeze(-1).expand(-1, -1, 4))
+        return bboxes * valid.unsqueeze(-1), labels, final_s
+
+
+class _SpaceToDepthInput(nn.Module):
+    """Rearranges the (N, 3, S, S) image inside the graph, so the file keeps the plain input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        from .space_to_depth import space_to_depth
+
+        return self.model(space_to_depth(image))
+
+
+def export_model(
+    model: nn.Module,
+    model_name: str,
+    out_path: str | Path,
+    postprocess: str = "outside",
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    batch_size: int = 2,
+) -> Path:
+    """Export an already built model (eval mode, CPU, fp32) to `out_path`; returns the path.
+
+    A model from `apply_space_to_depth` is wrapped so the file's input stays (N, 3, S, S).
+    """
+    if postprocess not in POSTPROCESS_MODES:
+        raise ValueError(f"unknown postprocess mode {postprocess!r}; choose one of {', '.join(POSTPROCESS_MODES)}")
+    model = copy.deepcopy(model).eval().cpu().float()  # never move or cast the caller's model
+    if getattr(model, "space_to_depth", False):
+        model = _SpaceToDepthInput(model)
+    if postprocess == "inside":
+        model, outputs = DetectorWithPostprocess(model, model_name), ["bboxes", "labels", "scores"]
+    else:
+        outputs = ["locs", "scores"]
+    size = _input_size(model_name)
+    dummy = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    axes = {name: {0: "batch"} for name in ["image", *outputs]} if dynamic_batch else None
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter warns that it is deprecated on every call; chosen on purpose (above).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (dummy,), str(out_path), dynamo=False, opset_version=opset,
+            input_names=["image"], output_names=outputs, dynamic_axes=axes, do_constant_folding=True,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(out_path))
+    return out_path
+
+
+def _input_size(model_name: str) -> int:
+    from ..model.specs import get_spec
+
+    return get_spec(model_name).input_size
+
+
+def export_onnx(
+    model_name: str,
+    weights: str | Path | None,
+    out_path: str | Path,
+    postprocess: str = "outside",
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    num_classes: int | None = None,
+    space_to_depth: bool = False,
+) -> Path:
+    """Build `model_name` with `weights` (None: random init) and export it to ONNX at `out_path`."""
+    model = _build(model_name, weights, num_classes)
+    return export_model(_maybe_s2d(model, space_to_depth), model_name, out_path, postprocess, opset, dynamic_batch)
+
+
+def _build(model_name, weights, num_classes):
+    from ..model.ssd import build_model
+
+    return build_model(model_name, weights=weights, num_classes=num_classes)
+
+
+def _maybe_s2d(model: nn.Module, space_to_depth: bool) -> nn.Module:
+    from .space_to_depth import apply_space_to_depth
+
+    return apply_space_to_depth(model) if space_to_depth else model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("format", choices=["onnx"], help="export format")
+    parser.add_argument("--model", default="ssd1200_r34", help="model name (default: ssd1200_r34)")
+    parser.add_argument("--weights", help="checkpoint or reference weights (omitted: random init)")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="outside",
+                        help="decode + NMS inside the graph or in PyTorch after it (default: outside)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 2")
+    parser.add_argument("--num-classes", type=int, help="classes including background (default 81)")
+    parser.add_argument("--space-to-depth", action="store_true", help="4x4/s1 first conv on 2x2 blocks (SPEC §7)")
+    parser.add_argument("--check", action="store_true",
+                        help="run the file in ONNX Runtime and compare with PyTorch on a random image")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    if args.weights is None:
+        print("ssdbench export: note: no --weights, exporting a randomly initialised model", file=sys.stderr)
+    model = _build(args.model, args.weights, args.num_classes)
+    path = export_model(_maybe_s2d(model, args.space_to_depth), args.model, args.out, args.postprocess,
+                        args.opset, not args.static_batch)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, postprocess {args.postprocess}, "
+          f"opset {args.opset}, {'static' if args.static_batch else 'dynamic'} batch)")
+    if args.check:
+        print(check_export(path, model, args.model, args.space_to_depth))
+    return 0
+
+
+def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
+    """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image."""
+    from .backends import make_backend
+
+    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
+    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
+    size = eager.input_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ref, got = eager.predict(x), ort_backend.predict(x)
+    n = int(min(ref[3].item(), got[3].item()))
+    box_diff = (ref[0][0, :n] - got[0][0, :n]).abs().max().item() if n else 0.0
+    return (f"check: detections eager {int(ref[3])} / onnxruntime {int(got[3])}, "
+            f"max box difference over the first {n}: {box_diff:.2e}")

@@ -1,0 +1,112 @@
+"""Inference backends: each variant against plain fp32 eager PyTorch on the same inputs."""
+
+import pytest
+import torch
+
+from ssdbench.inference.backends import Predictions, make_backend
+from ssdbench.model.postprocess import postprocess_padded
+from ssdbench.model.ssd import build_model
+
+MODEL = "ssd128_mini"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(MODEL).eval()
+
+
+def _images(n, seed=0):
+    return torch.randn(n, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _max_diff(a, b):
+    return max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
+
+
+def test_eager_fp32_is_the_network_and_predict_is_postprocess(model):
+    backend = make_backend("eager", MODEL, model=model)
+    x = _images(2)
+    ref = _reference(model, x)
+    raw = backend.forward_raw(x)
+    assert _max_diff(raw, ref) == 0.0 and raw[0].dtype == torch.float32
+    pred = backend.predict(x)
+    expected = postprocess_padded(*ref, MODEL)
+    assert isinstance(pred, Predictions)
+    for name in ("boxes", "scores", "labels", "counts"):
+        assert torch.equal(getattr(pred, name), getattr(expected, name)), name
+    assert backend.input_size == 128
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"space_to_depth": True},
+                                     {"channels_last": True, "space_to_depth": True}])
+def test_eager_layout_variants_match_fp32(model, options):
+    backend = make_backend("eager", MODEL, model=model, **options)
+    x = _images(2, 1)
+    assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
+    # The caller's model is not modified (no first-conv swap, no in-place memory-format change).
+    assert isinstance(model.backbone.conv1, torch.nn.Conv2d)
+    assert model.backbone.conv1.weight.is_contiguous()
+
+
+def test_eager_bf16_autocast_on_cpu(model):
+    backend = make_backend("eager", MODEL, model=model, dtype="bf16")
+    x = _images(2, 2)
+    got, ref = backend.forward_raw(x), _reference(model, x)
+    assert got[0].dtype == torch.float32  # raw maps come back in fp32 for post-processing
+    diff = _max_diff(got, ref)
+    scale = max(ref[0].abs().max().item(), ref[1].abs().max().item())
+    assert 0 < diff < 0.05 * scale  # really ran in bf16 (not bit-equal), yet close (8-bit mantissa)
+
+
+def test_compile_matches_eager_per_batch_size(model):
+    # aot_eager checks graph capture, static shapes and autocast without inductor's C++ build.
+    backend = make_backend("compile", MODEL, model=model, compile_backend="aot_eager")
+    for n in (1, 3):
+        x = _images(n, n)
+        assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-5
+
+
+@pytest.mark.slow  # inductor generates and builds C++ kernels: ~25 s on two idle cores
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own torch.jit use inside inductor
+def test_compile_inductor_matches_eager(model):
+    backend = make_backend("compile", MODEL, model=model, channels_last=True)
+    x = _images(2, 5)
+    assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
+
+
+def test_onnxruntime_exports_into_cache_once(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSDBENCH_CACHE", str(tmp_path))
+    backend = make_backend("onnxruntime", MODEL, model=model)
+    files = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and backend.onnx_path == files[0]
+    stamp = files[0].stat().st_mtime_ns
+    again = make_backend("onnxruntime", MODEL, model=model)
+    assert again.onnx_path == files[0] and files[0].stat().st_mtime_ns == stamp
+    x = _images(2, 4)
+    assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
+    other = build_model(MODEL)  # different weights -> a different cache entry
+    assert make_backend("onnxruntime", MODEL, model=other).onnx_path != files[0]
+
+
+def test_bad_requests(model):
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_backend("tensorflow", MODEL, model=model)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        make_backend("eager", MODEL, model=model, dtype="fp16")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        make_backend("eager", MODEL, model=model, dtype="int8")
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        make_backend("compile", MODEL, model=model, compile_mode="reduce-overhead")
+    with pytest.raises(ValueError, match=r"expects images \(N, 3, 128, 128\)"):
+        make_backend("eager", MODEL, model=model).forward_raw(torch.zeros(1, 3, 300, 300))
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        make_backend("onnxruntime", MODEL, onnx_path="nope.onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make_backend("eager", MODEL, model=model, device="cuda")
