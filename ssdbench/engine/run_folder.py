@@ -1,0 +1,110 @@
+"""The run folder: everything one training run leaves behind.
+
+``<run>/config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per step window
+``{"kind": "train", step, epoch, loss, lr, img_s, time}`` and per evaluation ``{"kind": "eval",
+epoch, map, stats}``), ``plots/{loss,lr,map}.png``, ``checkpoints/``, ``mlperf_log.txt`` and
+``summary.json`` (the MLPerf-style result, read by ``ssdbench score``). Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+
+def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunFolder:
+    """Writes the run folder's files; every method is a no-op on ranks other than 0."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def mlperf_log_path(self, segment: int) -> Path:
+        """First run segment: mlperf_log.txt; a resumed one gets its own file (one run_start each)."""
+        return self.path / ("mlperf_log.txt" if segment <= 1 else f"mlperf_log.resume{segment - 1}.txt")
+
+    def write_json(self, name: str, data: dict) -> Path:
+        path = self.path / name
+        if self.enabled:
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+            tmp.replace(path)
+        return path
+
+    def log_metrics(self, record: dict) -> None:
+        if self.enabled:
+            record = {**record, "time": round(time.time(), 3)}
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record, default=_jsonable) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """On resume, drop windows logged after the checkpoint's step (they are trained again)."""
+        if not self.enabled or not self.metrics_path.is_file():
+            return
+        kept = [r for r in self.read_metrics() if r.get("kind") != "train" or r["step"] <= step]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def plot(self) -> list[Path]:
+        """loss.png and lr.png over steps, map.png over epochs; returns the files written."""
+        if not self.enabled:
+            return []
+        records = self.read_metrics()
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        out = self.path / "plots"
+        out.mkdir(exist_ok=True)
+        written = []
+        for key, label in (("loss", "training loss"), ("lr", "learning rate")):
+            if train:
+                written.append(_plot(out / f"{key}.png", [r["step"] for r in train],
+                                     [r[key] for r in train], "step", label))
+        if evals:
+            written.append(_plot(out / "map.png", [r["epoch"] for r in evals],
+                                 [r["map"] for r in evals], "epoch", "COCO mAP@[.5:.95]", marker="o"))
+        return written
+
+
+def _plot(path: Path, xs, ys, xlabel: str, ylabel: str, marker: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(xs, ys, marker=marker)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)

@@ -1,0 +1,168 @@
+"""The training loop proper: the MLPerf learning-rate schedule, one step, one epoch.
+
+Everything around it (building parts, resume, eval, logs) lives in `engine.session`; this file
+only moves batches through the network and the optimiser. Batches are dicts with ``images``
+(N, 3, S, S) float, ``boxes`` (N, M, 4) ltrb normalised and ``labels`` (N, M) int64 (0 = padding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ssdbench.model.loss import ssd_loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step."""
+
+
+class MLPerfSchedule:
+    """Learning-rate multiplier at global iteration `it` (0-based), for `LambdaLR`.
+
+    Warmup (reference `lr_warmup`, SPEC §6): for it < W, lr = base x (1 - (W - it) / (W x 2^f))
+    with f = warmup_factor (f = 0: linear from 0). Decay: x decay_factor for every boundary b with
+    epoch >= b, epoch = it // iters_per_epoch counted from 0 (so b = 40 starts after 40 completed
+    epochs). A plain object (not a lambda) so that `LambdaLR.state_dict()` can save it.
+    """
+
+    def __init__(self, iters_per_epoch: int, warmup_iters: int, warmup_factor: float = 0.0,
+                 decay_epochs=(40, 50), decay_factor: float = 0.1):
+        self.iters_per_epoch = max(1, int(iters_per_epoch))
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.decay_epochs = tuple(int(e) for e in decay_epochs)
+        self.decay_factor = float(decay_factor)
+
+    def __call__(self, it: int) -> float:
+        epoch = it // self.iters_per_epoch
+        factor = self.decay_factor ** sum(epoch >= b for b in self.decay_epochs)
+        w = self.warmup_iters
+        if it < w:
+            factor *= 1.0 - (w - it) / (w * 2.0 ** self.warmup_factor)
+        return factor
+
+
+@dataclass
+class StepParts:
+    """What one training step touches. `model` may be DDP-wrapped and/or compiled."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    encoder: object  # ssdbench.model.encoder.Encoder: (boxes, labels) -> (loc_targets, labels)
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    amp_dtype: torch.dtype | None = None  # None = fp32
+    channels_last: bool = False
+    loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, SPEC §3
+
+
+@dataclass
+class TrainState:
+    """Progress counters saved in checkpoints. `epoch` = completed epochs."""
+
+    epoch: int = 0
+    step: int = 0  # global optimiser steps
+    epoch_step: int = 0  # steps done inside the current (unfinished) epoch
+    train_time_s: float = 0.0  # run_start..now summed over resumed segments (MLPerf clock)
+    eval_history: list = field(default_factory=list)  # [{"epoch", "map", "stats"}]
+    reached_target: bool = False
+    segments: int = 0  # how many times this run was started (1 = never resumed)
+
+
+def _autocast(parts: StepParts):
+    if parts.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=parts.device.type, dtype=parts.amp_dtype)
+
+
+def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
+    """One optimiser step on `batch`; returns the detached loss (a device scalar, no host sync)."""
+    images = batch["images"].to(parts.device, non_blocking=True)
+    if parts.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    boxes = batch["boxes"].to(parts.device, non_blocking=True)
+    labels = batch["labels"].to(parts.device, non_blocking=True)
+    loc_targets, box_labels = parts.encoder(boxes, labels)  # (N, B, 4), (N, B)
+    with _autocast(parts):
+        locs, scores = parts.model(images)
+    loss = parts.loss_fn(locs, scores, loc_targets, box_labels)  # ssd_loss: float32 under autocast
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    else:
+        loss.backward()
+        parts.optimizer.step()
+    parts.scheduler.step()
+    return loss.detach()
+
+
+def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce) -> tuple[float, bool]:
+    """(mean loss of the window over all ranks, any rank asked to stop), in one all-reduce.
+
+    One host sync per window (not per step). Raises NonFiniteLossError naming the first bad step
+    on every rank when any rank saw a NaN/inf loss, so all ranks stop together.
+    """
+    values = torch.stack(losses).float().cpu()
+    finite = torch.isfinite(values)
+    bad_local = -1 if bool(finite.all()) else int((~finite).nonzero()[0])
+    total, count, bad_any, stop_any = reduce([float(values[finite].sum()), float(len(values)),
+                                              float(bad_local >= 0), float(stop)])
+    if bad_any:
+        where = (f"step {first_step + bad_local} (loss {values[bad_local].item()})" if bad_local >= 0
+                 else f"a step in {first_step}..{first_step + len(values) - 1} on another rank")
+        raise NonFiniteLossError(f"non-finite loss at {where}; stopping, the last good checkpoint is kept")
+    return total / max(count, 1.0), stop_any > 0
+
+
+def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int, reduce,
+                    on_window=None, should_stop=lambda: False, max_steps: int | None = None,
+                    heartbeat=lambda: None) -> bool:
+    """Train until the loader ends (or `max_steps` steps this epoch); True if stopped early.
+
+    `loader` yields the epoch's remaining batches (resume already skipped the done ones).
+    Every `log_every` steps `on_window(record)` gets {step, epoch, loss, lr, img_s, time}, the
+    loss averaged over the window and the ranks. `should_stop()` is polled at window ends
+    (all ranks agree through `reduce`) and after every step when running alone.
+    """
+    parts.model.train()
+    losses, images, t0 = [], 0, time.perf_counter()
+    alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
+    for batch in loader:
+        if max_steps is not None and state.epoch_step >= max_steps:
+            break
+        losses.append(train_step(parts, batch))
+        images += batch["images"].shape[0]
+        state.step += 1
+        state.epoch_step += 1
+        heartbeat()
+        if len(losses) == log_every:
+            stop = _end_window(parts, state, losses, images, t0, reduce, on_window, should_stop)
+            losses, images, t0 = [], 0, time.perf_counter()
+            if stop:
+                return True
+        elif alone and should_stop():
+            break
+    if losses:
+        _end_window(parts, state, losses, images, t0, reduce, on_window, lambda: False)
+    return alone and should_stop()
+
+
+def _end_window(parts, state, losses, images, t0, reduce, on_window, should_stop) -> bool:
+    """Log one window; returns whether every rank should stop (any rank asked to)."""
+    first_step = state.step - len(losses) + 1  # steps are numbered from 1 in messages and logs
+    loss, stop = _window_loss(losses, first_step, should_stop(), reduce)
+    if on_window is not None:
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss,
+                   "lr": parts.optimizer.param_groups[0]["lr"], "img_s": images * world / elapsed})
+    return stop

@@ -1,0 +1,97 @@
+"""Training config: presets, precedence, validation, the MLPerf schedule against hand values."""
+
+import json
+
+import pytest
+
+from ssdbench.engine.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config
+from ssdbench.engine.train import MLPerfSchedule
+
+
+def test_default_preset_depends_on_data():
+    assert resolve_config().preset == "demo"
+    assert resolve_config(overrides={"data": "/coco"}).preset == "mlperf"
+
+
+def test_mlperf_recipe_values():
+    cfg = resolve_config("mlperf")
+    assert (cfg.model, cfg.momentum, cfg.weight_decay) == ("ssd300_r34", 0.9, 5e-4)
+    assert cfg.decay_epochs == (40, 50) and cfg.target_map == 0.23
+    # SPEC §6: lr = 2.5e-3 x global_batch / 32; by hand for 32x1 and 32x8.
+    assert cfg.base_lr(1) == pytest.approx(2.5e-3)
+    assert cfg.base_lr(8) == pytest.approx(0.02)
+    # Eval every 5 epochs, and always at the last epoch (80).
+    assert [e for e in range(1, 81) if cfg.is_eval_epoch(e)] == list(range(5, 81, 5))
+
+
+def test_v07_eval_schedule():
+    cfg = resolve_config("mlperf", overrides={"eval_epochs": (40, 50, 55), "epochs": 70})
+    assert [e for e in range(1, 71) if cfg.is_eval_epoch(e)] == [40, 50, 55, 60, 65, 70]
+
+
+def test_dgxa100_preset_is_the_published_config():
+    cfg = resolve_config("dgxa100_x8")
+    assert cfg.global_batch(SYSTEM_WORLD_SIZES["dgxa100_x8"]) == 912
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.decay_epochs) == (0.09, 1.3e-4, 650, (44, 55))
+    assert cfg.warmup_iters(iters_per_epoch=128) == 650  # explicit steps win over epochs
+
+
+def test_system_presets_global_batches_and_allowed_decay():
+    batches = {name: resolve_config(name).global_batch(w) for name, w in SYSTEM_WORLD_SIZES.items()}
+    assert batches == {"dgxa100_x8": 912, "dgxa100_2x8": 896, "dgx1_x8": 1024, "modelzoo_8gpu": 192}
+    assert resolve_config("modelzoo_8gpu").epochs == 65
+    for name in set(PRESETS) - {"demo"}:  # closed_ssd.yaml: boundaries are [40, 50] x (1 + k/10)
+        b0, b1 = resolve_config(name).decay_epochs
+        k0, k1 = 10 * (b0 / 40 - 1), 10 * (b1 / 50 - 1)  # the checker's is_integer: within 1e-5
+        assert abs(k0 - round(k0)) < 1e-5 and abs(k1 - round(k1)) < 1e-5
+
+
+def test_precedence_preset_file_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"batch_size": 7, "weight_decay": 1e-3, "decay_epochs": [3, 4]}))
+    cfg = resolve_config("dgxa100_x8", str(path), {"batch_size": 9, "lr": None})
+    assert cfg.batch_size == 9  # flag beats file
+    assert cfg.weight_decay == 1e-3  # file beats preset
+    assert cfg.decay_epochs == (3, 4)  # JSON list -> tuple
+    assert cfg.lr == 0.09  # a None flag means "not given"
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve_config("dgx1_x8", overrides={"seed": 5})
+    cfg.save(tmp_path / "config.json")
+    again = resolve_config(config_file=str(tmp_path / "config.json"))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    ({"precision": "fp8"}, "precision"), ({"batch_size": 0}, "batch_size"),
+    ({"decay_epochs": (50, 40)}, "decay_epochs"), ({"model": "yolo"}, "model"),
+    ({"bn_sapn": 2}, "bn_sapn"),
+])
+def test_bad_values_name_the_culprit(overrides, culprit):
+    with pytest.raises(ValueError, match=culprit):
+        resolve_config("mlperf", overrides=overrides)
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        resolve_config(config_file=str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ValueError, match="bad.json"):
+        resolve_config(config_file=str(tmp_path / "bad.json"))
+
+
+def test_division_auto():
+    assert TrainConfig(model="ssd300_r34").division("coco2017") == "closed"
+    assert TrainConfig(model="ssd300_r34").division("synthetic") == "open"
+    assert TrainConfig(model="ssd128_mini").division("coco2017") == "open"
+
+
+def test_schedule_by_hand():
+    # 10 iterations per epoch, 4 warmup iterations from 0, decay at epochs 2 and 3.
+    s = MLPerfSchedule(iters_per_epoch=10, warmup_iters=4, warmup_factor=0, decay_epochs=(2, 3))
+    assert [s(i) for i in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert s(19) == 1.0 and s(20) == pytest.approx(0.1) and s(30) == pytest.approx(0.01)
+    # Reference warmup factor f: lr starts at 1 - 2**-f of the base (f = 1: 0.5).
+    half = MLPerfSchedule(10, 4, warmup_factor=1, decay_epochs=())
+    assert [half(i) for i in range(5)] == pytest.approx([0.5, 0.625, 0.75, 0.875, 1.0])
