@@ -27,15 +27,15 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # "per core": keep every library on one thread
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from ssdbench.data.coco import CocoDetection  # noqa: E402
-from ssdbench.data.decode import available_decoders, decode_image  # noqa: E402
-from ssdbench.data.loader import build_loader  # noqa: E402
-from ssdbench.data.synth import make_synthetic_coco  # noqa: E402
-from ssdbench.data.transforms import TrainTransform, jitter_and_normalize, to_chw  # noqa: E402
+from ssdbench.data.coco import CocoDetection
+from ssdbench.data.decode import available_decoders, decode_image
+from ssdbench.data.loader import build_loader
+from ssdbench.data.synth import make_synthetic_coco
+from ssdbench.data.transforms import TrainTransform, jitter_and_normalize, to_chw
 
 
 def median_rate(fn, count: int, repeats: int) -> dict:
@@ -89,7 +89,7 @@ def pipeline_rates(root: Path, decoder: str, batch: int, repeats: int) -> dict:
         loader = build_loader(data, batch, train=True, size=300, workers=0, pin_memory=False,
                               defer_jitter=defer)
         count = len(loader) * batch
-        rates[name] = median_rate(lambda: [None for _ in loader], count, repeats)
+        rates[name] = median_rate(lambda loader=loader: [None for _ in loader], count, repeats)
     return rates
 
 
@@ -164,7 +164,7 @@ def print_pipeline(result: dict) -> None:
     print(f"\nimages/s per core: per CPU-second (per wall second), median of {args['repeats']}; "
           f"{args['images']} synthetic COCO-size JPEGs, {result['mean_pixels'] / 1e3:.0f} kpixel mean")
     print(f"{'stage':<28}" + "".join(f"{d:>22}" for d in decoders))
-    cell = lambda r: f"{r['cpu']:.1f} ({r['wall']:.1f})"  # noqa: E731
+    cell = lambda r: f"{r['cpu']:.1f} ({r['wall']:.1f})"
     for stage in stages:
         print(f"{stage:<28}" + "".join(f"{cell(result['pipeline'][d][stage]):>22}" for d in decoders))
     for name, rate in result.get("decode_only", {}).items():

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import sync_for, timed
 from tqdm import tqdm
 
 from ssdbench.engine.fast_step import FastStep, make_sgd
@@ -48,20 +49,6 @@ TOL = {"fp32": (1e-3, 1e-3), "bf16": (5e-2, 3e-2)}  # (loss, outputs) relative e
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, device, warmup: int, iters: int) -> list[float]:
-    """Seconds per call of ``fn`` after ``warmup`` calls, each call synchronised."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -107,7 +94,7 @@ def bench_train(args, device) -> list[dict]:
         step = make_step(net, name, device, precision, cl, mode)
         err = abs(float(step(batch)) - reference) / abs(reference)  # first step: same weights
         ok = err <= TOL[precision][0]
-        secs = timed(lambda s=step: s(batch), device, args.warmup, args.iters)
+        secs = timed(lambda s=step: s(batch), args.warmup, args.iters, sync_for(device))
         ips = args.train_batch / statistics.median(secs)
         rows.append({"section": "train", "model": name, "precision": precision, "channels_last": cl,
                      "mode": mode, "batch": args.train_batch, "images_s": ips, "mfu": ips * flops / PEAK_FLOPS,
@@ -216,9 +203,9 @@ def bench_infer(args, device) -> list[dict]:
                 ref = ref_module(x)
             got = run(x)
             err = max(rel_err(got[0], ref[0]), rel_err(got[1], ref[1]))
-            net_s = statistics.median(timed(lambda r=run, x=x: r(x), device, args.warmup, args.iters))
-            post_s = statistics.median(timed(lambda g=got: postprocess_padded(*g, name), device, args.warmup,
-                                             args.iters))
+            net_s = statistics.median(timed(lambda r=run, x=x: r(x), args.warmup, args.iters, sync_for(device)))
+            post_s = statistics.median(timed(lambda g=got: postprocess_padded(*g, name), args.warmup,
+                                             args.iters, sync_for(device)))
             rows.append({"section": "infer", "model": name, "dtype": args.infer_dtype, "space_to_depth": s2d,
                          "batch": bs, "network_ms": net_s * 1e3, "post_ms": post_s * 1e3,
                          "samples_s": bs / (net_s + post_s), "rel_err": err,
@@ -236,7 +223,7 @@ def single_stream(args, module, name, size, device, s2d) -> dict:
     def query():
         locs, scores = run(host.to(device, non_blocking=True))
         return postprocess_padded(locs, scores, name).counts
-    lat = np.array(timed(query, device, args.warmup, args.latency_iters)) * 1e3
+    lat = np.array(timed(query, args.warmup, args.latency_iters, sync_for(device))) * 1e3
     return {"section": "single_stream", "model": name, "dtype": args.infer_dtype, "space_to_depth": s2d,
             "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90))}
 

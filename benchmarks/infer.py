@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import timed
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,19 +86,6 @@ def _rel_diff(got, ref) -> float:
     return num / max(r.abs().max().item() for r in ref)
 
 
-def _timed(fn, backend, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    backend.synchronize()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        backend.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def measure(backend, images, reference, dtype, warmup, iters) -> dict:
     """Correctness on `reference`'s batch, then network and post-processing times on `images`."""
     check = reference["images"]
@@ -107,9 +95,9 @@ def measure(backend, images, reference, dtype, warmup, iters) -> dict:
         return row  # never time a wrong variant
     images = images.to(backend.device)
     with torch.inference_mode():
-        net = _timed(lambda: backend.forward_raw(images), backend, warmup, iters)
+        net = timed(lambda: backend.forward_raw(images), warmup, iters, backend.synchronize)
         locs, scores = backend.forward_raw(images)
-        post = _timed(lambda: backend.postprocess(locs, scores), backend, max(1, warmup), iters)
+        post = timed(lambda: backend.postprocess(locs, scores), max(1, warmup), iters, backend.synchronize)
     n = images.shape[0]
     net_s, post_s = statistics.median(net), statistics.median(post)
     row.update(network_ms=1e3 * net_s, post_ms=1e3 * post_s, latency_ms=1e3 * (net_s + post_s),

@@ -19,11 +19,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from itertools import product
 from pathlib import Path
 
 import torch
+from timing import sync_for, timed
 from tqdm import tqdm
 
 from ssdbench.model.specs import MODEL_NAMES, get_spec
@@ -48,11 +48,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def step_fn(model: SSD, x: torch.Tensor, mode: str, dtype, device: str):
     """One timed unit: a no-grad forward (eval) or forward + backward of a dummy loss (train)."""
     autocast = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
@@ -70,16 +65,7 @@ def step_fn(model: SSD, x: torch.Tensor, mode: str, dtype, device: str):
 
 
 def time_median(fn, device: str, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(fn, warmup, repeats, sync_for(device)))
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import sync_for, timed
 from tqdm import tqdm
 
 from ssdbench.model.boxes import decode_offsets, default_boxes
@@ -78,20 +78,7 @@ def synthetic_outputs(num_boxes: int, batch: int, device: str, seed: int = 0):
 
 
 def time_median(fn, device: str, warmup: int, repeats: int) -> float:
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, warmup, repeats, sync_for(device)))
 
 
 def run_case(model: str, batch: int, device: str, args) -> list[dict]:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from loadgen_fixtures import loadgen_env
 
 from ssdbench import cli
 from ssdbench.inference import settings as S
@@ -18,22 +19,10 @@ from ssdbench.inference.loadgen_cli import run_loadgen
 def acc_env(tmp_path_factory):
     """(dataset root, dataset, weights) with the sample cache in a temporary folder."""
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.synth import make_synthetic_coco
-    from ssdbench.model.ssd import build_model
 
-    root = tmp_path_factory.mktemp("acc")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSDBENCH_CACHE", str(root / "cache"))  # this module only
-    data = make_synthetic_coco(root / "data", train_images=0, val_images=10, workers=1, progress=False)
-    torch.manual_seed(1)
-    model = build_model("ssd128_mini", num_classes=10)
-    with torch.no_grad():  # favour background: fewer, more varied detections
-        for conv, nd in zip(model.conf, model.spec.boxes_per_cell):
-            conv.bias[:nd] += 2.0
-    weights = root / "mini.pt"
-    torch.save(model.state_dict(), weights)
-    yield data, CocoDetection(data, "val"), weights
-    patch.undo()
+    # bias 2: favour background, yet keep enough varied detections for a meaningful mAP
+    for data, weights in loadgen_env(tmp_path_factory, "acc", val_images=10, seed=1, background_bias=2.0):
+        yield data, CocoDetection(data, "val"), weights
 
 
 def _write_log(path, entries):
@@ -110,7 +99,7 @@ def test_accuracy_mode_matches_evaluate(acc_env, tmp_path, capsys):
     auto = capsys.readouterr().out
     assert "mAP=" in (out / "accuracy.txt").read_text() and "mAP=" in auto
     assert cli.main(["accuracy", "--log", str(out / "mlperf_log_accuracy.json"), "--data", str(data)]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mAP=")][0]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mAP="))
     assert "(8 images" in line
 
     stats, results = _reference_eval(dataset, weights, 8)

@@ -124,7 +124,7 @@ def test_evaluate_two_ranks_gloo(tmp_path):
         port = s.getsockname()[1]
     # fork: the children skip re-importing torch (seconds on a shared 2-core machine)
     mp.start_processes(_worker, args=(port, str(tmp_path), str(tmp_path)), nprocs=2, join=True, start_method="fork")
-    r0, r1 = (json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["stats"] == r1["stats"]  # broadcast: every rank gets rank 0's numbers
     assert r0["stats"][0] == pytest.approx(EXPECTED_AP, abs=1e-9)
     assert (r0["rank"], r1["rank"], r0["n"]) == (0, 1, 4)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from loadgen_fixtures import loadgen_env
 
 from ssdbench import cli
 from ssdbench.inference import settings as S
@@ -23,22 +24,8 @@ from ssdbench.inference.sut import detections_to_responses
 @pytest.fixture(scope="module")
 def lg_env(tmp_path_factory):
     """(dataset root, weights file) with the sample cache in a temporary folder."""
-    from ssdbench.data.synth import make_synthetic_coco
-    from ssdbench.model.ssd import build_model
-
-    root = tmp_path_factory.mktemp("lg")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSDBENCH_CACHE", str(root / "cache"))  # this module only
-    data = make_synthetic_coco(root / "data", train_images=0, val_images=12, workers=1, progress=False)
-    torch.manual_seed(0)
-    model = build_model("ssd128_mini", num_classes=10)  # the synthetic set has 9 classes
-    with torch.no_grad():  # favour background so that post-processing has few candidates (fast)
-        for conv, nd in zip(model.conf, model.spec.boxes_per_cell):
-            conv.bias[:nd] += 3.0
-    weights = root / "mini.pt"
-    torch.save(model.state_dict(), weights)
-    yield data, weights
-    patch.undo()
+    # bias 3: few candidates reach post-processing, so the timed runs stay fast
+    yield from loadgen_env(tmp_path_factory, "lg", val_images=12, seed=0, background_bias=3.0)
 
 
 def _error_line(capsys) -> str:
@@ -298,8 +285,9 @@ def test_report_parses_an_invalid_summary(tmp_path):
                          "Decrease the expected latency so the loadgen pre-generates more queries."]
     assert s.headline_ms == ("p90", 2.346285) and s.latencies_ms == {"50.00 percentile": 2.0}
     assert s.metrics == {"QPS w/o loadgen overhead": 432.94}
-    assert s.early_stopping == ["Processed at least 64 queries (121).", "Not enough queries processed for 99.0th "
-                                "percentile early stopping estimate (would need to process at least 662 total queries)."]
+    assert s.early_stopping == ["Processed at least 64 queries (121).",
+                                ("Not enough queries processed for 99.0th percentile early stopping estimate "
+                                 "(would need to process at least 662 total queries).")]
 
 
 def test_presets_cover_the_seed_table():

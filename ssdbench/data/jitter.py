@@ -42,7 +42,7 @@ def draw_jitter(n: int, generator, strength: dict = JITTER) -> tuple[np.ndarray,
         u = torch.rand((n, 4), generator=generator, dtype=torch.float64).numpy()
         keys = torch.rand((n, 4), generator=generator, dtype=torch.float64).numpy()
     else:
-        raise ValueError(f"expected a numpy Generator or torch.Generator, got {type(generator).__name__}")
+        raise TypeError(f"expected a numpy Generator or torch.Generator, got {type(generator).__name__}")
     lo_hi = jitter_ranges(strength)
     factors = lo_hi[:, 0] + u * (lo_hi[:, 1] - lo_hi[:, 0])
     return factors.astype(np.float32), np.argsort(keys, axis=1).astype(np.int64)

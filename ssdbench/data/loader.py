@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .coco import BadSampleError
 from .transforms import EvalTransform, TrainTransform

@@ -73,7 +73,7 @@ def predict_shard(
 
     device = torch.device(device)
     net = _unwrap(model)
-    boxes_source = net.spec.name if hasattr(net, "spec") else getattr(net, "dboxes")
+    boxes_source = net.spec.name if hasattr(net, "spec") else net.dboxes
     by_image: dict[int, list[dict]] = {}
     for batch in _progress(loader, progress):
         if len(batch["image_ids"]) == 0:  # every sample of the batch was unreadable (skipped)

@@ -10,12 +10,12 @@ eval runs over the logged images: every non-empty val image in a full run (4,952
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ssdbench.engine.coco_eval import BACKENDS, coco_stats, detections_to_coco
+from ssdbench.jsonfile import read_json
 from ssdbench.model.postprocess import Detections
 
 REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (SPEC §7)
@@ -35,12 +35,7 @@ def decode_log(path: str | Path) -> dict[int, np.ndarray]:
     tuples name another sample.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"accuracy log not found: {path}")
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); was the LoadGen run interrupted?") from None
+    entries = read_json(path, "accuracy log", bad_hint="; was the LoadGen run interrupted?")
     samples: dict[int, np.ndarray] = {}
     for n, entry in enumerate(entries):
         idx = int(entry["qsl_idx"])

@@ -211,6 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..model.specs import get_spec
+
+    get_spec(args.model)  # a bad --model fails here, before any note is printed
     if args.weights is None:
         print("ssdbench export: note: no --weights, exporting a randomly initialised model", file=sys.stderr)
     model = _build(args.model, args.weights, args.num_classes)

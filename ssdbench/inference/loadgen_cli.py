@@ -240,7 +240,7 @@ def add_arguments(parser) -> None:
 
 def flags_from_args(args) -> dict:
     """Command-line flags -> setting keys (None = not given)."""
-    ms = None if args.min_duration is None else int(round(args.min_duration * 1000))
+    ms = None if args.min_duration is None else round(args.min_duration * 1000)
     return {
         "target_qps": args.qps, "target_latency": args.latency, "samples_per_query": args.samples_per_query,
         "min_duration": ms, "min_query_count": args.min_query_count,

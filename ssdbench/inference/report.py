@@ -120,8 +120,8 @@ def render(summary: Summary, settings: dict, latencies_ns, batch_sizes) -> str:
     sut = settings.get("sut", {})
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(sut.items())),
               "LoadGen: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.get("loadgen", {}).items())),
-              "", "Files: mlperf_log_summary.txt, mlperf_log_detail.txt, mlperf_log_accuracy.json, "
-              "settings.conf, settings.json, latency_histogram.png"]  # fmt: skip
+              "", ("Files: mlperf_log_summary.txt, mlperf_log_detail.txt, mlperf_log_accuracy.json, "
+                   "settings.conf, settings.json, latency_histogram.png")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -234,7 +234,7 @@ def make_test_settings(settings: RunSettings, conf_path: str, performance_count:
     ts.mode = lg.TestMode.AccuracyOnly if settings.mode == "accuracy" else lg.TestMode.PerformanceOnly
     if "target_latency" in settings.loadgen:
         # LoadGen parses target_latency as whole milliseconds; keep sub-millisecond flags exact.
-        ns = int(round(float(settings.loadgen["target_latency"]) * 1e6))
+        ns = round(float(settings.loadgen["target_latency"]) * 1e6)
         if settings.scenario == "Server":
             ts.server_target_latency_ns = ns
         if settings.scenario == "SingleStream":

@@ -49,7 +49,7 @@ def _default_boxes_xywh(spec: ModelSpec) -> torch.Tensor:
     return torch.cat(boxes).clamp_(0.0, 1.0).float()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(name: str) -> torch.Tensor:
     return _default_boxes_xywh(get_spec(name))
 

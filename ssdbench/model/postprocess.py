@@ -160,23 +160,14 @@ def _pad(dets: PaddedDetections, size: int) -> PaddedDetections:
     )
 
 
-def postprocess(
-    locs: torch.Tensor,
-    scores: torch.Tensor,
-    model: str | torch.Tensor,
-    score_threshold: float = 0.05,
-    iou_threshold: float = 0.5,
-    max_per_class: int = 200,
-    max_per_image: int = 200,
-    nms_kernel: str = "auto",
-) -> list[Detections]:
+def postprocess(locs: torch.Tensor, scores: torch.Tensor, model: str | torch.Tensor, **options) -> list[Detections]:
     """Batched decode + class-wise NMS (SPEC §4) -> one `Detections` per image, highest score first.
 
-    Same arguments as `postprocess_padded`; the only host sync is reading the counts at the end.
+    Same arguments as `postprocess_padded` (``options``: its keyword arguments score_threshold,
+    iou_threshold, max_per_class, max_per_image, nms_kernel, with its defaults, kept in one
+    place); the only host sync is reading the counts at the end.
     """
-    dets = postprocess_padded(
-        locs, scores, model, score_threshold, iou_threshold, max_per_class, max_per_image, nms_kernel
-    )
+    dets = postprocess_padded(locs, scores, model, **options)
     counts = dets.counts.tolist()
     return [
         Detections(dets.boxes[i, :c], dets.labels[i, :c], dets.scores[i, :c]) for i, c in enumerate(counts)
