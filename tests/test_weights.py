@@ -293,3 +293,16 @@ def test_unknown_layout_missing_file_and_junk(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt: not a readable PyTorch weight file"):
         build_model("ssd128_mini", weights=tmp_path / "junk.pt")
+
+
+def test_checkpoint_model_name(tmp_path):
+    from ssdbench.model.weights import checkpoint_model_name
+
+    model = build_model("ssd128_mini")
+    ours = tmp_path / "ours.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": "ssd128_mini"}}, ours)
+    bare = tmp_path / "bare.pt"
+    torch.save(model.state_dict(), bare)
+    assert checkpoint_model_name(ours) == "ssd128_mini"
+    assert checkpoint_model_name(bare) is None
+    assert checkpoint_model_name(tmp_path / "missing.pt") is None

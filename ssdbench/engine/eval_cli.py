@@ -27,7 +27,8 @@ AP@[.50:.95] is the MLPerf quality metric (training target 0.23 for ssd300_r34).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="COCO-format dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--weights", required=True, help="checkpoint or state dict (any layout ssdbench reads)")
-    parser.add_argument("--model", help="model name (default: ssd128_mini on the embedded dataset, else ssd300_r34)")
+    parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd128_mini on the "
+                        "embedded dataset and ssd300_r34 otherwise)")
     parser.add_argument("--split", default="val", help="dataset split (default: val)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch and rank (default: 32)")
     parser.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
@@ -65,9 +66,12 @@ def _dataset(data: str | None, split: str):
 def _model(args, dataset, device):
     from ssdbench import build_model
 
-    name = args.model or ("ssd128_mini" if args.data is None else "ssd300_r34")
+    from ssdbench.model.weights import checkpoint_model_name
+
     if not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
+    name = args.model or checkpoint_model_name(args.weights)
+    name = name or ("ssd128_mini" if args.data is None else "ssd300_r34")
     try:
         model = build_model(name, weights=args.weights, allow_pickle=args.allow_pickle)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -195,7 +195,7 @@ def _maybe_s2d(model: nn.Module, space_to_depth: bool) -> nn.Module:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx"], help="export format")
-    parser.add_argument("--model", default="ssd1200_r34", help="model name (default: ssd1200_r34)")
+    parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
     parser.add_argument("--weights", help="checkpoint or reference weights (omitted: random init)")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="outside",
@@ -213,6 +213,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..model.specs import get_spec
 
+    from ..model.weights import checkpoint_model_name
+
+    args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
     get_spec(args.model)  # a bad --model fails here, before any note is printed
     if args.weights is None:
         print("ssdbench export: note: no --weights, exporting a randomly initialised model", file=sys.stderr)

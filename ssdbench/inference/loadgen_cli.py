@@ -253,6 +253,10 @@ def flags_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    from ..model.weights import checkpoint_model_name
+
+    # Our checkpoints name their network: weights decide the model unless --model says otherwise.
+    args.model = args.model or checkpoint_model_name(args.weights)
     run_settings = S.resolve(args.scenario, args.mode, args.preset, args.user_conf, flags_from_args(args))
     print("resolved settings (value, source):")
     print("  " + S.format_settings(run_settings).replace("\n", "\n  "))

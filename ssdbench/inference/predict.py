@@ -150,7 +150,7 @@ def to_records(dets, width: int, height: int, cats: list[tuple[int, str]], score
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument("--weights", required=True, help="checkpoint or reference weights")
-    parser.add_argument("--model", default="ssd1200_r34", help="model name (default: ssd1200_r34)")
+    parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
     parser.add_argument("--data", help="COCO-format dataset whose categories name the classes")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum score kept (default: 0.3)")
@@ -179,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]  # every image is checked before any work starts
+    from ..model.weights import checkpoint_model_name
+
+    args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
     model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)
     cats = categories(model.spec.num_classes, args.data)
     backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)

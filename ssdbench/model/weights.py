@@ -119,6 +119,23 @@ def _load_file(path: Path, allow_pickle: bool):
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StandInPickle)
 
 
+def checkpoint_model_name(source) -> str | None:
+    """Model name recorded in one of our training checkpoints (``config["model"]``), else None.
+
+    Lets `eval`, `predict`, `export` and `loadgen` pick the right network for a checkpoint without
+    `--model`. Reference and torchvision files record no name: None.
+    """
+    if source is None or not Path(source).is_file():
+        return None
+    try:
+        obj = _load_file(Path(source), allow_pickle=False)
+    except ValueError:
+        return None
+    config = obj.get("config") if isinstance(obj, dict) else None
+    name = config.get("model") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def numpy_safe_globals() -> list:
     """numpy array and scalar reconstruction, allowlisted for ``weights_only=True``: training
     checkpoints carry numpy RNG states (a uint32 array). Numeric dtypes only; an object array
