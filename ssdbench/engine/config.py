@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 COCO_TRAIN_IMAGES = 117266  # SPEC §5: non-empty train2017 images; MLPerf's epoch size
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DIVISIONS = ("auto", "closed", "open")
+STEPS = ("plain", "fast", "auto")
+INPUT_PIPELINES = ("cpu", "device", "auto")
 
 
 @dataclass
@@ -27,7 +29,10 @@ class TrainConfig:
     data: str | None = None  # COCO root (SPEC §5 layout); None = the embedded synthetic dataset
     train_split: str = "train"  # SPEC §5: train2017
     val_split: str = "val"  # SPEC §5: val2017
-    dataset_name: str | None = None  # MLPerf log name; None = "coco2017", or "synthetic" for ours
+    # MLPerf log name (closed division needs "coco2017"). None = detected (`parts.dataset_name`):
+    # "coco2017" for COCO's 80 categories in instances_train2017.json, "synthetic" for the
+    # embedded dataset, else the data folder's name (open division).
+    dataset_name: str | None = None
     backbone_weights: str | None = None  # SPEC §6: torchvision ImageNet resnet34-333f7ec4.pth
     # --- batch and optimiser ---
     batch_size: int = 32  # per rank; global batch = batch_size x world size (SPEC §6)
@@ -54,9 +59,22 @@ class TrainConfig:
     dist_timeout_s: float = 300.0  # process-group timeout: a dead rank ends the others in bounded time
     # --- device and precision ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
-    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores)
-    compile: bool = False  # torch.compile the model
+    # "auto" and None below are resolved per device at run time (`resolve_for_device`): the GPU
+    # presets ask for the fast path on CUDA and fall back to the plain CPU path elsewhere.
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 on CUDA)
+    channels_last: bool | None = False  # NHWC (faster tensor-core convolutions); None = on for CUDA
+    compile: bool = False  # torch.compile the model (step=fast: encode + forward + loss)
+    # plain = `train.train_step` (float lr, any precision, GradScaler for fp16). fast =
+    # `fast_step.FastStep` (issue 6): fused SGD with a device-tensor lr and no host sync inside the
+    # step (eager on CPU); fp32 or bf16 only (it has no GradScaler). auto = fast on CUDA.
+    step: str = "plain"
+    # Capture the whole fast step (forward, backward, SGD) as one CUDA graph: removes the per-kernel
+    # launch cost that dominates small per-GPU batches. CUDA + step=fast only; None = on for CUDA.
+    cuda_graph: bool | None = False
+    # cpu = `data.loader` (workers decode + augment). device = `data.gpu_pipeline` (workers only read
+    # bytes; decode, crop, flip, resize, jitter and target encoding batched on the device, so the GPU
+    # is not starved at 3,000 img/s; CPU decode fallback elsewhere). auto = device on CUDA.
+    input_pipeline: str = "cpu"
     deterministic: bool = False  # deterministic kernels, workers=0: bit-reproducible CPU runs and resume
     seed: int = 1  # base seed; rank r uses seed + r for augmentation (SPEC §6 per-rank seeds)
     # --- run folder ---
@@ -111,31 +129,36 @@ class TrainConfig:
 
 _V07_EVAL = (40, 50, 55)  # SPEC §6: NVIDIA v0.7 evaluates at 40, 50, 55 then every 5
 
+# The GPU presets' fast path, resolved per device (`resolve_for_device`): on CUDA step=fast with a
+# CUDA graph, the device input pipeline, bf16 and channels_last; on CPU the plain defaults.
+# Deviation: the published DGX runs used fp16 AMP (SPEC §6); bf16 needs no loss scaling, trains
+# the same on A100/H100, and is what the graph-captured FastStep supports. --precision fp16
+# --step plain restores the published setting.
+_GPU_FAST = {"step": "auto", "cuda_graph": None, "input_pipeline": "auto", "precision": "auto",
+             "channels_last": None}
+
 # Each preset lists only what differs from the defaults (the MLPerf reference recipe).
 PRESETS: dict[str, dict] = {
     # SPEC §6 reference recipe: SSD300-R34, lr by the scaling rule, decay [40, 50], eval every 5.
-    "mlperf": {},
+    "mlperf": {**_GPU_FAST},
     # NVIDIA DGX A100 (8x A100-40GB), MLPerf v0.7 (SPEC §6): 114/GPU, lr 0.09, wd 1.3e-4,
     # 650 warmup iterations, decay [44, 55] (allowed variant [40,50] x 1.1), AMP, NHWC.
     "dgxa100_x8": {
         "batch_size": 114, "lr": 0.09, "weight_decay": 1.3e-4, "warmup_steps": 650,
-        "decay_epochs": (44, 55), "eval_epochs": _V07_EVAL, "precision": "fp16",
-        "channels_last": True, "workers": 8,
+        "decay_epochs": (44, 55), "eval_epochs": _V07_EVAL, "workers": 8, **_GPU_FAST,
     },
     # Two DGX A100 nodes (16 GPUs) at 56/GPU (global 896 ~ the 1-node 912); other values as 1 node.
     "dgxa100_2x8": {
         "batch_size": 56, "lr": 0.09, "weight_decay": 1.3e-4, "warmup_steps": 650,
-        "decay_epochs": (44, 55), "eval_epochs": _V07_EVAL, "precision": "fp16",
-        "channels_last": True, "workers": 8,
+        "decay_epochs": (44, 55), "eval_epochs": _V07_EVAL, "workers": 8, **_GPU_FAST,
     },
     # DGX-1 (8x V100), mlcommons/training ssd config_DGX1_singlenode.sh: 128/GPU (global 1024),
     # warmup 300 iterations (= 2.619685 epochs), reference lr rule (0.08), decay [40, 50].
     "dgx1_x8": {
-        "batch_size": 128, "warmup_steps": 300, "precision": "fp16", "channels_last": True,
-        "workers": 8,
+        "batch_size": 128, "warmup_steps": 300, "workers": 8, **_GPU_FAST,
     },
     # Model-zoo run of the seeds: 8 GPUs, global batch 192 (24/GPU), 65 epochs, reference recipe.
-    "modelzoo_8gpu": {"batch_size": 24, "epochs": 65},
+    "modelzoo_8gpu": {"batch_size": 24, "epochs": 65, **_GPU_FAST},
     # Small model on the embedded synthetic dataset: ~5 minutes on 2 CPU cores (one compute thread
     # + one data worker, ~150 img/s). lr: 6x the reference's per-image rule; 0.04 and above made
     # the from-scratch trunk's last ReLU die in our trials. Eval every 5 epochs (mAP plot).
@@ -209,6 +232,11 @@ def validate(cfg: TrainConfig) -> None:
         ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
         ("epochs", cfg.epochs >= 1, "must be >= 1"),
         ("precision", cfg.precision in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
+        ("step", cfg.step in STEPS, f"choose one of {', '.join(STEPS)}"),
+        ("input_pipeline", cfg.input_pipeline in INPUT_PIPELINES,
+         f"choose one of {', '.join(INPUT_PIPELINES)}"),
+        ("precision", not (cfg.precision == "fp16" and cfg.step == "fast"),
+         "fp16 needs --step plain (the fast step has no grad scaler); use bf16 with --step fast"),
         ("submission_division", cfg.submission_division in DIVISIONS, f"choose one of {DIVISIONS}"),
         ("bn_span", cfg.bn_span >= 1, "must be >= 1"),
         ("max_samples", cfg.max_samples >= 1, "must be >= 1 (MLPerf allows 1 or 50)"),
@@ -223,3 +251,34 @@ def validate(cfg: TrainConfig) -> None:
     for name, ok, message in checks:
         if not ok:
             raise ValueError(f"config {name}={getattr(cfg, name)!r}: {message}")
+
+
+def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig, str | None]:
+    """(cfg with every "auto"/None device choice made for ``device_type``, one-line note or None).
+
+    On CUDA the GPU presets get step=fast, a CUDA graph, the device input pipeline, bf16 and
+    channels_last; elsewhere the plain CPU path (the note says so). Idempotent. Raises ValueError
+    for a CUDA graph asked for on a non-CUDA device, or fp16 with the fast step.
+    """
+    cuda = device_type == "cuda"
+    step = cfg.step if cfg.step != "auto" else ("fast" if cuda else "plain")
+    values = {
+        "step": step,
+        "input_pipeline": cfg.input_pipeline if cfg.input_pipeline != "auto" else ("device" if cuda else "cpu"),
+        "precision": cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32"),
+        "channels_last": cuda if cfg.channels_last is None else cfg.channels_last,
+        "cuda_graph": (cuda and step == "fast") if cfg.cuda_graph is None else cfg.cuda_graph,
+    }
+    if values["cuda_graph"] and not cuda:
+        raise ValueError(f"--cuda-graph needs a CUDA device, this run is on {device_type} "
+                         "(drop --cuda-graph or pass --device cuda)")
+    if values["cuda_graph"] and step != "fast":
+        raise ValueError(f"--cuda-graph needs --step fast (the graph captures FastStep), got --step {step}")
+    resolved = replace(cfg, **values)
+    validate(resolved)
+    fell_back = [k for k in values if getattr(cfg, k) in ("auto", None)]
+    note = None
+    if fell_back and not cuda:
+        chosen = ", ".join(f"{k}={values[k]}" for k in fell_back)
+        note = f"note: preset {cfg.preset}'s GPU fast path needs CUDA; on {device_type}: {chosen}"
+    return resolved, note

@@ -2,7 +2,8 @@
 
 The whole product in one command on a laptop CPU: `ssdbench train --preset demo` (ssd128_mini,
 a few minutes on 2 cores), the 12 COCO stats of the final evaluation, and a few validation
-images with the predicted boxes drawn, all in one run folder.
+images with the predicted boxes (thick, class colours, name + score) and the ground-truth boxes
+(thin white with a dark edge, tagged "gt") drawn, all in one run folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 EPILOG = """examples:
@@ -47,7 +49,8 @@ def _set_threads(threads: int | None, workers: int) -> None:
 
 def draw_predictions(weights: Path, data_root: Path, out: Path, count: int, score_threshold: float,
                      device: torch.device) -> list[Path]:
-    """Run the trained model on the first `count` val images; write <out>/predictions/*.png."""
+    """Run the trained model on the first `count` val images; write <out>/predictions/*.png
+    with the predictions above `score_threshold` and the ground truth (`draw_ground_truth`)."""
     from ssdbench.data.coco import CocoDetection
     from ssdbench.data.transforms import EvalTransform
     from ssdbench.model.postprocess import postprocess
@@ -60,12 +63,13 @@ def draw_predictions(weights: Path, data_root: Path, out: Path, count: int, scor
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(min(count, len(val))):
-        image, _target = val.load(i)
+        image, target = val.load(i)
         with torch.no_grad():
             locs, scores = model(transform(image)[0][None].to(device))
         det = postprocess(locs.float(), scores.float(), "ssd128_mini")[0]
         path = folder / f"{val.ids[i]:012d}.png"
-        _draw(image, det, names, score_threshold).save(path)
+        picture = _draw(image, det, names, score_threshold)
+        draw_ground_truth(picture, target["boxes"], target["labels"], names, score_threshold).save(path)
         written.append(path)
     return written
 
@@ -88,6 +92,42 @@ def _draw_boxes(image, det, score_threshold):
         if score >= score_threshold:
             draw.rectangle([box[0] * w, box[1] * h, box[2] * w, box[3] * h], outline=(255, 0, 0), width=2)
     return img
+
+
+GT_COLOUR, GT_EDGE = (255, 255, 255), (0, 0, 0)  # white line on a dark edge: visible on any fill
+
+
+def draw_ground_truth(img, boxes, labels, names: dict, score_threshold: float):
+    """Draw ground truth on PIL image ``img`` in place (and return it): a thin white box with a
+    1-px dark edge per object, "gt <class>" inside its bottom-left corner, and a legend line.
+
+    ``boxes`` (n, 4) ltrb normalised, ``labels`` (n,) (label 1 = first category; 0 = padding).
+    The predictions (drawn before) are the thick, class-coloured boxes with a score.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    draw, font, (w, h) = ImageDraw.Draw(img), ImageFont.load_default(), img.size
+    for box, label in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1)):
+        if label <= 0:
+            continue
+        l, t, r, b = (np.clip(box, 0.0, 1.0) * [w, h, w, h]).tolist()
+        draw.rectangle([l - 1, t - 1, r + 1, b + 1], outline=GT_EDGE, width=1)
+        draw.rectangle([l, t, r, b], outline=GT_COLOUR, width=1)
+        text = f"gt: {names.get(int(label), int(label))}"
+        tl, tt, tr, tb = draw.textbbox((0, 0), text, font=font)
+        y = max(t, b - (tb - tt) - 3)
+        draw.rectangle([l + 1, y, l + (tr - tl) + 4, y + (tb - tt) + 2], fill=GT_EDGE)
+        draw.text((l + 2, y), text, fill=GT_COLOUR, font=font)
+    _legend(draw, font, h, f"thin white: gt   thick: predicted, score >= {score_threshold:.2f}")
+    return img
+
+
+def _legend(draw, font, height: int, text: str) -> None:
+    """One line of text on a dark band along the bottom edge."""
+    tl, tt, tr, tb = draw.textbbox((0, 0), text, font=font)
+    y = height - (tb - tt) - 4
+    draw.rectangle([0, y, tr - tl + 6, height], fill=GT_EDGE)
+    draw.text((3, y + 1), text, fill=GT_COLOUR, font=font)
 
 
 def run(args: argparse.Namespace) -> int:

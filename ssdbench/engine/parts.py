@@ -13,6 +13,10 @@ from .launch import Launch, bn_group, convert_sync_bn
 from .train import MLPerfSchedule, StepParts
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COCO_CATEGORIES = 80  # SPEC §5: COCO 2017 detection categories
+# torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
+# after at least 11 eager iterations on a side stream.
+DDP_GRAPH_WARMUP = 11
 
 
 @dataclass
@@ -28,6 +32,19 @@ class Data:
     iters_per_epoch: int
     global_batch: int
     warmup_iters: int
+    pipeline: object | None = None  # data.gpu_pipeline.DevicePipeline when input_pipeline=device
+
+    def train_batches(self):
+        """This epoch's training batches: the loader's, or device batches built from its bytes.
+
+        Either way the position lives in ``train_loader.sampler`` (a `ShardedSampler`), which
+        checkpoints save and resume restores.
+        """
+        if self.pipeline is None:
+            return self.train_loader
+        from ssdbench.data.gpu_pipeline import device_batches
+
+        return device_batches(self.train_loader, self.pipeline)
 
 
 def data_root(cfg: TrainConfig) -> Path:
@@ -42,10 +59,18 @@ def data_root(cfg: TrainConfig) -> Path:
     return default_dataset()
 
 
-def dataset_name(cfg: TrainConfig, root: Path) -> str:
+def dataset_name(cfg: TrainConfig, root: Path, train_set) -> str:
+    """`--dataset-name`, else detected: "coco2017" when the training annotation file is COCO's
+    (``instances_train2017.json`` with 80 categories; MLPerf's closed division needs this name),
+    "synthetic" for the embedded dataset, else the data folder's name (logged as open division)."""
     if cfg.dataset_name:
         return cfg.dataset_name
-    return "synthetic" if (root / "ssdbench_synth.json").is_file() else "coco2017"
+    if (root / "ssdbench_synth.json").is_file():
+        return "synthetic"
+    ann = Path(train_set.ann_file)
+    if ann.name == "instances_train2017.json" and train_set.num_classes - 1 == COCO_CATEGORIES:
+        return "coco2017"
+    return root.resolve().name or "dataset"
 
 
 def build_data(cfg: TrainConfig, launch: Launch) -> Data:
@@ -60,7 +85,7 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     size = get_spec(cfg.model).input_size
     common = dict(size=size, rank=launch.rank, world_size=launch.world_size, seed=cfg.seed,
                   workers=cfg.workers, max_objects=cfg.max_objects)
-    train_loader = build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples, **common)
+    train_loader, pipeline = _train_input(cfg, launch, train_set, size, common)
     val_loader = build_loader(val_set, cfg.eval_batch_size or cfg.batch_size, train=False, **common)
     iters = len(train_loader)
     if iters == 0:
@@ -68,8 +93,31 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
                          f"({cfg.global_batch(launch.world_size)})")
     if cfg.steps_per_epoch:
         iters = min(iters, cfg.steps_per_epoch)
-    return Data(dataset_name(cfg, root), train_set, val_set, train_loader, val_loader, train_set.num_classes,
-                iters, cfg.global_batch(launch.world_size), cfg.warmup_iters(iters))
+    return Data(dataset_name(cfg, root, train_set), train_set, val_set, train_loader, val_loader,
+                train_set.num_classes, iters, cfg.global_batch(launch.world_size), cfg.warmup_iters(iters),
+                pipeline)
+
+
+def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common: dict):
+    """(training loader, DevicePipeline or None) for ``cfg.input_pipeline`` (cpu | device).
+
+    device: the loader's workers only read JPEG bytes; `DevicePipeline` decodes and augments on
+    the device with the CPU loader's per-sample draws (same seed), and encodes targets there too
+    when the fast step will consume them.
+    """
+    from ssdbench.data.loader import build_loader
+
+    if cfg.input_pipeline != "device":
+        return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples, **common), None
+    from ssdbench.data.gpu_pipeline import DevicePipeline, build_byte_loader
+    from ssdbench.model.encoder import Encoder
+
+    loader = build_byte_loader(train_set, cfg.batch_size, True, launch.rank, launch.world_size, cfg.seed,
+                               cfg.workers, cfg.max_objects)
+    encoder = Encoder(cfg.model) if cfg.step == "fast" else None
+    pipeline = DevicePipeline(size, launch.device, train=True, seed=cfg.seed, max_objects=cfg.max_objects,
+                              max_samples=cfg.max_samples, encoder=encoder)
+    return loader, pipeline
 
 
 def build_network(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -98,18 +146,58 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
         # before every eval (SPEC §6) instead of being overwritten by rank 0's at every step.
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    if cfg.compile:
+    fast = cfg.step == "fast"
+    if cfg.compile and not fast:  # the fast step compiles encode + forward + loss itself
         model = torch.compile(model)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.base_lr(launch.world_size),
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(cfg, net, launch)
     schedule = MLPerfSchedule(iters_per_epoch, cfg.warmup_iters(iters_per_epoch), cfg.warmup_factor,
                               cfg.decay_epochs, cfg.decay_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = AMP_DTYPES[cfg.precision]
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     parts = StepParts(model, optimizer, scheduler, Encoder(cfg.model), device, scaler, amp_dtype,
-                      cfg.channels_last)
+                      bool(cfg.channels_last))
+    if fast:
+        from .fast_step import FastStep
+
+        warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
+        parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
+                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup)
     return parts, net
+
+
+def _optimizer(cfg: TrainConfig, net: torch.nn.Module, launch: Launch) -> torch.optim.SGD:
+    """SPEC §6 SGD. step=fast: `make_sgd` (fused, lr a device tensor the scheduler fills in place,
+    so a captured CUDA graph sees every update); plain: a float lr."""
+    lr = cfg.base_lr(launch.world_size)
+    if cfg.step == "fast":
+        from .fast_step import make_sgd
+
+        return make_sgd(net.parameters(), lr, cfg.momentum, cfg.weight_decay, launch.device)
+    return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict` that keeps tensor learning rates in their original tensors.
+
+    Loading replaces each group's ``lr`` with the checkpoint's (a CPU tensor after
+    ``map_location="cpu"``); a fused step and a captured CUDA graph read the original device
+    tensor, so its value is copied in and the original object is put back.
+    """
+    before = [{k: g[k] for k in ("lr", *_KERNEL_FLAGS) if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, old in zip(optimizer.param_groups, before):
+        group.update({k: old[k] for k in _KERNEL_FLAGS if k in old})  # this run's kernel choice
+        lr = old["lr"]
+        if isinstance(lr, torch.Tensor):
+            with torch.no_grad():
+                lr.copy_(torch.as_tensor(group["lr"], dtype=lr.dtype))
+            group["lr"] = lr
+        else:  # a step=fast checkpoint resumed with step=plain
+            group["lr"] = float(group["lr"])
+
+
+_KERNEL_FLAGS = ("fused", "foreach", "capturable")  # how this run steps, not state to restore
 
 
 def summary_line(state, cfg: TrainConfig) -> str:

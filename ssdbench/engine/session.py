@@ -19,9 +19,9 @@ import torch
 
 from . import distributed as D
 from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, resolve_for_device
 from .launch import Launch, Watchdog, all_reduce_sum, average_bn_stats, init_distributed, shutdown
-from .parts import build_data, build_parts, summary_line
+from .parts import build_data, build_parts, load_optimizer_state, summary_line
 from .run_folder import RunFolder, default_run_dir
 from .train import NonFiniteLossError, TrainState, train_one_epoch
 
@@ -30,6 +30,9 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train with `cfg` under the current launcher; returns the summary (see `Session.summary`)."""
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
+        cfg, note = resolve_for_device(cfg, launch.device.type)  # "auto" step/pipeline/precision
+        if note and launch.is_main:
+            print(note, flush=True)
         return Session(cfg, launch, progress).run()
     finally:
         shutdown()
@@ -113,7 +116,7 @@ class Session:
                              f"ranks, this run has {self.launch.world_size}")
         p = self.parts
         self.net.load_state_dict(ckpt["model"])
-        p.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(p.optimizer, ckpt["optimizer"])  # keeps a fast step's device lr tensor
         p.scheduler.load_state_dict(ckpt["scheduler"])
         if p.scaler is not None and ckpt.get("scaler"):
             p.scaler.load_state_dict(ckpt["scaler"])
@@ -207,7 +210,7 @@ class Session:
                             img_s=f"{record['img_s']:.0f}")
             self.folder.log_metrics({"kind": "train", **record})
 
-        stopped = train_one_epoch(self.parts, self.data.train_loader, state, self.cfg.log_every,
+        stopped = train_one_epoch(self.parts, self.data.train_batches(), state, self.cfg.log_every,
                                   lambda v: all_reduce_sum(v, self.launch.device), on_window,
                                   lambda: self.stop_requested, self.cfg.steps_per_epoch,
                                   self.watchdog.beat)

@@ -61,6 +61,9 @@ class StepParts:
     amp_dtype: torch.dtype | None = None  # None = fp32
     channels_last: bool = False
     loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, SPEC §3
+    # `engine.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
+    # same model, optimizer (tensor lr) and scheduler. None = the plain step.
+    fast_step: Callable | None = None
 
 
 @dataclass
@@ -134,12 +137,13 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     (all ranks agree through `reduce`) and after every step when running alone.
     """
     parts.model.train()
+    step = parts.fast_step or (lambda b: train_step(parts, b))
     losses, images, t0 = [], 0, time.perf_counter()
     alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
     for batch in loader:
         if max_steps is not None and state.epoch_step >= max_steps:
             break
-        losses.append(train_step(parts, batch))
+        losses.append(step(batch))  # a device tensor: read once per window, not per step
         images += batch["images"].shape[0]
         state.step += 1
         state.epoch_step += 1
@@ -163,6 +167,7 @@ def _end_window(parts, state, losses, images, t0, reduce, on_window, should_stop
     if on_window is not None:
         elapsed = max(time.perf_counter() - t0, 1e-9)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss,
-                   "lr": parts.optimizer.param_groups[0]["lr"], "img_s": images * world / elapsed})
+        lr = float(parts.optimizer.param_groups[0]["lr"])  # a device tensor with step=fast: one read
+        on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": lr,
+                   "img_s": images * world / elapsed})
     return stop

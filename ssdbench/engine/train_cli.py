@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PRESETS, resolve_config
+from .config import PRESETS, resolve_config, resolve_for_device
 
 EPILOG = """presets:
   demo           ssd128_mini on the embedded synthetic dataset (default without --data)
@@ -31,6 +31,10 @@ launches:
   ssdbench train --preset mlperf --data /coco --backbone-weights resnet34-333f7ec4.pth
   torchrun --nproc_per_node 8 -m ssdbench train --preset dgxa100_x8 --data /coco --out runs/a100
   srun --ntasks-per-node 8 python -m ssdbench train ...    # see recipes/train.sbatch
+
+fast path (issue 6): on CUDA the mlperf, dgx* and modelzoo presets train with --step fast (fused
+  SGD, no host sync per step), --cuda-graph, --input-pipeline device (decode and augment on the
+  GPU), bf16 and channels_last; on CPU they fall back to the plain step and the CPU loader.
 
 resume: re-run the same command with the same --out (or pass --resume [RUN_DIR|CHECKPOINT]).
 """
@@ -63,7 +67,9 @@ _VALUE_FLAGS = {
     "--seed": ("seed", int, "random seed (rank r uses seed + r)"),
     "--out": ("out", str, "run folder (default runs/<preset>-<time>); an existing one is resumed"),
     "--log-every": ("log_every", int, "steps per metrics.jsonl window"),
-    "--dataset-name": ("dataset_name", str, "dataset name for the MLPerf log (default: coco2017/synthetic)"),
+    "--step": ("step", str, "plain (train_step), fast (FastStep: fused SGD, no host sync) or auto"),
+    "--input-pipeline": ("input_pipeline", str, "cpu (workers decode + augment), device (on the GPU) or auto"),
+    "--dataset-name": ("dataset_name", str, "MLPerf log dataset (default: detected; coco2017 = closed)"),
     "--submission-org": ("submission_org", str, "MLPerf submission_org"),
     "--submission-platform": ("submission_platform", str, "MLPerf submission_platform"),
     "--submission-status": ("submission_status", str, "cloud, onprem, preview or research"),
@@ -72,6 +78,7 @@ _VALUE_FLAGS = {
 _BOOL_FLAGS = {
     "--channels-last": ("channels_last", "NHWC memory format"),
     "--compile": ("compile", "torch.compile the model"),
+    "--cuda-graph": ("cuda_graph", "capture the fast step as one CUDA graph (CUDA, --step fast)"),
     "--deterministic": ("deterministic", "deterministic kernels (bit-reproducible CPU runs)"),
 }
 
@@ -129,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     from .session import run_training
 
     cfg = config_from_args(args)
+    cfg, note = resolve_for_device(cfg, _device_type(cfg.device))  # the printed config is the run's
+    if D.env_rank() == 0 and note:
+        print(note, flush=True)
     if D.env_rank() == 0:
         print(f"ssdbench train: preset {cfg.preset}, resolved config:\n{cfg.describe()}", flush=True)
     if args.print_config:
@@ -137,6 +147,15 @@ def run(args: argparse.Namespace) -> int:
     if D.env_rank() == 0 and summary:
         print_result(summary)
     return 0 if summary.get("status") in ("success", "finished", "interrupted", None) else 1
+
+
+def _device_type(name: str) -> str:
+    """"cuda" or "cpu" for a --device value, as `launch.pick_device` will choose it."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
 
 
 def print_result(summary: dict) -> None:
