@@ -101,7 +101,7 @@ class TrainConfig:
         """Warmup length in iterations: explicit steps, else warmup_epochs x iterations per epoch."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return int(math.ceil(self.warmup_epochs * iters_per_epoch))
+        return math.ceil(self.warmup_epochs * iters_per_epoch)
 
     def division(self, dataset_name: str) -> str:
         """auto: closed for the benchmark as defined (ssd300_r34 on COCO 2017), else open."""
@@ -199,7 +199,7 @@ def load_config_file(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"config file {path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a JSON object of config keys")
+        raise ValueError(f"config file {path}: expected a JSON object of config keys")  # noqa: TRY004  a user-file error, printed as one line
     return data
 
 

@@ -65,7 +65,6 @@ def _dataset(data: str | None, split: str):
 
 def _model(args, dataset, device):
     from ssdbench import build_model
-
     from ssdbench.model.weights import checkpoint_model_name
 
     if not Path(args.weights).is_file():

@@ -83,8 +83,8 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     if train_set.num_classes != val_set.num_classes:
         raise ValueError(f"{root}: train has {train_set.num_classes - 1} categories, val {val_set.num_classes - 1}")
     size = get_spec(cfg.model).input_size
-    common = dict(size=size, rank=launch.rank, world_size=launch.world_size, seed=cfg.seed,
-                  workers=cfg.workers, max_objects=cfg.max_objects)
+    common = {"size": size, "rank": launch.rank, "world_size": launch.world_size, "seed": cfg.seed,
+              "workers": cfg.workers, "max_objects": cfg.max_objects}
     train_loader, pipeline = _train_input(cfg, launch, train_set, size, common)
     val_loader = build_loader(val_set, cfg.eval_batch_size or cfg.batch_size, train=False, **common)
     iters = len(train_loader)

@@ -104,7 +104,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             values[field_name] = tuple(value) if isinstance(value, list) else value
-    for _flag, (field_name, _text) in _BOOL_FLAGS.items():
+    for field_name, _text in _BOOL_FLAGS.values():
         if getattr(args, field_name) is not None:
             values[field_name] = getattr(args, field_name)
     if args.v07_eval:

@@ -212,7 +212,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..model.specs import get_spec
-
     from ..model.weights import checkpoint_model_name
 
     args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
