@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "accuracy": ("ssdbench.inference.accuracy", "COCO mAP of a LoadGen accuracy log"),
     "data": ("ssdbench.data.cli", "synthesize, download and check COCO-format datasets"),
     "model": ("ssdbench.model.cli", "model facts: default boxes, parameters, GFLOPs"),
+    "benchmark": ("ssdbench.benchmark_cli", "run a benchmark script from benchmarks/ (table + JSON)"),
 }
 
 EPILOG = """examples:

@@ -32,7 +32,7 @@ launches:
   torchrun --nproc_per_node 8 -m ssdbench train --preset dgxa100_x8 --data /coco --out runs/a100
   srun --ntasks-per-node 8 python -m ssdbench train ...    # see recipes/train.sbatch
 
-fast path (issue 6): on CUDA the mlperf, dgx* and modelzoo presets train with --step fast (fused
+fast path: on CUDA the mlperf, dgx* and modelzoo presets train with --step fast (fused
   SGD, no host sync per step), --cuda-graph, --input-pipeline device (decode and augment on the
   GPU), bf16 and channels_last; on CPU they fall back to the plain step and the CPU loader.
 
