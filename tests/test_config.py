@@ -33,7 +33,7 @@ def test_dgxa100_preset_is_the_published_config():
     cfg = resolve_config("dgxa100_x8")
     assert cfg.global_batch(SYSTEM_WORLD_SIZES["dgxa100_x8"]) == 912
     assert (cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.decay_epochs) == (0.09, 1.3e-4, 650, (44, 55))
-    assert cfg.warmup_iters(iters_per_epoch=128) == 650  # explicit steps win over epochs
+    assert cfg.warmup_iters(117266, 912) == 650  # explicit steps win over epochs
 
 
 def test_system_presets_global_batches_and_allowed_decay():
@@ -95,3 +95,10 @@ def test_schedule_by_hand():
     # Reference warmup factor f: lr starts at 1 - 2**-f of the base (f = 1: 0.5).
     half = MLPerfSchedule(10, 4, warmup_factor=1, decay_epochs=())
     assert [half(i) for i in range(5)] == pytest.approx([0.5, 0.625, 0.75, 0.875, 1.0])
+
+
+def test_warmup_from_epochs_matches_the_reference_formula():
+    cfg = resolve_config("mlperf", overrides={"warmup_epochs": 5.0})
+    assert cfg.warmup_steps is None
+    assert cfg.warmup_iters(117266, 1024) == 572  # int(5 x 117266 / 1024) = int(572.59)
+    assert cfg.warmup_iters(117266, 32) == 18322

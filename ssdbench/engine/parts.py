@@ -94,7 +94,8 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     if cfg.steps_per_epoch:
         iters = min(iters, cfg.steps_per_epoch)
     return Data(dataset_name(cfg, root, train_set), train_set, val_set, train_loader, val_loader,
-                train_set.num_classes, iters, cfg.global_batch(launch.world_size), cfg.warmup_iters(iters),
+                train_set.num_classes, iters, cfg.global_batch(launch.world_size),
+                cfg.warmup_iters(len(train_set), cfg.global_batch(launch.world_size)),
                 pipeline)
 
 
@@ -130,7 +131,7 @@ def build_network(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
 
 
 def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
-                iters_per_epoch: int) -> tuple[StepParts, torch.nn.Module]:
+                iters_per_epoch: int, warmup_iters: int) -> tuple[StepParts, torch.nn.Module]:
     """(StepParts, the bare network). The step's model may be DDP-wrapped and compiled."""
     from ssdbench.model.encoder import Encoder
 
@@ -150,7 +151,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
     if cfg.compile and not fast:  # the fast step compiles encode + forward + loss itself
         model = torch.compile(model)
     optimizer = _optimizer(cfg, net, launch)
-    schedule = MLPerfSchedule(iters_per_epoch, cfg.warmup_iters(iters_per_epoch), cfg.warmup_factor,
+    schedule = MLPerfSchedule(iters_per_epoch, warmup_iters, cfg.warmup_factor,
                               cfg.decay_epochs, cfg.decay_factor)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = AMP_DTYPES[cfg.precision]

@@ -90,7 +90,8 @@ class Session:
         _set_determinism(cfg)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.data = build_data(cfg, launch)
-        self.parts, self.net = build_parts(cfg, launch, self.data.num_classes, self.data.iters_per_epoch)
+        self.parts, self.net = build_parts(cfg, launch, self.data.num_classes, self.data.iters_per_epoch,
+                                            self.data.warmup_iters)
         torch.manual_seed(cfg.seed + launch.rank)  # per-rank seeds (SPEC §6)
         if self.ckpt is not None:
             self._restore(self.ckpt)
