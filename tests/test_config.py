@@ -102,3 +102,11 @@ def test_warmup_from_epochs_matches_the_reference_formula():
     assert cfg.warmup_steps is None
     assert cfg.warmup_iters(117266, 1024) == 572  # int(5 x 117266 / 1024) = int(572.59)
     assert cfg.warmup_iters(117266, 32) == 18322
+
+
+def test_closed_division_rejects_zero_warmup():
+    import pytest
+
+    with pytest.raises(ValueError, match="closed division needs a warmup"):
+        resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "closed"})
+    resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "open"})

@@ -247,6 +247,11 @@ def validate(cfg: TrainConfig) -> None:
         ("log_every", cfg.log_every >= 1, "must be >= 1"),
         ("workers", cfg.workers >= 0, "must be >= 0"),
         ("steps_per_epoch", cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, "must be >= 1"),
+        ("warmup_steps", cfg.warmup_steps is None or cfg.warmup_steps >= 0, "must be >= 0"),
+        ("warmup_epochs", cfg.warmup_epochs >= 0, "must be >= 0"),
+        # The 1.1.0 closed ruleset requires opt_learning_rate_warmup_steps >= 1.
+        ("warmup_steps", not (cfg.submission_division == "closed" and cfg.warmup_steps == 0),
+         "closed division needs a warmup (the 1.1.0 ruleset requires at least 1 warmup step)"),
     ]
     for name, ok, message in checks:
         if not ok:
