@@ -226,3 +226,22 @@ def test_demo_draws_ground_truth_boxes():
     assert tuple(px[40, 70]) == GT_COLOUR  # top edge
     assert (px[155, :100] != (40, 90, 160)).any(axis=-1).all()  # the legend band along the bottom
     assert tuple(px[10, 10]) == (40, 90, 160)  # the padding slot (label 0) is not drawn
+
+
+def test_contact_sheet_tiles_landscape_and_portrait(tmp_path):
+    from PIL import Image
+
+    from ssdbench.engine.demo import contact_sheet
+
+    paths = []
+    for k, size in enumerate([(640, 480), (480, 640), (500, 375), (100, 100)]):
+        p = tmp_path / f"{k}.png"
+        Image.new("RGB", size, (255, 0, 0)).save(p)
+        paths.append(p)
+    sheet = contact_sheet(paths, tmp_path / "sheet.png", columns=3, width=200)
+    with Image.open(sheet) as im:
+        assert im.size == (600, 400)  # 3 columns x 2 rows of 200 px square cells
+        assert im.getpixel((100, 100)) == (255, 0, 0)  # first tile centred in its cell
+        assert im.getpixel((300, 5)) == (255, 0, 0)  # portrait tile fills the cell's height
+        assert im.getpixel((500, 300)) == (255, 255, 255)  # empty sixth cell
+    assert contact_sheet([], tmp_path / "none.png") is None

@@ -97,6 +97,24 @@ def _draw_boxes(image, det, score_threshold):
 GT_COLOUR, GT_EDGE = (255, 255, 255), (0, 0, 0)  # white line on a dark edge: visible on any fill
 
 
+def contact_sheet(pictures: list[Path], out: Path, columns: int = 3, width: int = 400) -> Path | None:
+    """Tile the drawn predictions into one PNG (`width` px per tile), so a run is judged at a glance."""
+    from PIL import Image
+
+    if not pictures:
+        return None
+    rows = -(-len(pictures) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * width), "white")
+    for k, path in enumerate(pictures):
+        with Image.open(path) as im:
+            tile = im.convert("RGB")
+        tile.thumbnail((width, width))  # square cells: landscape and portrait images alike
+        x, y = (k % columns) * width, (k // columns) * width
+        sheet.paste(tile, (x + (width - tile.width) // 2, y + (width - tile.height) // 2))
+    sheet.save(out)
+    return out
+
+
 def draw_ground_truth(img, boxes, labels, names: dict, score_threshold: float):
     """Draw ground truth on PIL image ``img`` in place (and return it): a thin white box with a
     1-px dark edge per object, "gt <class>" inside its bottom-left corner, and a legend line.
@@ -156,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     pictures = draw_predictions(run_dir / "checkpoints" / "last.pt", data_root(cfg), run_dir,
                                 args.images, args.score_threshold, device)
     print_result(summary)
-    print(f"predictions drawn: {pictures[0].parent if pictures else 'none'} ({len(pictures)} PNG)")
+    sheet = contact_sheet(pictures, run_dir / "predictions.png")
+    print(f"predictions drawn: {pictures[0].parent if pictures else 'none'} ({len(pictures)} PNG)"
+          + (f"; all in one picture: {sheet}" if sheet else ""))
     print(f"plots: {run_dir / 'plots'}; MLPerf log: {summary['mlperf_log']}")
     return 0
