@@ -1,4 +1,4 @@
-"""One-GPU speed of training, inference and evaluation (issue 6): correctness first, then timings.
+"""One-GPU speed of training, inference and evaluation: correctness first, then timings.
 
     python benchmarks/gpu.py --out benchmarks/out                    # on a GPU (docs/GPU.md)
     python benchmarks/gpu.py --device cpu --quick --out benchmarks/out   # CPU smoke run (ssd128_mini)

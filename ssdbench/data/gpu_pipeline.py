@@ -1,6 +1,6 @@
 """Device-side input pipeline: CPU workers read JPEG bytes, the device does everything else.
 
-Split of the work (issue 6: the GPU must never wait on input at 3,000 images/s):
+Split of the work (the GPU must never wait on input at 3,000 images/s):
 
 - CPU workers (`JpegBytesDataset` + `build_byte_loader`): read the file bytes and the
   annotations, nothing else (no decode, no pixel work).

@@ -64,7 +64,7 @@ class TrainConfig:
     channels_last: bool | None = False  # NHWC (faster tensor-core convolutions); None = on for CUDA
     compile: bool = False  # torch.compile the model (step=fast: encode + forward + loss)
     # plain = `train.train_step` (float lr, any precision, GradScaler for fp16). fast =
-    # `fast_step.FastStep` (issue 6): fused SGD with a device-tensor lr and no host sync inside the
+    # `fast_step.FastStep`: fused SGD with a device-tensor lr and no host sync inside the
     # step (eager on CPU); fp32 or bf16 only (it has no GradScaler). auto = fast on CUDA.
     step: str = "plain"
     # Capture the whole fast step (forward, backward, SGD) as one CUDA graph: removes the per-kernel

@@ -1,7 +1,7 @@
 """A static-shape training step for CUDA: bf16 autocast, channels_last, torch.compile, CUDA graphs.
 
 `FastStep` runs the same maths as `engine.train.train_step` (encode targets, forward, SSD loss,
-backward, SGD, scheduler) but is built for speed on one GPU (issue 6):
+backward, SGD, scheduler) but is built for speed on one GPU:
 
 - forward under bf16 autocast (loss in float32, `model.loss.ssd_loss`), channels_last inputs;
 - optional ``torch.compile`` of encode + forward + loss;
