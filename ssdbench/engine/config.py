@@ -191,13 +191,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict, source: str) -> TrainConf
 
 
 def load_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"config file {path}: invalid JSON ({exc})") from None
+    from ssdbench.jsonfile import read_json
+
+    data = read_json(path, "config file")
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a JSON object of config keys")  # noqa: TRY004  a user-file error, printed as one line
     return data

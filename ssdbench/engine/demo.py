@@ -75,23 +75,9 @@ def draw_predictions(weights: Path, data_root: Path, out: Path, count: int, scor
 
 
 def _draw(image, det, names, score_threshold):
-    try:
-        from ssdbench.inference.predict import draw_detections
-    except ImportError:  # the inference package is optional for training installs
-        return _draw_boxes(image, det, score_threshold)
+    from ssdbench.inference.predict import draw_detections  # one drawing for demo and `predict`
+
     return draw_detections(image, det, names, score_threshold=score_threshold)
-
-
-def _draw_boxes(image, det, score_threshold):
-    """Minimal fallback: boxes only (ltrb normalised -> pixels)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(image)
-    draw, (w, h) = ImageDraw.Draw(img), img.size
-    for box, score in zip(det.boxes.tolist(), det.scores.tolist()):
-        if score >= score_threshold:
-            draw.rectangle([box[0] * w, box[1] * h, box[2] * w, box[3] * h], outline=(255, 0, 0), width=2)
-    return img
 
 
 GT_COLOUR, GT_EDGE = (255, 255, 255), (0, 0, 0)  # white line on a dark edge: visible on any fill
