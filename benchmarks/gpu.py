@@ -36,11 +36,11 @@ import torch
 from timing import sync_for, timed
 from tqdm import tqdm
 
-from ssdbench.engine.fast_step import FastStep, make_sgd
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.postprocess import postprocess_padded
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import build_model, layer_macs
+from ssdbench.train.fast_step import FastStep, make_sgd
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16 (NVIDIA datasheet); MFU is reported against it
 TOL = {"fp32": (1e-3, 1e-3), "bf16": (5e-2, 3e-2)}  # (loss, outputs) relative error vs fp32 eager
@@ -173,7 +173,7 @@ def graphed(module, example, dtype, device):
 
 
 def inference_module(net, s2d: bool, device):
-    from ssdbench.inference.space_to_depth import apply_space_to_depth, space_to_depth
+    from ssdbench.infer.space_to_depth import apply_space_to_depth, space_to_depth
 
     body = (apply_space_to_depth(net) if s2d else copy.deepcopy(net)).to(device).eval()
     body = body.to(memory_format=torch.channels_last)
@@ -231,7 +231,7 @@ def single_stream(args, module, name, size, device, s2d) -> dict:
 def bench_eval(args, device) -> dict:
     """Eval pass: network (bf16 on GPU) + postprocess per batch, detections to host, COCO scoring
     in a worker thread overlapping the next batches (as the published systems do)."""
-    from ssdbench.engine.coco_eval import coco_stats
+    from ssdbench.eval.coco import coco_stats
 
     name, n_images = args.train_model, args.eval_images
     size, bs = get_spec(name).input_size, args.eval_batch

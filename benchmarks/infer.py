@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssdbench.inference.backends import make_backend
+from ssdbench.infer.backends import make_backend
 from ssdbench.model.ssd import build_model
 
 # Relative tolerance on raw maps (max |diff| / max |reference|) against fp32 eager.

@@ -10,9 +10,9 @@ import torch
 from loadgen_fixtures import loadgen_env
 
 from ssdbench import cli
-from ssdbench.inference import settings as S
-from ssdbench.inference.accuracy import coco_results, decode_log, evaluate_log, tuples_to_detections
-from ssdbench.inference.loadgen_cli import run_loadgen
+from ssdbench.loadgen import settings as S
+from ssdbench.loadgen.accuracy import coco_results, decode_log, evaluate_log, tuples_to_detections
+from ssdbench.loadgen.run import run_loadgen
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_bad_logs(acc_env, tmp_path):
 def _reference_eval(dataset, weights, count):
     """`engine.evaluate` of the same weights on the same images (SPEC §5 preprocessing, batch 1)."""
     from ssdbench.data.transforms import preprocess_for_inference
-    from ssdbench.engine.evaluate import evaluate
+    from ssdbench.eval.evaluate import evaluate
     from ssdbench.model.ssd import build_model
 
     loader = []
@@ -180,8 +180,8 @@ class NoisyOracleSSD(torch.nn.Module):
 def test_accuracy_log_map_equals_evaluate_nonzero(acc_env, tmp_path):
     """Same network, same images: LoadGen accuracy log mAP == engine.evaluate mAP, with 0 < mAP < 1."""
     from ssdbench.data.transforms import preprocess_for_inference
-    from ssdbench.engine.evaluate import evaluate
-    from ssdbench.inference.backends import make_backend
+    from ssdbench.eval.evaluate import evaluate
+    from ssdbench.infer.backends import make_backend
 
     _, dataset, _ = acc_env
     truth, loader = {}, []

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssdbench.inference.backends import Predictions, make_backend
+from ssdbench.infer.backends import Predictions, make_backend
 from ssdbench.model.postprocess import postprocess_padded
 from ssdbench.model.ssd import build_model
 

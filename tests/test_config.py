@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ssdbench.engine.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config
-from ssdbench.engine.train import MLPerfSchedule
+from ssdbench.train.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config
+from ssdbench.train.loop import MLPerfSchedule
 
 
 def test_default_preset_depends_on_data():

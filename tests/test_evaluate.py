@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssdbench.engine import distributed as D
-from ssdbench.engine.evaluate import evaluate, merge_shards
+from ssdbench import dist as D
+from ssdbench.eval.evaluate import evaluate, merge_shards
 from ssdbench.model.boxes import default_boxes
 from ssdbench.model.encoder import encode_targets
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ssdbench.cli import main
-from ssdbench.inference.backends import make_backend
-from ssdbench.inference.export import _OnnxNMS, export_model
+from ssdbench.infer.backends import make_backend
+from ssdbench.infer.export import _OnnxNMS, export_model
 from ssdbench.model.nms import greedy_nms_mask
 from ssdbench.model.ssd import build_model
 
@@ -112,7 +112,7 @@ def test_in_graph_nms_matches_project_nms():
 
 
 def test_space_to_depth_export_keeps_plain_input(tmp_path):
-    from ssdbench.inference.space_to_depth import apply_space_to_depth
+    from ssdbench.infer.space_to_depth import apply_space_to_depth
 
     model = _model()
     path = export_model(apply_space_to_depth(model), MODEL, tmp_path / "s2d.onnx")

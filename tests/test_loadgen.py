@@ -15,10 +15,10 @@ import torch
 from loadgen_fixtures import loadgen_env
 
 from ssdbench import cli
-from ssdbench.inference import settings as S
-from ssdbench.inference.loadgen_cli import RunFailed, run_loadgen
-from ssdbench.inference.report import parse_summary
-from ssdbench.inference.sut import detections_to_responses
+from ssdbench.loadgen import settings as S
+from ssdbench.loadgen.report import parse_summary
+from ssdbench.loadgen.run import RunFailed, run_loadgen
+from ssdbench.loadgen.sut import detections_to_responses
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_response_tuples_put_y_before_x():
 def test_qsl_matches_preprocessing_and_uses_cache(lg_env, tmp_path):
     from ssdbench.data.coco import CocoDetection
     from ssdbench.data.transforms import preprocess_for_inference
-    from ssdbench.inference.qsl import SampleLibrary
+    from ssdbench.loadgen.qsl import SampleLibrary
 
     data, _ = lg_env
     dataset = CocoDetection(data, "val")

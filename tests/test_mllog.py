@@ -11,7 +11,7 @@ import mlperf_logging
 import pytest
 import yaml
 
-from ssdbench.engine.mllog import MLPerfLogger, check_log, checker_failures, ruleset_tensor_names
+from ssdbench.train.mllog import MLPerfLogger, check_log, checker_failures, ruleset_tensor_names
 
 RULES = os.path.join(os.path.dirname(mlperf_logging.__file__), "compliance_checker", "training_1.1.0")
 

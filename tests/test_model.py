@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssdbench.model import cli as model_cli
+from ssdbench.cli import model as model_cli
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import SSD, build_model, check_shapes, layer_macs, map_sizes
 

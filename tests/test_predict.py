@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from ssdbench.cli import main
-from ssdbench.inference.predict import categories, draw_detections, to_records
+from ssdbench.infer.draw import draw_detections
+from ssdbench.infer.predict import categories, to_records
 from ssdbench.model.postprocess import Detections
 from ssdbench.model.ssd import build_model
 

@@ -51,7 +51,7 @@ def test_multi_node_command_with_container():
 
 
 def test_batch_script_presets_exist():
-    from ssdbench.engine.config import PRESETS
+    from ssdbench.train.config import PRESETS
 
     text = SBATCH.read_text()
     assert "PRESET:-dgxa100_x8" in text and "dgxa100_x8" in PRESETS and "dgxa100_2x8" in PRESETS

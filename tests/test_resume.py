@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssdbench.engine.checkpoint import last_checkpoint, load_checkpoint
+from ssdbench.train.checkpoint import last_checkpoint, load_checkpoint
 
 EPOCHS, BATCH = 2, 8  # 48 images, fewer after dropping empty ones: ~5 steps per epoch
 
@@ -102,7 +102,7 @@ def test_sigterm_checkpoints_mid_epoch_then_resume(tiny_data, reference, tmp_pat
 
 
 def test_checkpoint_files_are_atomic_and_pointed(tmp_path):
-    from ssdbench.engine.checkpoint import save_checkpoint
+    from ssdbench.train.checkpoint import save_checkpoint
 
     for i in range(4):
         save_checkpoint(tmp_path, f"epoch_{i:04d}.pt", {"i": torch.tensor(i)})

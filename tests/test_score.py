@@ -9,7 +9,7 @@ import pytest
 from mlperf_logging.result_summarizer.result_summarizer import _compute_olympic_average
 
 from ssdbench.cli import main
-from ssdbench.engine.score import RunResult, olympic_mean, read_run
+from ssdbench.train.score import RunResult, olympic_mean, read_run
 
 
 def write_summary(folder, minutes, reached=True, epochs=50):

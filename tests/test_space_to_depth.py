@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssdbench.inference.space_to_depth import (
+from ssdbench.infer.space_to_depth import (
     SpaceToDepthConv,
     apply_space_to_depth,
     space_to_depth,

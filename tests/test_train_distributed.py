@@ -11,15 +11,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ssdbench.engine import launch as L
-from ssdbench.engine.train import MLPerfSchedule, StepParts, TrainState, train_one_epoch
+from ssdbench import dist as L
+from ssdbench.train import sync_bn as SB
+from ssdbench.train.loop import MLPerfSchedule, StepParts, TrainState, train_one_epoch
 
 STEPS, GLOBAL_BATCH, CLASSES = 3, 8, 5
 # Tolerance: fp32 sums over 8 images taken in another order (two halves + all-reduce) differ by
-# ~1e-7 relative per step; three SGD steps amplify that (through BatchNorm's 1/std) to ~1e-4 of
-# the distance each tensor moved (measured: 1.1e-4). We require 1e-3 of that distance: a wrong
-# BN statistic or gradient scale gives differences of the order of the distance itself.
-RTOL_OF_MOVEMENT = 1e-3
+# ~1e-7 relative per step; three SGD steps amplify that (through BatchNorm's 1/std) to 1e-4 .. 3e-3
+# of the distance each tensor moved (measured 1.1e-4 on one machine, 2.3e-3 on an AMX Xeon whose
+# oneDNN kernels differ by batch size). We require 1e-2 of that distance: a wrong BN statistic or
+# gradient scale gives differences of the order of the distance itself.
+RTOL_OF_MOVEMENT = 1e-2
 
 
 def _free_port() -> int:
@@ -64,7 +66,7 @@ def _train(rank: int, world: int) -> dict:
     net = build_model("ssd128_mini", num_classes=CLASSES)
     model = net
     if world > 1:
-        net = L.convert_sync_bn(net, L.bn_group(world, world), torch.device("cpu"))
+        net = SB.convert_sync_bn(net, SB.bn_group(world, world), torch.device("cpu"))
         model = torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(STEPS, 1, 0.0, ()))
@@ -105,10 +107,10 @@ def test_two_ranks_match_one_process(tmp_path):
 
 FAILING_RANK = """
 import os, sys, time, torch
-from ssdbench.engine import launch as L
+from ssdbench import dist as L
 L.init_distributed("cpu", timeout_s=float(sys.argv[1]))
 for step in range(1000):
-    if L.D.get_rank() == 1 and step == 3:
+    if L.get_rank() == 1 and step == 3:
         os._exit(7)  # a crash: no clean shutdown
     L.all_reduce_sum([1.0], torch.device("cpu"))
     time.sleep(0.05)
@@ -133,7 +135,7 @@ def test_dead_rank_ends_the_other(tmp_path):
 
 
 def test_watchdog_exits_a_stuck_process():
-    code = "import time; from ssdbench.engine.launch import Watchdog; Watchdog(1.0, poll_s=0.2).start(); time.sleep(30)"
+    code = "import time; from ssdbench.dist import Watchdog; Watchdog(1.0, poll_s=0.2).start(); time.sleep(30)"
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "no training progress" in proc.stderr
@@ -142,6 +144,6 @@ def test_watchdog_exits_a_stuck_process():
 
 @pytest.mark.parametrize("span, world", [(2, 3)])
 def test_bn_span_must_divide_world(span, world, monkeypatch):
-    monkeypatch.setattr(L.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(SB.dist, "get_rank", lambda: 0)
     with pytest.raises(ValueError, match="bn_span=2"):
-        L.bn_group(span, world)
+        SB.bn_group(span, world)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ssdbench.engine.checkpoint import last_checkpoint, load_checkpoint
-from ssdbench.engine.config import resolve_config, resolve_for_device
-from ssdbench.engine.session import Session, run_training
+from ssdbench.train.checkpoint import last_checkpoint, load_checkpoint
+from ssdbench.train.config import resolve_config, resolve_for_device
+from ssdbench.train.trainer import Session, run_training
 
 BATCH = 4
 # Fused SGD (step=fast) and the plain for-loop SGD do the same fp32 maths; after ~10 steps the
@@ -114,7 +114,7 @@ def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data,
     stop_at = total // DEVICE_EPOCHS + 2
     cfg, _ = resolve_for_device(_cfg(data, tmp_path, step="fast", input_pipeline="device",
                                      epochs=DEVICE_EPOCHS, log_every=3, decay_epochs=(DEVICE_EPOCHS,)), "cpu")
-    from ssdbench.engine.launch import init_distributed
+    from ssdbench.dist import init_distributed
 
     session = Session(cfg, init_distributed("cpu"), progress=False)
 
@@ -139,8 +139,8 @@ def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data,
 
 
 def test_load_optimizer_state_keeps_the_lr_tensor():
-    from ssdbench.engine.fast_step import make_sgd
-    from ssdbench.engine.parts import load_optimizer_state
+    from ssdbench.train.build import load_optimizer_state
+    from ssdbench.train.fast_step import make_sgd
 
     w = torch.nn.Parameter(torch.ones(3))
     saved = make_sgd([w], 0.5)
@@ -202,7 +202,7 @@ def _coco(root, categories: int, split: str = "train"):
 ])
 def test_dataset_name_detection(tmp_path, categories, split, given, expected):
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.engine.parts import dataset_name
+    from ssdbench.train.build import dataset_name
 
     root = _coco(tmp_path / "mycoco", categories, split)
     cfg = resolve_config("mlperf", overrides={"dataset_name": given, "train_split": split})
@@ -215,7 +215,7 @@ def test_dataset_name_detection(tmp_path, categories, split, given, expected):
 def test_demo_draws_ground_truth_boxes():
     from PIL import Image
 
-    from ssdbench.engine.demo import GT_COLOUR, draw_ground_truth
+    from ssdbench.infer.draw import GT_COLOUR, draw_ground_truth
 
     img = Image.new("RGB", (200, 160), (40, 90, 160))
     draw_ground_truth(img, np.array([[0.1, 0.25, 0.6, 0.75], [0, 0, 0, 0]]), np.array([2, 0]),
@@ -231,7 +231,7 @@ def test_demo_draws_ground_truth_boxes():
 def test_contact_sheet_tiles_landscape_and_portrait(tmp_path):
     from PIL import Image
 
-    from ssdbench.engine.demo import contact_sheet
+    from ssdbench.infer.draw import contact_sheet
 
     paths = []
     for k, size in enumerate([(640, 480), (480, 640), (500, 375), (100, 100)]):

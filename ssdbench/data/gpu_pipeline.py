@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode import decode_image
-from .jitter import color_jitter, draw_jitter, normalize
-from .loader import ShardedSampler
-from .transforms import sample_crop
+from ssdbench.data.decode import decode_image
+from ssdbench.data.jitter import color_jitter, draw_jitter, normalize
+from ssdbench.data.loader import ShardedSampler
+from ssdbench.data.transforms import sample_crop
 
 try:  # optional nvjpeg fast path (never required: torchvision may be absent)
     from torchvision.io import ImageReadMode, decode_jpeg

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .coco import BadSampleError
-from .transforms import EvalTransform, TrainTransform
+from ssdbench.data.coco import BadSampleError
+from ssdbench.data.transforms import EvalTransform, TrainTransform
 
 
 class ShardedSampler(Sampler):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .jitter import JITTER, color_jitter, draw_jitter, normalize  # noqa: F401  (re-exported)
+from ssdbench.data.jitter import JITTER, color_jitter, draw_jitter, normalize  # noqa: F401  (re-exported)
 
 # SPEC §5: crop modes drawn uniformly: None = keep the whole image, else the minimum IoU every
 # ground-truth box must have with the crop (-inf = unconstrained).

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .specs import ModelSpec, get_spec
+from ssdbench.model.specs import ModelSpec, get_spec
 
 
 def _level_sizes(spec: ModelSpec, level: int) -> list[tuple[float, float]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .boxes import default_boxes, encode_offsets, ltrb_to_xywh, xywh_to_ltrb
+from ssdbench.model.boxes import default_boxes, encode_offsets, ltrb_to_xywh, xywh_to_ltrb
 
 FORCED_IOU = 2.0  # SPEC §3: a ground truth's best default box gets IoU 2.0 (always positive)
 

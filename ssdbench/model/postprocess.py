@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from .boxes import decode_offsets, default_boxes
-from .nms import nms_mask
+from ssdbench.model.boxes import decode_offsets, default_boxes
+from ssdbench.model.nms import nms_mask
 
 
 class Detections(NamedTuple):

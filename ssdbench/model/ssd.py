@@ -15,8 +15,8 @@ import os
 import torch
 from torch import nn
 
-from .resnet import build_trunk
-from .specs import ModelSpec, get_spec
+from ssdbench.model.resnet import build_trunk
+from ssdbench.model.specs import ModelSpec, get_spec
 
 
 def extra_block(in_ch: int, mid: int, out: int, stride: int, padding: int) -> nn.Sequential:
@@ -179,7 +179,7 @@ def build_model(
     the weights carry class heads, the class count is taken from them (default 81 otherwise).
     `backbone_weights`: torchvision ImageNet resnet34 file loaded into the trunk (SPEC §6).
     """
-    from .weights import infer_num_classes, load_backbone, load_state, read_state_dict
+    from ssdbench.model.weights import infer_num_classes, load_backbone, load_state, read_state_dict
 
     state = None
     if weights is not None:

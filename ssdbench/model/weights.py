@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .specs import ModelSpec
+from ssdbench.model.specs import ModelSpec
 
 # MLPerf reference prefix -> our prefix (SPEC §7; reference base_model.ResNet34).
 _MLPERF_TRUNK = {

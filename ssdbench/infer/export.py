@@ -21,7 +21,6 @@ needs ``onnxscript``, which is not a dependency of this project.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.boxes import box_iou, decode_offsets, default_boxes
+from ssdbench.model.boxes import box_iou, decode_offsets, default_boxes
 
 POSTPROCESS_MODES = ("outside", "inside")
 # SPEC §4 post-processing constants, used by the in-graph variant.
@@ -37,11 +36,6 @@ SCORE_THRESHOLD = 0.05
 IOU_THRESHOLD = 0.5
 TOPK_PER_CLASS = 200
 MAX_DETECTIONS = 200
-
-EPILOG = """examples:
-  ssdbench export onnx --model ssd1200_r34 --weights resnet34-ssd1200.pt --out ssd1200.onnx
-  ssdbench export onnx --model ssd128_mini --weights last.pt --out mini.onnx --postprocess inside
-"""
 
 
 class _OnnxNMS(torch.autograd.Function):
@@ -115,7 +109,7 @@ class _SpaceToDepthInput(nn.Module):
         self.model = model
 
     def forward(self, image):
-        from .space_to_depth import space_to_depth
+        from ssdbench.infer.space_to_depth import space_to_depth
 
         return self.model(space_to_depth(image))
 
@@ -161,76 +155,14 @@ def export_model(
 
 
 def _input_size(model_name: str) -> int:
-    from ..model.specs import get_spec
+    from ssdbench.model.specs import get_spec
 
     return get_spec(model_name).input_size
 
 
-def export_onnx(
-    model_name: str,
-    weights: str | Path | None,
-    out_path: str | Path,
-    postprocess: str = "outside",
-    opset: int = 17,
-    dynamic_batch: bool = True,
-    num_classes: int | None = None,
-    space_to_depth: bool = False,
-) -> Path:
-    """Build `model_name` with `weights` (None: random init) and export it to ONNX at `out_path`."""
-    model = _build(model_name, weights, num_classes)
-    return export_model(_maybe_s2d(model, space_to_depth), model_name, out_path, postprocess, opset, dynamic_batch)
-
-
-def _build(model_name, weights, num_classes):
-    from ..model.ssd import build_model
-
-    return build_model(model_name, weights=weights, num_classes=num_classes)
-
-
-def _maybe_s2d(model: nn.Module, space_to_depth: bool) -> nn.Module:
-    from .space_to_depth import apply_space_to_depth
-
-    return apply_space_to_depth(model) if space_to_depth else model
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("format", choices=["onnx"], help="export format")
-    parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
-    parser.add_argument("--weights", help="checkpoint or reference weights (omitted: random init)")
-    parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="outside",
-                        help="decode + NMS inside the graph or in PyTorch after it (default: outside)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 2")
-    parser.add_argument("--num-classes", type=int, help="classes including background (default 81)")
-    parser.add_argument("--space-to-depth", action="store_true", help="4x4/s1 first conv on 2x2 blocks (SPEC §7)")
-    parser.add_argument("--check", action="store_true",
-                        help="run the file in ONNX Runtime and compare with PyTorch on a random image")
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..model.specs import get_spec
-    from ..model.weights import checkpoint_model_name
-
-    args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
-    get_spec(args.model)  # a bad --model fails here, before any note is printed
-    if args.weights is None:
-        print("ssdbench export: note: no --weights, exporting a randomly initialised model", file=sys.stderr)
-    model = _build(args.model, args.weights, args.num_classes)
-    path = export_model(_maybe_s2d(model, args.space_to_depth), args.model, args.out, args.postprocess,
-                        args.opset, not args.static_batch)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, postprocess {args.postprocess}, "
-          f"opset {args.opset}, {'static' if args.static_batch else 'dynamic'} batch)")
-    if args.check:
-        print(check_export(path, model, args.model, args.space_to_depth))
-    return 0
-
-
 def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
     """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image."""
-    from .backends import make_backend
+    from ssdbench.infer.backends import make_backend
 
     eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
     ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)

@@ -14,21 +14,15 @@ A RUN is a run folder (its `summary.json`, else the MLPerf log inside it) or an 
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssdbench.cli import CliError
+from ssdbench.errors import CliError
 
 MLPERF_RUNS = 5  # SSD (mlperf_logging.benchmark_meta: 'ssd': 5)
 MAX_UNCONVERGED = 1  # result_summarizer: max_dropped_scores for every benchmark but unet3d
 LOG_NAMES = ("mlperf_log.txt", "mllog.txt", "mlperf.log")
-
-EPILOG = """examples:
-  ssdbench score runs/mlperf-*                 # five run folders of one config
-  ssdbench score run1/mlperf_log.txt run2/mlperf_log.txt ...
-"""
 
 
 @dataclass
@@ -38,11 +32,6 @@ class RunResult:
     reached: bool
     epochs: int | None = None
     source: str = ""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder (summary.json or MLPerf log) or MLPerf log file")
-    parser.add_argument("--json", dest="json_out", help="also write the score as JSON to this file")
 
 
 def _from_summary(path: Path) -> RunResult:
@@ -130,13 +119,3 @@ def format_table(results: list[RunResult], summary: dict) -> str:
     score = "-" if summary["score"] is None else f"{summary['score']:.2f} min"
     rows.append(f"score: {score}  ({summary['note']}{'' if summary['valid_mlperf'] else '; not a valid MLPerf score'})")
     return "\n".join(rows)
-
-
-def run(args: argparse.Namespace) -> int:
-    results = [read_run(r) for r in args.runs]
-    summary = olympic_mean(results)
-    print(format_table(results, summary))
-    if args.json_out:
-        payload = dict(summary, runs=[vars(r) for r in results])
-        Path(args.json_out).write_text(json.dumps(payload, indent=2))
-    return 0 if summary["score"] is not None else 1

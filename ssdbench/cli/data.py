@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssdbench.cli import CliError
+from ssdbench.errors import CliError
 
 EPILOG = """examples:
   ssdbench data synth --out data/synth --train 2000 --val 250

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PRESETS, resolve_config, resolve_for_device
+from ssdbench.train.config import PRESETS, resolve_config, resolve_for_device
 
 EPILOG = """presets:
   demo           ssd128_mini on the embedded synthetic dataset (default without --data)
@@ -132,8 +132,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import distributed as D
-    from .session import run_training
+    from ssdbench import dist as D
+    from ssdbench.train.trainer import run_training
 
     cfg = config_from_args(args)
     cfg, note = resolve_for_device(cfg, _device_type(cfg.device))  # the printed config is the run's

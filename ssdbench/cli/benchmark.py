@@ -18,7 +18,7 @@ EPILOG = """examples:
   ssdbench benchmark gpu --device cpu --quick
 """
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def available() -> list[str]:

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as D
-from .coco_eval import coco_stats, detections_to_coco
+from ssdbench import dist as D
+from ssdbench.eval.coco import coco_stats, detections_to_coco
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

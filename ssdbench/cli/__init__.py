@@ -10,19 +10,21 @@ import argparse
 import importlib
 import sys
 
+from ssdbench.errors import CliError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ssdbench.engine.demo", "train the demo model on the embedded dataset, evaluate, draw predictions"),
-    "train": ("ssdbench.engine.train_cli", "train an SSD model (MLPerf recipe, system presets, demo)"),
-    "eval": ("ssdbench.engine.eval_cli", "COCO mAP of a model on a COCO-format dataset"),
-    "score": ("ssdbench.engine.score", "MLPerf olympic mean of the time-to-train of several runs"),
-    "predict": ("ssdbench.inference.predict", "detect objects in images; JSON and drawn boxes"),
-    "export": ("ssdbench.inference.export", "export a model (ONNX)"),
-    "loadgen": ("ssdbench.inference.loadgen_cli", "SSD-Large under MLPerf LoadGen (four scenarios)"),
-    "accuracy": ("ssdbench.inference.accuracy", "COCO mAP of a LoadGen accuracy log"),
-    "data": ("ssdbench.data.cli", "synthesize, download and check COCO-format datasets"),
-    "model": ("ssdbench.model.cli", "model facts: default boxes, parameters, GFLOPs"),
-    "benchmark": ("ssdbench.benchmark_cli", "run a benchmark script from benchmarks/ (table + JSON)"),
+    "demo": ("ssdbench.cli.demo", "train the demo model on the embedded dataset, evaluate, draw predictions"),
+    "train": ("ssdbench.cli.train", "train an SSD model (MLPerf recipe, system presets, demo)"),
+    "eval": ("ssdbench.cli.eval", "COCO mAP of a model on a COCO-format dataset"),
+    "score": ("ssdbench.cli.score", "MLPerf olympic mean of the time-to-train of several runs"),
+    "predict": ("ssdbench.cli.predict", "detect objects in images; JSON and drawn boxes"),
+    "export": ("ssdbench.cli.export", "export a model (ONNX)"),
+    "loadgen": ("ssdbench.cli.loadgen", "SSD-Large under MLPerf LoadGen (four scenarios)"),
+    "accuracy": ("ssdbench.cli.accuracy", "COCO mAP of a LoadGen accuracy log"),
+    "data": ("ssdbench.cli.data", "synthesize, download and check COCO-format datasets"),
+    "model": ("ssdbench.cli.model", "model facts: default boxes, parameters, GFLOPs"),
+    "benchmark": ("ssdbench.cli.benchmark", "run a benchmark script from benchmarks/ (table + JSON)"),
 }
 
 EPILOG = """examples:
@@ -34,10 +36,6 @@ EPILOG = """examples:
   ssdbench eval --data /coco --weights runs/x/checkpoints/last.pt --model ssd300_r34
   ssdbench loadgen --scenario Offline --mode performance --preset cpu
 """
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

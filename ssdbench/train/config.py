@@ -191,7 +191,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict, source: str) -> TrainConf
 
 
 def load_config_file(path: str | Path) -> dict:
-    from ssdbench.jsonfile import read_json
+    from ssdbench.io import read_json
 
     data = read_json(path, "config file")
     if not isinstance(data, dict):

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as D
-from .checkpoint import last_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, resolve_for_device
-from .launch import Launch, Watchdog, all_reduce_sum, average_bn_stats, init_distributed, shutdown
-from .parts import build_data, build_parts, load_optimizer_state, summary_line
-from .run_folder import RunFolder, default_run_dir
-from .train import NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench import dist as D
+from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, shutdown
+from ssdbench.train.build import build_data, build_parts, load_optimizer_state, summary_line
+from ssdbench.train.checkpoint import (
+    last_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ssdbench.train.config import TrainConfig, resolve_for_device
+from ssdbench.train.loop import NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench.train.run_folder import RunFolder, default_run_dir
+from ssdbench.train.sync_bn import average_bn_stats
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -79,7 +86,7 @@ class Session:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from .mllog import MLPerfLogger
+        from ssdbench.train.mllog import MLPerfLogger
 
         cfg, launch = self.cfg, self.launch
         if self.ckpt is None and self.state.segments == 1 and self.folder.metrics_path.exists():
@@ -223,7 +230,7 @@ class Session:
         return False
 
     def _evaluate(self, epoch: int) -> None:
-        from .evaluate import evaluate
+        from ssdbench.eval.evaluate import evaluate
 
         self.mllog.eval_start(epoch)
         with self.watchdog.paused():

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from ssdbench.cli import CliError
+from ssdbench.errors import CliError
 
 EPILOG = """examples:
   ssdbench eval --weights runs/demo/checkpoints/last.pt          # embedded dataset, ssd128_mini
@@ -85,7 +85,7 @@ def _init_distributed(device) -> bool:
     """Join the process group when launched by torchrun / srun with more than one process."""
     import torch.distributed as dist
 
-    from . import distributed as D
+    from ssdbench import dist as D
 
     if D.env_world_size() <= 1 or dist.is_initialized():
         return dist.is_initialized()
@@ -99,11 +99,10 @@ def _init_distributed(device) -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ssdbench import dist as D
     from ssdbench.data.loader import build_loader
-
-    from . import distributed as D
-    from .coco_eval import format_stats
-    from .evaluate import evaluate
+    from ssdbench.eval.coco import format_stats
+    from ssdbench.eval.evaluate import evaluate
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")

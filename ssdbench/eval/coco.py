@@ -20,21 +20,10 @@ import numpy as np
 
 BACKENDS = ("faster", "pycocotools")
 
-# The 12 numbers of `COCOeval.summarize()` for iouType "bbox", in its order.
-STAT_NAMES = (
-    "AP@[.50:.95]",
-    "AP@.50",
-    "AP@.75",
-    "AP small",
-    "AP medium",
-    "AP large",
-    "AR@1",
-    "AR@10",
-    "AR@100",
-    "AR small",
-    "AR medium",
-    "AR large",
-)
+# Short names of the 12 numbers of `COCOeval.summarize()` for iouType "bbox", in its order
+# (AP = AP@[.50:.95], the MLPerf quality metric).
+STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR_1", "AR_10", "AR_100", "AR_small", "AR_medium", "AR_large")
 # The same table as pycocotools prints it (metric, IoU, area, maxDets).
 _TABLE = (
     ("Average Precision", "0.50:0.95", "all", 100),

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from .specs import MODEL_NAMES, SPECS, ModelSpec, get_spec
+from ssdbench.model.specs import MODEL_NAMES, SPECS, ModelSpec, get_spec
 
 EPILOG = """examples:
   ssdbench model list
@@ -45,7 +45,7 @@ def format_list() -> str:
 
 def count_parameters(spec: ModelSpec) -> int:
     """Number of parameters (BatchNorm running statistics excluded), from the meta-device module."""
-    from .ssd import SSD
+    from ssdbench.model.ssd import SSD
 
     with torch.device("meta"):
         return sum(p.numel() for p in SSD(spec).parameters())
@@ -62,7 +62,7 @@ def level_table(spec: ModelSpec) -> list[str]:
 
 
 def format_info(spec: ModelSpec) -> str:
-    from .ssd import SSD, check_shapes, layer_macs
+    from ssdbench.model.ssd import SSD, check_shapes, layer_macs
 
     with torch.device("meta"):
         check_shapes(SSD(spec))  # the table below is the spec's; make sure the network agrees

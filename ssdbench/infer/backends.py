@@ -23,8 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .space_to_depth import apply_space_to_depth
-from .space_to_depth import space_to_depth as to_space_to_depth
+from ssdbench.infer.space_to_depth import apply_space_to_depth
+from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 
 
 class Predictions(NamedTuple):
@@ -67,7 +67,7 @@ class Backend:
 
     def postprocess(self, locs: torch.Tensor, scores: torch.Tensor):
         """SPEC §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
-        from ..model.postprocess import postprocess_padded
+        from ssdbench.model.postprocess import postprocess_padded
 
         dets = postprocess_padded(locs, scores, self.model_name)
         return Predictions(dets.boxes, dets.scores, dets.labels, dets.counts)
@@ -183,7 +183,7 @@ def _allow_one_graph_per_batch_size(limit: int = 64) -> None:
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on an exported file (CPU EP; TensorRT / CUDA EPs first on a CUDA device).
 
-    Works with both graph layouts of `ssdbench.inference.export`: raw maps (post-processing in
+    Works with both graph layouts of `ssdbench.infer.export`: raw maps (post-processing in
     PyTorch afterwards) or post-processing inside (outputs bboxes/labels/scores).
     """
 
@@ -262,7 +262,7 @@ def _state_hash(model: nn.Module) -> str:
 
 def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_to_depth=False) -> Path:
     """Export `model` once into ``<cache>/onnx/`` (keyed by its weights) and return the path."""
-    from .export import export_model
+    from ssdbench.infer.export import export_model
 
     tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
     path = cache_dir() / "onnx" / f"{tag}.onnx"
@@ -300,11 +300,11 @@ def make_backend(
     if name == "onnxruntime" and channels_last:
         raise ValueError("channels_last does not apply to onnxruntime (it picks its own layouts)")
     if name == "onnxruntime" and onnx_path is not None:
-        from ..model.specs import get_spec
+        from ssdbench.model.specs import get_spec
 
         return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
     if model is None:
-        from ..model.ssd import build_model
+        from ssdbench.model.ssd import build_model
 
         model = build_model(model_name, weights=weights, num_classes=num_classes)
     model = model.eval()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdbench.engine.coco_eval import BACKENDS, coco_stats, detections_to_coco
-from ssdbench.jsonfile import read_json
+from ssdbench.eval.coco import coco_stats, detections_to_coco
+from ssdbench.io import read_json
 from ssdbench.model.postprocess import Detections
 
 REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (SPEC §7)
@@ -122,14 +122,3 @@ def open_val_dataset(data: str | Path | None):
         raise FileNotFoundError(f"{root} has no annotations/instances_val2017.json "
                                 "(COCO 2017 layout expected)")
     return CocoDetection(root, "val")
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--log", required=True, help="mlperf_log_accuracy.json of an accuracy-mode run")
-    parser.add_argument("--data", default=None, help="COCO-format dataset root (default: the embedded one)")
-    parser.add_argument("--backend", choices=BACKENDS, default="faster", help="COCO eval implementation")
-
-
-def run(args) -> int:
-    report_accuracy(args.log, args.data, args.backend)
-    return 0

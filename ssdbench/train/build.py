@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
-from .launch import Launch, bn_group, convert_sync_bn
-from .train import MLPerfSchedule, StepParts
+from ssdbench.dist import Launch
+from ssdbench.train.config import TrainConfig
+from ssdbench.train.loop import MLPerfSchedule, StepParts
+from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COCO_CATEGORIES = 80  # SPEC §5: COCO 2017 detection categories
@@ -159,7 +160,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
     parts = StepParts(model, optimizer, scheduler, Encoder(cfg.model), device, scaler, amp_dtype,
                       bool(cfg.channels_last))
     if fast:
-        from .fast_step import FastStep
+        from ssdbench.train.fast_step import FastStep
 
         warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
         parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
@@ -172,7 +173,7 @@ def _optimizer(cfg: TrainConfig, net: torch.nn.Module, launch: Launch) -> torch.
     so a captured CUDA graph sees every update); plain: a float lr."""
     lr = cfg.base_lr(launch.world_size)
     if cfg.step == "fast":
-        from .fast_step import make_sgd
+        from ssdbench.train.fast_step import make_sgd
 
         return make_sgd(net.parameters(), lr, cfg.momentum, cfg.weight_decay, launch.device)
     return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -1,0 +1,79 @@
+"""`ssdbench loadgen --scenario S --mode performance|accuracy`: SSD-Large under MLPerf LoadGen.
+
+Flags become setting keys (`ssdbench.loadgen.settings`); the run itself is
+`ssdbench.loadgen.run.run_loadgen`.
+"""
+
+from __future__ import annotations
+
+from ssdbench.loadgen import settings as S
+from ssdbench.loadgen.run import run_loadgen
+
+EPILOG = """examples:
+  ssdbench loadgen --scenario Offline --mode performance --preset cpu --out runs/lg_offline
+  ssdbench loadgen --scenario Server --preset gpu_h100 --weights resnet34-ssd1200.pt --data /coco
+  ssdbench loadgen --scenario SingleStream --mode accuracy --preset cpu --weights demo.pt
+  ssdbench loadgen --preset tpu_v3_1x_server --device cuda --min-duration 60    # seed settings
+  ssdbench loadgen --scenario Server --user-conf user.conf --qps 250 --latency 100
+precedence: built-in ssd-resnet34.conf < --preset < --user-conf < flags
+"""
+
+
+def add_arguments(parser) -> None:
+    a = parser.add_argument
+    a("--scenario", default=None, help=f"one of {', '.join(S.SCENARIOS)} (default: the preset's)")
+    a("--mode", default="performance", help=f"one of {', '.join(S.MODES)}")
+    a("--preset", default=None, help="system preset: " + ", ".join(S.load_presets()))
+    a("--user-conf", default=None, help="LoadGen-syntax file: ssd-resnet34.<Scenario>.<key> = value")
+    a("--data", default=None, help="COCO-format dataset root with val2017 (default: the embedded one)")
+    a("--weights", default=None, help="model weights (default: random init, for timing only)")
+    a("--out", default="runs/loadgen", help="output folder (default runs/loadgen)")
+    a("--no-cache", action="store_true", help="do not cache resized samples on disk")
+    a("--eval-backend", default="faster", choices=("faster", "pycocotools"), help="COCO eval (accuracy mode)")
+    g = parser.add_argument_group("LoadGen settings (override config and preset)")
+    g.add_argument("--qps", type=float, help="target_qps: Server arrival rate / Offline expected rate")
+    g.add_argument("--latency", type=float, help="target_latency in ms (Server bound; expected latency "
+                   "for SingleStream/MultiStream)")  # fmt: skip
+    g.add_argument("--samples-per-query", type=int, help="MultiStream samples per query")
+    g.add_argument("--min-duration", type=float, help="min_duration in seconds")
+    g.add_argument("--min-query-count", type=int, help="min_query_count (Offline: samples)")
+    g.add_argument("--performance-sample-count", type=int, help="samples resident in performance mode")
+    s = parser.add_argument_group("system under test")
+    s.add_argument("--count", type=int, help="samples in the QSL (0 = the whole val split)")
+    s.add_argument("--max-batch-size", type=int, help="dynamic batcher: largest batch")
+    s.add_argument("--batch-timeout-us", type=int, help="dynamic batcher: wait for a fuller batch (µs)")
+    s.add_argument("--threads", type=int, help="worker threads (batches in flight)")
+    s.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="compute precision")
+    s.add_argument("--backend", choices=("eager", "compile", "onnxruntime"), help="inference backend")
+    s.add_argument("--model", help="ssd1200_r34 (SSD-Large), ssd300_r34 or ssd128_mini")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    s.add_argument("--space-to-depth", action="store_true", default=None, help="space-to-depth first conv")
+    s.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    s.add_argument("--warmup", type=int, help="untimed warm-up batches")
+
+
+def flags_from_args(args) -> dict:
+    """Command-line flags -> setting keys (None = not given)."""
+    ms = None if args.min_duration is None else round(args.min_duration * 1000)
+    return {
+        "target_qps": args.qps, "target_latency": args.latency, "samples_per_query": args.samples_per_query,
+        "min_duration": ms, "min_query_count": args.min_query_count,
+        "performance_sample_count_override": args.performance_sample_count, "count": args.count,
+        "max_batch_size": args.max_batch_size, "batch_timeout_us": args.batch_timeout_us,
+        "threads": args.threads, "dtype": args.dtype, "backend": args.backend, "model": args.model,
+        "device": args.device, "space_to_depth": args.space_to_depth,
+        "channels_last": args.channels_last, "warmup": args.warmup,
+    }  # fmt: skip
+
+
+def run(args) -> int:
+    from ssdbench.model.weights import checkpoint_model_name
+
+    # Our checkpoints name their network: weights decide the model unless --model says otherwise.
+    args.model = args.model or checkpoint_model_name(args.weights)
+    run_settings = S.resolve(args.scenario, args.mode, args.preset, args.user_conf, flags_from_args(args))
+    print("resolved settings (value, source):")
+    print("  " + S.format_settings(run_settings).replace("\n", "\n  "))
+    result = run_loadgen(run_settings, args.out, args.data, args.weights, cache=not args.no_cache,
+                         eval_backend=args.eval_backend)  # fmt: skip
+    return 0 if result.result == "VALID" or run_settings.mode == "accuracy" else 1

@@ -1,0 +1,78 @@
+"""`ssdbench predict IMAGE...`: detections as JSON and images with the boxes drawn.
+
+Each image is decoded, preprocessed as the model's input, run through a backend with the shared
+post-processing (`ssdbench.infer.predict`), and drawn (`ssdbench.infer.draw`). ``--out DIR``
+receives ``detections.json`` (boxes ltrb in pixels of the original image) and one drawn image
+per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  ssdbench predict street.jpg --weights resnet34-ssd1200.pt
+  ssdbench predict a.jpg b.png --model ssd128_mini --weights runs/demo/checkpoints/last.pt --out preds
+  ssdbench predict img.jpg --weights w.pt --data /coco --score-threshold 0.5
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--weights", required=True, help="checkpoint or reference weights")
+    parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
+    parser.add_argument("--data", help="COCO-format dataset whose categories name the classes")
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum score kept (default: 0.3)")
+    parser.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward (default: 4)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickled whole-model files (resnet34-ssd1200.pytorch); trusted files only")
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    """`<stem>_det.<png|jpg>` (PNG stays PNG), made unique within one run."""
+    ext = ".png" if path.suffix.lower() == ".png" else ".jpg"
+    name, i = f"{path.stem}_det{ext}", 1
+    while name in used:
+        i += 1
+        name = f"{path.stem}_det{i}{ext}"
+    used.add(name)
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.draw import draw_detections
+    from ssdbench.infer.predict import categories, detect, read_image, to_records
+    from ssdbench.model.ssd import build_model
+    from ssdbench.model.weights import checkpoint_model_name
+
+    paths = [Path(p) for p in args.images]
+    images = [read_image(p) for p in paths]  # every image is checked before any work starts
+
+    args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
+    model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)
+    cats = categories(model.spec.num_classes, args.data)
+    backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)
+    dets = detect(backend, images, args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    for path, image, det in zip(paths, images, dets):
+        h, w = image.shape[:2]
+        records = to_records(det, w, h, cats, args.score_threshold)
+        drawn = _output_name(path, used)
+        names = {label: name for label, (_cid, name) in enumerate(cats, start=1)}
+        draw_detections(image, det, names, args.score_threshold).save(out / drawn)
+        results.append({"image": str(path), "width": w, "height": h, "drawn": drawn, "detections": records})
+        top = ", ".join(f"{r['name']} {r['score']:.2f}" for r in records[:3])
+        print(f"{path}: {len(records)} detections" + (f" ({top}{', ...' if len(records) > 3 else ''})" if top else ""))
+    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out / 'detections.json'} and {len(results)} drawn images to {out}", file=sys.stderr)
+    return 0
