@@ -1,7 +1,7 @@
 """SSD-Large inference throughput and latency per backend, dtype, layout and batch size.
 
 For every variant: first correctness (raw maps against fp32 eager PyTorch on the same images, with
-a stated relative tolerance), then timing. Network (``forward_raw``) and post-processing (SPEC §4,
+a stated relative tolerance), then timing. Network (``forward_raw``) and post-processing (benchmark.md §4,
 ``postprocess_padded``) are timed separately; medians over ``--iters`` after ``--warmup`` runs,
 synchronised on CUDA. Prints a table and writes JSON to ``--out``.
 

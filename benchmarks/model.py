@@ -1,6 +1,6 @@
 """Images/s and achieved GFLOP/s of the pure network, forward (eval) and forward+backward (train).
 
-FLOPs per image come from `layer_macs` (2 x MACs of convs, biases and BatchNorm; SPEC §1: 31.7
+FLOPs per image come from `layer_macs` (2 x MACs of convs, biases and BatchNorm; benchmark.md §1: 31.7
 GFLOP for SSD300, 433 for SSD1200), so the table also says how well the convolutions use the
 machine. Random weights and random inputs: speed does not depend on the values. Post-processing
 and the loss are not included (see benchmarks/postprocess.py, benchmarks/infer.py).

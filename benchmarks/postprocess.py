@@ -1,6 +1,6 @@
 """Images/s of the batched post-processing against a plain per-image, per-class loop.
 
-The loop is written in the style of the MLPerf inference reference (SPEC §4): for every image and
+The loop is written in the style of the MLPerf inference reference (benchmark.md §4): for every image and
 every class, threshold, sort, then greedy NMS one kept box at a time with a host sync per step
 (IoU clamped here, unlike the reference). Both get the same synthetic network outputs:
 offsets ~ N(0, 1) and class logits ~ N(0, 2^2) per (class, box), which lets roughly 470 boxes

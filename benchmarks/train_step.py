@@ -10,7 +10,7 @@ One step = target encoding + forward + SSD loss + backward + SGD update (`engine
 "pipeline": batches from `build_loader` over the embedded synthetic COCO dataset (JPEG decode,
 SSD crop, flip, resize, colour jitter in --workers processes), so the gap is the input cost.
 Warm-up steps are not timed; each step is synchronised; the median step time is reported.
-MFU (CUDA): 3 x 31.7 GFLOP per SSD300 image per training step (SPEC §1: forward 31.7 GFLOP,
+MFU (CUDA): 3 x 31.7 GFLOP per SSD300 image per training step (benchmark.md §1: forward 31.7 GFLOP,
 backward ~2x) over the GPU's dense bf16/fp32 peak given by --peak-tflops.
 """
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ssdbench.train.loop import MLPerfSchedule, StepParts, train_step
 
-FWD_GFLOP = {"ssd300_r34": 31.7, "ssd1200_r34": 433.0, "ssd128_mini": None}  # SPEC §1
+FWD_GFLOP = {"ssd300_r34": 31.7, "ssd1200_r34": 433.0, "ssd128_mini": None}  # benchmark.md §1
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}  # H100 SXM dense; override with --peak-tflops
 
 

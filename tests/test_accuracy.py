@@ -71,7 +71,7 @@ def test_bad_logs(acc_env, tmp_path):
 
 
 def _reference_eval(dataset, weights, count):
-    """`engine.evaluate` of the same weights on the same images (SPEC §5 preprocessing, batch 1)."""
+    """`engine.evaluate` of the same weights on the same images (benchmark.md §5 preprocessing, batch 1)."""
     from ssdbench.data.transforms import preprocess_for_inference
     from ssdbench.eval.evaluate import evaluate
     from ssdbench.model.ssd import build_model
@@ -148,7 +148,7 @@ def test_oracle_detections_score_full_map(acc_env, tmp_path):
 class NoisyOracleSSD(torch.nn.Module):
     """A stand-in network whose raw outputs encode each image's ground truth plus fixed noise
     (seeded by the image bytes), so that mAP lands strictly between 0 and 1 and both pipelines
-    run the real SPEC §4 post-processing on identical raw maps."""
+    run the real benchmark.md §4 post-processing on identical raw maps."""
 
     def __init__(self, truth: dict, num_classes: int):
         super().__init__()

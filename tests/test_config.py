@@ -17,7 +17,7 @@ def test_mlperf_recipe_values():
     cfg = resolve_config("mlperf")
     assert (cfg.model, cfg.momentum, cfg.weight_decay) == ("ssd300_r34", 0.9, 5e-4)
     assert cfg.decay_epochs == (40, 50) and cfg.target_map == 0.23
-    # SPEC §6: lr = 2.5e-3 x global_batch / 32; by hand for 32x1 and 32x8.
+    # benchmark.md §6: lr = 2.5e-3 x global_batch / 32; by hand for 32x1 and 32x8.
     assert cfg.base_lr(1) == pytest.approx(2.5e-3)
     assert cfg.base_lr(8) == pytest.approx(0.02)
     # Eval every 5 epochs, and always at the last epoch (80).

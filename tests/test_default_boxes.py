@@ -1,4 +1,4 @@
-"""Default boxes against hand-computed values (SPEC §2) and against the head's output order."""
+"""Default boxes against hand-computed values (benchmark.md §2) and against the head's output order."""
 
 import math
 
@@ -9,7 +9,7 @@ from ssdbench.model.boxes import default_boxes
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import SSD
 
-# Written out from SPEC §2 (not read from specs.py): input, f_k per level, grid per level,
+# Written out from benchmark.md §2 (not read from specs.py): input, f_k per level, grid per level,
 # scales in pixels, and aspect ratios per level.
 HAND = {
     "ssd300_r34": {"size": 300, "fk": [300 / 8, 300 / 16, 300 / 32, 300 / 64, 300 / 100, 300 / 300],
@@ -106,7 +106,7 @@ def _position_encoding_head(model: SSD) -> None:
 
 @pytest.mark.parametrize("name", ["ssd300_r34", "ssd1200_r34", "ssd128_mini"])
 def test_head_order_matches_default_boxes(name):
-    """Each output lands on the box whose cell and shape produced it (SPEC §2 order)."""
+    """Each output lands on the box whose cell and shape produced it (benchmark.md §2 order)."""
     spec = get_spec(name, num_classes=3)
     model = SSD(spec).eval()
     _position_encoding_head(model)

@@ -1,4 +1,4 @@
-"""The SSD networks: structure, names, shapes, sizes and costs against SPEC §1 by hand."""
+"""The SSD networks: structure, names, shapes, sizes and costs against benchmark.md §1 by hand."""
 
 import argparse
 import dataclasses
@@ -12,7 +12,7 @@ from ssdbench.cli import model as model_cli
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import SSD, build_model, check_shapes, layer_macs, map_sizes
 
-# SPEC §1, written out: extras as (mid, out, stride, pad); feature maps; head grids.
+# benchmark.md §1, written out: extras as (mid, out, stride, pad); feature maps; head grids.
 R34_EXTRAS = {
     "ssd300_r34": [(256, 512, 2, 1), (256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)],
     "ssd1200_r34": [(256, 512, 2, 1), (256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 2, 0), (128, 256, 1, 0)],
@@ -55,12 +55,12 @@ def test_parameters_and_macs_by_hand(name):
     params += 2 * (64 + 64 * 6 + 128 * 9 + 256 * 13)  # BatchNorm weight + bias per channel
     with torch.device("meta"):
         model = SSD(get_spec(name))
-    assert sum(p.numel() for p in model.parameters()) == params == 19_972_534  # ~19.97 M (SPEC §1)
+    assert sum(p.numel() for p in model.parameters()) == params == 19_972_534  # ~19.97 M (benchmark.md §1)
     macs = sum(ci * co * k * k * s * s for ci, co, k, s, _ in convs)
     conv_macs = sum(m for _, kind, m in layer_macs(get_spec(name)) if kind == "conv")
     assert conv_macs == macs
     all_macs = sum(m for _, _, m in layer_macs(get_spec(name)))
-    spec_gmac = {"ssd300_r34": 15.9, "ssd1200_r34": 216.6}[name]  # SPEC §1
+    spec_gmac = {"ssd300_r34": 15.9, "ssd1200_r34": 216.6}[name]  # benchmark.md §1
     assert abs(all_macs / 1e9 - spec_gmac) < 0.05
 
 

@@ -13,7 +13,7 @@ from ssdbench.model.postprocess import Detections, postprocess, postprocess_padd
 
 
 def _decode(locs, dboxes):
-    """Independent decode (SPEC §4): locs (4, B), dboxes (B, 4) xywh -> (B, 4) ltrb."""
+    """Independent decode (benchmark.md §4): locs (4, B), dboxes (B, 4) xywh -> (B, 4) ltrb."""
     t = locs.t()
     xy = 0.1 * t[:, :2] * dboxes[:, 2:] + dboxes[:, :2]
     wh = torch.exp(0.2 * t[:, 2:]) * dboxes[:, 2:]
@@ -183,7 +183,7 @@ def test_cuda_matches_cpu():
 
 
 # Hand cases for the kernels, boxes sorted by priority. IoU(A, B) = 0.125 / 0.25 = 0.5 exactly
-# (dropped: SPEC §4 drops IoU >= 0.5); C is disjoint; D equals A but is invalid.
+# (dropped: benchmark.md §4 drops IoU >= 0.5); C is disjoint; D equals A but is invalid.
 # Chain: IoU(E, F) = 0.6 drops F; IoU(E, G) = 1/3 and G's overlap with F does not count (F dropped).
 HAND_BOXES = torch.tensor(
     [

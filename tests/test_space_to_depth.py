@@ -1,4 +1,4 @@
-"""Space-to-depth (SPEC §7): the 4x4/s1 conv on 2x2 blocks equals the 7x7/s2/p3 conv."""
+"""Space-to-depth (benchmark.md §7): the 4x4/s1 conv on 2x2 blocks equals the 7x7/s2/p3 conv."""
 
 import pytest
 import torch
@@ -52,7 +52,7 @@ def test_small_sizes_equal_reference_conv(size):
 
 def test_ssd1200_first_layer_equivalence():
     torch.manual_seed(0)
-    conv = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)  # SSD1200's conv1 (SPEC §1)
+    conv = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)  # SSD1200's conv1 (benchmark.md §1)
     x = torch.randn(1, 3, 1200, 1200)
     with torch.no_grad():
         ref = conv(x)

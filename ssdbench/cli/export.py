@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 2")
     parser.add_argument("--num-classes", type=int, help="classes including background (default 81)")
-    parser.add_argument("--space-to-depth", action="store_true", help="4x4/s1 first conv on 2x2 blocks (SPEC §7)")
+    parser.add_argument("--space-to-depth", action="store_true", help="4x4/s1 first conv on 2x2 blocks (benchmark.md §7)")
     parser.add_argument("--check", action="store_true",
                         help="run the file in ONNX Runtime and compare with PyTorch on a random image")
 

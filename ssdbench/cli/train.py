@@ -12,7 +12,7 @@ from ssdbench.train.config import PRESETS, resolve_config, resolve_for_device
 
 EPILOG = """presets:
   demo           ssd128_mini on the embedded synthetic dataset (default without --data)
-  mlperf         SSD300-R34, MLPerf reference recipe (SPEC §6): lr 2.5e-3 x global_batch/32,
+  mlperf         SSD300-R34, MLPerf reference recipe (benchmark.md §6): lr 2.5e-3 x global_batch/32,
                  linear warmup, x0.1 at epochs 40 and 50, eval every 5 epochs, target 0.23 mAP
   dgxa100_x8     NVIDIA DGX A100 x8: 114/GPU, lr 0.09, wd 1.3e-4, 650 warmup it, decay 44/55
   dgxa100_2x8    two DGX A100 nodes (16 GPUs), 56/GPU

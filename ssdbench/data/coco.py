@@ -1,4 +1,4 @@
-"""COCO-format detection dataset reader (SPEC §5).
+"""COCO-format detection dataset reader (benchmark.md §5).
 
 Layout (COCO 2017): ``root/annotations/instances_{split}2017.json`` and images in
 ``root/{split}2017/``. Any COCO-format dataset in that layout works, with its own categories.

@@ -4,7 +4,7 @@ Split of the work (the GPU must never wait on input at 3,000 images/s):
 
 - CPU workers (`JpegBytesDataset` + `build_byte_loader`): read the file bytes and the
   annotations, nothing else (no decode, no pixel work).
-- Host, per batch (`DevicePipeline.plan`): the SSD random crop and flip decisions (SPEC §5,
+- Host, per batch (`DevicePipeline.plan`): the SSD random crop and flip decisions (benchmark.md §5,
   drawn with `transforms.sample_crop`, the very rules and random draws of the CPU
   `TrainTransform`), the kept boxes, and the colour-jitter parameters. Only small arrays.
 - Device, per batch (`DevicePipeline.__call__`): JPEG decode (nvjpeg through
@@ -252,8 +252,8 @@ def _fixed_point(weights: torch.Tensor) -> torch.Tensor:
 class DevicePipeline:
     """Byte samples (from `build_byte_loader`) -> a device batch (module docstring).
 
-    ``train=True``: SSD crop (``max_samples`` tries, SPEC §5), flip with ``flip_p``, resize,
-    colour jitter (``jitter``), normalise. ``train=False``: resize + normalise (eval, SPEC §5).
+    ``train=True``: SSD crop (``max_samples`` tries, benchmark.md §5), flip with ``flip_p``, resize,
+    colour jitter (``jitter``), normalise. ``train=False``: resize + normalise (eval, benchmark.md §5).
     ``encoder``: optional `model.encoder.Encoder` to add encoded targets. ``resize_dtype``:
     matmul dtype of the resize (default float16 on CUDA, float32 elsewhere).
     """

@@ -1,4 +1,4 @@
-"""Colour jitter and normalisation on image batches, on any device (SPEC §5).
+"""Colour jitter and normalisation on image batches, on any device (benchmark.md §5).
 
 Semantics follow torchvision's ``ColorJitter`` on float tensors: brightness, contrast,
 saturation and hue factors drawn uniformly, the four operations applied in a random order per
@@ -13,9 +13,9 @@ import functools
 import numpy as np
 import torch
 
-# SPEC §5 (MLPerf reference ColorJitter strengths).
+# benchmark.md §5 (MLPerf reference ColorJitter strengths).
 JITTER = {"brightness": 0.125, "contrast": 0.5, "saturation": 0.5, "hue": 0.05}
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, SPEC §5
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, benchmark.md §5
 STD = (0.229, 0.224, 0.225)
 # torchvision / ITU-R 601 luma weights used for grayscale.
 _LUMA = (0.2989, 0.587, 0.114)

@@ -1,4 +1,4 @@
-"""SSD augmentation and preprocessing (SPEC §5).
+"""SSD augmentation and preprocessing (benchmark.md §5).
 
 Inputs are uint8 (H, W, 3) RGB numpy images; boxes are ltrb normalised to [0, 1] of the image,
 float32 (n, 4), with int64 labels (n,), throughout.
@@ -24,7 +24,7 @@ from PIL import Image
 
 from ssdbench.data.jitter import JITTER, color_jitter, draw_jitter, normalize  # noqa: F401  (re-exported)
 
-# SPEC §5: crop modes drawn uniformly: None = keep the whole image, else the minimum IoU every
+# benchmark.md §5: crop modes drawn uniformly: None = keep the whole image, else the minimum IoU every
 # ground-truth box must have with the crop (-inf = unconstrained).
 CROP_MODES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
 CROP_MIN_SIDE = 0.3  # crop w, h ~ U(0.3, 1) of the image
@@ -101,7 +101,7 @@ def _find_crop(boxes: np.ndarray, h: int, w: int, min_iou: float, max_samples: i
 
 
 def sample_crop(boxes: np.ndarray, h: int, w: int, rng, max_samples: int = 1):
-    """Draw the SSD crop for ltrb boxes (n >= 1, 4) of an h x w image (SPEC §5).
+    """Draw the SSD crop for ltrb boxes (n >= 1, 4) of an h x w image (benchmark.md §5).
 
     A mode is drawn uniformly from `CROP_MODES`; "no crop" returns None. Otherwise up to
     ``max_samples`` crops are tried (MLPerf allows 1 or 50); if none qualifies a new mode is
@@ -166,7 +166,7 @@ def to_chw(image: np.ndarray) -> torch.Tensor:
 
 
 class TrainTransform:
-    """SSD training augmentation (SPEC §5) for one sample.
+    """SSD training augmentation (benchmark.md §5) for one sample.
 
     ``__call__(image, target, rng)`` takes a uint8 (H, W, 3) image, a target with ``boxes``
     (n, 4) ltrb normalised and ``labels`` (n,), and a numpy Generator (or int seed); returns
@@ -206,7 +206,7 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Eval preprocessing (SPEC §5 eval-300): bilinear resize to SxS, /255, normalise.
+    """Eval preprocessing (benchmark.md §5 eval-300): bilinear resize to SxS, /255, normalise.
 
     ``__call__(image, target=None)`` -> (float32 (3, S, S), target unchanged: normalised boxes
     do not move under a resize). With ``defer_normalize`` the image stays uint8 (3, S, S); run
@@ -225,7 +225,7 @@ class EvalTransform:
 
 
 def preprocess_for_inference(image, size: int = 1200) -> np.ndarray:
-    """SSD-Large input (SPEC §5): RGB, bilinear resize to SxS (aspect not kept), /255, mean/std.
+    """SSD-Large input (benchmark.md §5): RGB, bilinear resize to SxS (aspect not kept), /255, mean/std.
 
     ``image``: uint8 (H, W, 3) RGB array or a PIL image (any mode; converted to RGB).
     Returns float32 (3, S, S) numpy. The reference uses OpenCV INTER_LINEAR; Pillow's bilinear
@@ -239,7 +239,7 @@ def preprocess_for_inference(image, size: int = 1200) -> np.ndarray:
 
 
 def jitter_and_normalize(batch: torch.Tensor, generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Colour jitter (SPEC §5 strengths) + /255 + mean/std on a (N, 3, S, S) batch, any device.
+    """Colour jitter (benchmark.md §5 strengths) + /255 + mean/std on a (N, 3, S, S) batch, any device.
 
     ``batch``: uint8 (0..255) or float (0..1); ``generator``: numpy Generator or CPU
     torch.Generator (parameters are drawn on the host, so there is no device sync).

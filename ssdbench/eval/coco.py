@@ -1,6 +1,6 @@
 """COCO box mAP: detections to COCO results, and the 12 COCO stats with either backend.
 
-The MLPerf quality targets (0.23 training, 0.198 inference; SPEC §6-7) are defined with
+The MLPerf quality targets (0.23 training, 0.198 inference; benchmark.md §6-7) are defined with
 pycocotools' `COCOeval` for `bbox`. faster-coco-eval (`faster_coco_eval`) computes the same numbers
 with a C++ core several times faster, so it is the default; `backend="pycocotools"` selects the
 reference implementation. tests/test_coco_eval.py checks that both agree to 1e-9.
@@ -164,7 +164,7 @@ def coco_stats(
 
     gt: annotation json path, dataset dict, or loaded COCO object of either backend.
     results: COCO result dicts (xywh pixels), e.g. from `detections_to_coco`.
-    image_ids: evaluate on these images only (e.g. the non-empty ones, SPEC §5); an image without
+    image_ids: evaluate on these images only (e.g. the non-empty ones, benchmark.md §5); an image without
       detections still counts (its ground truths are misses). Default: every image of ``gt``.
     Returns float64 (12,). A stat with no ground truth in its range is -1, as pycocotools reports it.
     """

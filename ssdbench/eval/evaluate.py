@@ -67,7 +67,7 @@ def predict_shard(
 
     Each batch is a dict with "images" (N, 3, S, S) float normalised (or uint8, normalised here),
     "image_ids" (N,) and "orig_sizes" (N, 2) as (height, width) pixels. The network's (N, 4, B) locations and (N, C, B) logits go
-    through the shared post-processor (SPEC §4) in one batched call.
+    through the shared post-processor (benchmark.md §4) in one batched call.
     """
     from ssdbench.model.postprocess import postprocess
 

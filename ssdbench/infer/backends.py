@@ -1,11 +1,11 @@
 """Inference backends: PyTorch eager, ``torch.compile`` and ONNX Runtime behind one interface.
 
-Every backend takes normalised images (N, 3, S, S) float32 (SPEC §5; S = ``input_size``) and has
+Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S = ``input_size``) and has
 
 - ``forward_raw(images) -> (locs (N, 4, B), scores (N, C, B))``: the network only, float32 raw
   maps, so that benchmarks time network and post-processing separately;
 - ``predict(images) -> Predictions(boxes (N, K, 4) ltrb normalised, scores (N, K), labels (N, K),
-  counts (N,))``: network + SPEC §4 post-processing, fixed-size padded outputs (label 0 = padding) and no host
+  counts (N,))``: network + benchmark.md §4 post-processing, fixed-size padded outputs (label 0 = padding) and no host
   sync (`ssdbench.model.postprocess.postprocess_padded`).
 
 Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``.
@@ -66,7 +66,7 @@ class Backend:
         raise NotImplementedError
 
     def postprocess(self, locs: torch.Tensor, scores: torch.Tensor):
-        """SPEC §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
+        """benchmark.md §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
         from ssdbench.model.postprocess import postprocess_padded
 
         dets = postprocess_padded(locs, scores, self.model_name)
@@ -117,7 +117,7 @@ class EagerBackend(Backend):
         self.check_images(images)
         x = images.to(self.device, non_blocking=True)
         if self.space_to_depth:
-            x = to_space_to_depth(x)  # (N, 12, S/2, S/2), SPEC §7
+            x = to_space_to_depth(x)  # (N, 12, S/2, S/2), benchmark.md §7
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

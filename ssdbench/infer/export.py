@@ -1,6 +1,6 @@
 """Export a model to ONNX (`ssdbench export onnx`).
 
-Two graph layouts, both with input ``image`` (N, 3, S, S) float32 (normalised as SPEC §5) and a
+Two graph layouts, both with input ``image`` (N, 3, S, S) float32 (normalised as benchmark.md §5) and a
 dynamic batch dimension:
 
 - ``--postprocess outside`` (default): outputs ``locs`` (N, 4, B) and ``scores`` (N, C, B), the raw
@@ -11,9 +11,9 @@ dynamic batch dimension:
   rows past an image's detections are padding with label 0 and score 0 (the official file has
   batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
 
-In-graph semantics (SPEC §4): softmax over classes; per class the top 200 candidates, keep
+In-graph semantics (benchmark.md §4): softmax over classes; per class the top 200 candidates, keep
 score > 0.05, greedy NMS; then the top 200 of the image. Deviation: ONNX ``NonMaxSuppression``
-drops a box when IoU > 0.5 while SPEC §4 drops IoU >= 0.5; the two differ only on exact ties.
+drops a box when IoU > 0.5 while benchmark.md §4 drops IoU >= 0.5; the two differ only on exact ties.
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): the torch.export-based exporter
 needs ``onnxscript``, which is not a dependency of this project.
@@ -31,7 +31,7 @@ from torch import nn
 from ssdbench.model.boxes import box_iou, decode_offsets, default_boxes
 
 POSTPROCESS_MODES = ("outside", "inside")
-# SPEC §4 post-processing constants, used by the in-graph variant.
+# benchmark.md §4 post-processing constants, used by the in-graph variant.
 SCORE_THRESHOLD = 0.05
 IOU_THRESHOLD = 0.5
 TOPK_PER_CLASS = 200

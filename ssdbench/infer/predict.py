@@ -1,7 +1,7 @@
 """Detect objects in images (`ssdbench predict`): detections as JSON and images with boxes drawn.
 
-Each image is decoded (RGB), preprocessed as SSD-Large input (SPEC §5: bilinear resize to SxS,
-aspect not kept, mean/std), run through a backend (`backends.py`) with SPEC §4 post-processing, and
+Each image is decoded (RGB), preprocessed as SSD-Large input (benchmark.md §5: bilinear resize to SxS,
+aspect not kept, mean/std), run through a backend (`backends.py`) with benchmark.md §4 post-processing, and
 its boxes are scaled back to the original image: ``box`` is ltrb in pixels of the original image,
 clipped to it. ``--out DIR`` receives ``detections.json`` and one drawn image per input.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# COCO's category ids are 1..90 with these ten unused (SPEC §5: sparse ids).
+# COCO's category ids are 1..90 with these ten unused (benchmark.md §5: sparse ids).
 _COCO_UNUSED_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
 COCO_CAT_IDS = [i for i in range(1, 91) if i not in _COCO_UNUSED_IDS]
 

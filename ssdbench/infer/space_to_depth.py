@@ -1,4 +1,4 @@
-"""Space-to-depth first convolution (SPEC §7, the Cloud TPU seed's ``space_to_depth`` option).
+"""Space-to-depth first convolution (benchmark.md §7, the Cloud TPU seed's ``space_to_depth`` option).
 
 The input (N, 3, 1200, 1200) is rearranged into (N, 12, 600, 600) by moving each 2x2 pixel block
 into channels, and the trunk's 7x7 / stride 2 / pad 3 ``conv1`` becomes a 4x4 / stride 1 conv on
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLOCK = 2  # SPEC §7: 1200x1200x3 -> 600x600x12
+BLOCK = 2  # benchmark.md §7: 1200x1200x3 -> 600x600x12
 
 
 def space_to_depth(images: torch.Tensor, block: int = BLOCK) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 ``mlperf_log_accuracy.json`` is an array of ``{"seq_id", "qsl_idx", "data"}`` where ``data`` is
 the uppercase hex of the SUT's response bytes: float32 7-tuples
-``[qsl_idx, ymin, xmin, ymax, xmax, score, label]``, normalised coordinates (SPEC §7). Labels
+``[qsl_idx, ymin, xmin, ymax, xmax, score, label]``, normalised coordinates (benchmark.md §7). Labels
 (1..K) map back to the dataset's category ids, boxes to original-image pixels (xywh), and COCO
-eval runs over the logged images: every non-empty val image in a full run (4,952 on COCO, SPEC
+eval runs over the logged images: every non-empty val image in a full run (4,952 on COCO, benchmark.md
 §5), the first ``count`` with ``--count``. Target: 99% of the fp32 reference, 0.198 on COCO.
 """
 
@@ -18,9 +18,9 @@ from ssdbench.eval.coco import coco_stats, detections_to_coco
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import Detections
 
-REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (SPEC §7)
+REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (benchmark.md §7)
 TARGET_MAP = 0.198  # 99% of the reference
-COCO_VAL_IMAGES = 4952  # non-empty val images (SPEC §5)
+COCO_VAL_IMAGES = 4952  # non-empty val images (benchmark.md §5)
 
 EPILOG = """examples:
   ssdbench accuracy --log runs/lg/mlperf_log_accuracy.json               # embedded val set

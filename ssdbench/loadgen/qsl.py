@@ -1,8 +1,8 @@
 """LoadGen query sample library (QSL): preprocessed COCO val images held in memory.
 
 QSL index ``i`` is sample ``i`` of `CocoDetection(root, "val")` (its ``ids`` order: the non-empty
-val images, SPEC §5), limited to the first ``count``. LoadGen chooses which samples are resident:
-its load callback preprocesses them (SPEC §5: RGB, bilinear resize to SxS, /255, mean/std, NCHW
+val images, benchmark.md §5), limited to the first ``count``. LoadGen chooses which samples are resident:
+its load callback preprocesses them (benchmark.md §5: RGB, bilinear resize to SxS, /255, mean/std, NCHW
 float32) and its unload callback frees them, so timed queries never decode.
 
 Resized samples are cached on disk, one ``.npy`` per image, keyed by (dataset path, image id,
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-DEFAULT_PERFORMANCE_COUNT = 64  # SPEC §7
+DEFAULT_PERFORMANCE_COUNT = 64  # benchmark.md §7
 
 
 def default_cache_dir() -> Path:
@@ -37,7 +37,7 @@ class SampleLibrary:
     dataset: a `CocoDetection` (``ids``, ``image_info(i)``, ``read_image(i)``, ``root``).
     input_size: S, the model's input side (1200 for ssd1200_r34).
     count: samples in the QSL (0 or None: the whole split).
-    performance_count: samples LoadGen keeps resident in performance mode (64, SPEC §7).
+    performance_count: samples LoadGen keeps resident in performance mode (64, benchmark.md §7).
     """
 
     def __init__(self, dataset, input_size: int, count: int | None = None,
@@ -111,7 +111,7 @@ class SampleLibrary:
             raise IndexError(f"QSL index {i} out of range 0..{self.count - 1}")
 
     def preprocessed(self, i: int) -> np.ndarray:
-        """Sample ``i`` as the model input, float32 (3, S, S): SPEC §5 normalisation of the resize.
+        """Sample ``i`` as the model input, float32 (3, S, S): benchmark.md §5 normalisation of the resize.
 
         Equal to `preprocess_for_inference(image, S)` (same resize, same `normalize`).
         """
@@ -137,7 +137,7 @@ class SampleLibrary:
         return sample
 
     def _resized(self, i: int) -> np.ndarray:
-        """Decode + bilinear resize (SPEC §5) -> uint8 (3, S, S); BadSampleError when decoding fails."""
+        """Decode + bilinear resize (benchmark.md §5) -> uint8 (3, S, S); BadSampleError when decoding fails."""
         from ssdbench.data.transforms import resize_uint8, to_chw
 
         chw = to_chw(resize_uint8(self.dataset.read_image(i), self.input_size))

@@ -58,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_predict(sut_settings: dict, weights, num_classes: int, device: torch.device):
-    """The backend's ``predict`` for the SUT (padded detections, SPEC §4 post-processing)."""
+    """The backend's ``predict`` for the SUT (padded detections, benchmark.md §4 post-processing)."""
     from ssdbench.infer.backends import make_backend
 
     backend = make_backend(

@@ -5,7 +5,7 @@ Every setting is one key of a flat namespace per scenario. LoadGen keys (``targe
 ssdbench keys of `SUT_KEYS` (model, dtype, batcher, QSL size) configure our side and never reach
 LoadGen. Sources, lowest precedence first:
 
-1. ``ssdbench/configs/ssd-resnet34.conf``: SPEC §7 values in LoadGen's ``.conf`` syntax;
+1. ``ssdbench/configs/ssd-resnet34.conf``: benchmark.md §7 values in LoadGen's ``.conf`` syntax;
 2. a named preset from ``ssdbench/configs/loadgen_presets.json`` (the Cloud TPU seed table and
    ``cpu`` / ``gpu_h100``);
 3. ``--user-conf FILE`` in the same ``.conf`` syntax;
@@ -51,7 +51,7 @@ LOADGEN_KEYS = (
     "print_timestamps", "performance_issue_unique", "performance_issue_same",
     "performance_issue_same_index", "sample_concatenate_permutation",
 )  # fmt: skip
-# The seed table's column names (SPEC §7 Cloud TPU rows) -> (our key, value converter).
+# The seed table's column names (benchmark.md §7 Cloud TPU rows) -> (our key, value converter).
 SEED_COLUMNS: dict[str, tuple[str, Any]] = {
     "batch_size": ("max_batch_size", int),
     "batch_timeout_micros": ("batch_timeout_us", int),

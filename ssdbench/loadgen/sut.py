@@ -8,7 +8,7 @@ copy goes host -> pinned staging buffer -> device on a side stream, so it overla
 staging buffers are a small shared pool (`MAX_STAGING`), held only while a copy is queued: the
 seed's 128-thread TPU preset would otherwise pin 128 batch-sized buffers.
 
-Responses follow SPEC §7: per sample a contiguous float32 (K, 7) array of
+Responses follow benchmark.md §7: per sample a contiguous float32 (K, 7) array of
 ``[qsl_idx, ymin, xmin, ymax, xmax, score, label]`` with normalised coordinates (note: y before
 x, unlike our ltrb boxes) and labels 1..80. LoadGen copies the bytes inside
 `QuerySamplesComplete`, so the arrays only need to live until that call returns.

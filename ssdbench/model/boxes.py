@@ -16,7 +16,7 @@ from ssdbench.model.specs import ModelSpec, get_spec
 
 
 def _level_sizes(spec: ModelSpec, level: int) -> list[tuple[float, float]]:
-    """Box (w, h) shapes of one level, in the order the heads emit them (SPEC §2)."""
+    """Box (w, h) shapes of one level, in the order the heads emit them (benchmark.md §2)."""
     size = spec.input_size
     s_k = spec.scales[level] / size
     s_next = spec.scales[level + 1] / size
@@ -89,7 +89,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of ltrb boxes: a (..., N, 4), b (..., M, 4) -> (..., N, M).
 
     Overlaps are clamped at zero, so disjoint boxes have IoU 0 (the inference reference does not
-    clamp them; SPEC §4).
+    clamp them; benchmark.md §4).
     """
     lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
     rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
@@ -100,7 +100,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def encode_offsets(gt_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
-    """SSD box coding (SPEC §3): (..., B, 4) matched ground truth -> (..., B, 4) regression targets.
+    """SSD box coding (benchmark.md §3): (..., B, 4) matched ground truth -> (..., B, 4) regression targets.
 
     t_xy = (g_xy - d_xy) / d_wh / 0.1;  t_wh = log(g_wh / d_wh) / 0.2.
     """
@@ -111,7 +111,7 @@ def encode_offsets(gt_xywh: torch.Tensor, dboxes_xywh: torch.Tensor, variances=(
 
 
 def decode_offsets(offsets: torch.Tensor, dboxes_xywh: torch.Tensor, variances=(0.1, 0.2)) -> torch.Tensor:
-    """Inverse of `encode_offsets`: (..., B, 4) offsets -> (..., B, 4) ltrb boxes (SPEC §4).
+    """Inverse of `encode_offsets`: (..., B, 4) offsets -> (..., B, 4) ltrb boxes (benchmark.md §4).
 
     The network's (N, 4, B) `locs` are passed as ``locs.transpose(1, 2)``.
     """

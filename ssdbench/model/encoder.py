@@ -1,6 +1,6 @@
 """Target encoding: padded ground truth -> per-default-box regression targets and labels.
 
-Batched over images on any device, with no Python loop over images and no host sync (SPEC §3).
+Batched over images on any device, with no Python loop over images and no host sync (benchmark.md §3).
 Box formats: ground truth ltrb normalised; default boxes xywh normalised (their ltrb form, used
 for IoU, is derived from the clamped xywh boxes as in MLPerf).
 """
@@ -11,7 +11,7 @@ import torch
 
 from ssdbench.model.boxes import default_boxes, encode_offsets, ltrb_to_xywh, xywh_to_ltrb
 
-FORCED_IOU = 2.0  # SPEC §3: a ground truth's best default box gets IoU 2.0 (always positive)
+FORCED_IOU = 2.0  # benchmark.md §3: a ground truth's best default box gets IoU 2.0 (always positive)
 
 
 def _check_inputs(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, dboxes_xywh: torch.Tensor) -> None:
@@ -47,7 +47,7 @@ def _iou_with_dboxes(gt_boxes: torch.Tensor, dboxes_ltrb: torch.Tensor) -> torch
 def match(
     gt_boxes: torch.Tensor, real: torch.Tensor, dboxes_ltrb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Match every default box to one ground truth (SPEC §3).
+    """Match every default box to one ground truth (benchmark.md §3).
 
     gt_boxes (N, M, 4) ltrb, real (N, M) bool (False = padding), dboxes_ltrb (B, 4).
     Returns (best_gt (N, B) int64 index into M, best_iou (N, B) float, FORCED_IOU where forced).
@@ -79,7 +79,7 @@ def encode_targets(
     dboxes_xywh: torch.Tensor,
     iou_threshold: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded ground truth -> SSD training targets (SPEC §3).
+    """Padded ground truth -> SSD training targets (benchmark.md §3).
 
     gt_boxes (N, M, 4) ltrb normalised; gt_labels (N, M) int64 with 0 = padding;
     dboxes_xywh (B, 4) default boxes. Returns loc_targets (N, B, 4) float32 offsets (t_x, t_y,

@@ -1,4 +1,4 @@
-"""SSD training loss: SmoothL1 on positives + cross-entropy with 3:1 hard-negative mining (SPEC §3).
+"""SSD training loss: SmoothL1 on positives + cross-entropy with 3:1 hard-negative mining (benchmark.md §3).
 
 Per image: SmoothL1 (beta=1) summed over the 4 offsets of the positive default boxes, plus the
 cross-entropy of the positives and of the 3 x num_pos negatives with the highest cross-entropy;
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NEG_POS_RATIO = 3  # SPEC §3: 3 hard negatives per positive
+NEG_POS_RATIO = 3  # benchmark.md §3: 3 hard negatives per positive
 
 
 def _check_shapes(locs, scores, loc_targets, labels) -> None:
@@ -50,7 +50,7 @@ def hard_negative_mask(ce: torch.Tensor, positive: torch.Tensor, ratio: int = NE
 def ssd_loss(
     locs: torch.Tensor, scores: torch.Tensor, loc_targets: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """SSD loss (SPEC §3) -> scalar, mean over the N images.
+    """SSD loss (benchmark.md §3) -> scalar, mean over the N images.
 
     locs (N, 4, B) predicted offsets; scores (N, C, B) logits; loc_targets (N, B, 4) and labels
     (N, B) int64 (0 = background) from `encode_targets`. Computed in float32 even under autocast.

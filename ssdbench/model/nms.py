@@ -5,10 +5,10 @@ returns a keep mask of the same layout, so both kernels are interchangeable:
 
     boxes (G..., K, 4) ltrb, valid (G..., K) bool  ->  keep (G..., K) bool
 
-Position 0 of each group has the highest priority. Greedy NMS (SPEC §4): walk the candidates in
+Position 0 of each group has the highest priority. Greedy NMS (benchmark.md §4): walk the candidates in
 priority order; a valid candidate is kept unless a kept candidate before it overlaps it with
 IoU >= `iou_threshold`. IoU is clamped (disjoint boxes have IoU 0; the inference reference's
-unclamped IoU is a known defect, SPEC §4).
+unclamped IoU is a known defect, benchmark.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Batched post-processing: decode + class-wise NMS + top detections per image (SPEC §4).
+"""Batched post-processing: decode + class-wise NMS + top detections per image (benchmark.md §4).
 
 Identical for evaluation and inference. Fully batched: no Python loop over images or classes and
 no host sync inside `postprocess_padded` (the greedy kernel loops over the <= 200 candidate
@@ -161,7 +161,7 @@ def _pad(dets: PaddedDetections, size: int) -> PaddedDetections:
 
 
 def postprocess(locs: torch.Tensor, scores: torch.Tensor, model: str | torch.Tensor, **options) -> list[Detections]:
-    """Batched decode + class-wise NMS (SPEC §4) -> one `Detections` per image, highest score first.
+    """Batched decode + class-wise NMS (benchmark.md §4) -> one `Detections` per image, highest score first.
 
     Same arguments as `postprocess_padded` (``options``: its keyword arguments score_threshold,
     iou_threshold, max_per_class, max_per_image, nms_kernel, with its defaults, kept in one

@@ -1,4 +1,4 @@
-"""ResNet trunk of the SSD-ResNet family (SPEC §1).
+"""ResNet trunk of the SSD-ResNet family (benchmark.md §1).
 
 A ResNet of basic blocks cut after ``layer3`` (conv4_x), with the first block of ``layer3`` at
 stride 1 instead of 2 (its 3x3 ``conv1`` and its 1x1 ``downsample`` conv), so the trunk has an
@@ -60,7 +60,7 @@ def make_layer(in_ch: int, out_ch: int, blocks: int, stride: int, project: bool 
 
 
 class ResNetTrunk(nn.Module):
-    """Stem + layer1..layer3 of a basic-block ResNet; layer3 at stride 1 (SPEC §1).
+    """Stem + layer1..layer3 of a basic-block ResNet; layer3 at stride 1 (benchmark.md §1).
 
     Input (N, 3, S, S) normalised RGB -> output (N, widths[3], S/8, S/8) (ceil at each stride-2
     step: 300 -> 150 -> 75 -> 38).
@@ -83,7 +83,7 @@ class ResNetTrunk(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # torchvision's ResNet init; overwritten when ImageNet weights are loaded (SPEC §6).
+        # torchvision's ResNet init; overwritten when ImageNet weights are loaded (benchmark.md §6).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,6 +1,6 @@
 """Model family description: every SSD-ResNet member is one `ModelSpec`.
 
-The values of ``ssd300_r34`` and ``ssd1200_r34`` are MLPerf's (SPEC §1-2); ``ssd128_mini`` is the
+The values of ``ssd300_r34`` and ``ssd1200_r34`` are MLPerf's (benchmark.md §1-2); ``ssd128_mini`` is the
 small CPU member used by the demo and the tests: the same architecture (ResNet basic-block trunk cut
 after layer3 with layer3 at stride 1, bias-only extra blocks, 3x3 heads) at 1/4 width, fewer blocks
 and a 128x128 input, so that it trains on two CPU cores in minutes.
@@ -30,9 +30,9 @@ class ModelSpec:
     trunk_widths: tuple[int, int, int, int] = (64, 64, 128, 256)
     trunk_blocks: tuple[int, int, int] = (3, 4, 6)  # ResNet34's first three stages
     extras: tuple[ExtraBlock, ...] = ()
-    head_stride: int = 1  # SSD1200 heads use stride 3 (SPEC §1)
+    head_stride: int = 1  # SSD1200 heads use stride 3 (benchmark.md §1)
     boxes_per_cell: tuple[int, ...] = (4, 6, 6, 6, 4, 4)
-    # Default boxes (SPEC §2).
+    # Default boxes (benchmark.md §2).
     steps: tuple[int, ...] = ()
     scales: tuple[int, ...] = ()  # pixels, one more than levels
     aspect_ratios: tuple[tuple[int, ...], ...] = ()

@@ -1,4 +1,4 @@
-"""The pure SSD-ResNet network: image in, raw per-box regressions and class logits out (SPEC §1).
+"""The pure SSD-ResNet network: image in, raw per-box regressions and class logits out (benchmark.md §1).
 
 Target encoding and the loss (`encoder.py`, `loss.py`) and decode + NMS (`postprocess.py`) live
 beside it, so that training, evaluation, export and LoadGen share this one module.
@@ -138,7 +138,7 @@ def layer_macs(spec: ModelSpec) -> list[tuple[str, str, int]]:
     (C_out, H, W) with kernel (C_in/groups, kh, kw) costs C_out*H*W*C_in/groups*kh*kw; ``bias``: one
     add per conv output element; ``batchnorm``: one scale-and-shift per element (foldable into the
     convs at inference). ReLU, pooling and residual adds are not counted. FLOPs = 2 x MACs.
-    SPEC §1's 216.6 GMAC for SSD1200 includes the bias and BatchNorm terms (convs alone: 216.4).
+    benchmark.md §1's 216.6 GMAC for SSD1200 includes the bias and BatchNorm terms (convs alone: 216.4).
     """
     counts: list[tuple[str, str, int]] = []
 
@@ -177,7 +177,7 @@ def build_model(
     MLPerf inference/training references, torchvision's resnet34 for the trunk only; the pickled
     ``resnet34-ssd1200.pytorch`` only with ``allow_pickle=True``). When `num_classes` is None and
     the weights carry class heads, the class count is taken from them (default 81 otherwise).
-    `backbone_weights`: torchvision ImageNet resnet34 file loaded into the trunk (SPEC §6).
+    `backbone_weights`: torchvision ImageNet resnet34 file loaded into the trunk (benchmark.md §6).
     """
     from ssdbench.model.weights import infer_num_classes, load_backbone, load_state, read_state_dict
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from ssdbench.model.specs import ModelSpec
 
-# MLPerf reference prefix -> our prefix (SPEC §7; reference base_model.ResNet34).
+# MLPerf reference prefix -> our prefix (benchmark.md §7; reference base_model.ResNet34).
 _MLPERF_TRUNK = {
     "model.layer1.0.": "backbone.conv1.",
     "model.layer1.1.": "backbone.bn1.",

@@ -14,7 +14,7 @@ from ssdbench.train.loop import MLPerfSchedule, StepParts
 from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COCO_CATEGORIES = 80  # SPEC §5: COCO 2017 detection categories
+COCO_CATEGORIES = 80  # benchmark.md §5: COCO 2017 detection categories
 # torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
 # after at least 11 eager iterations on a side stream.
 DDP_GRAPH_WARMUP = 11
@@ -127,7 +127,7 @@ def build_network(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
 
     if cfg.backbone_weights is None and cfg.model != "ssd128_mini":
         warnings.warn("no --backbone-weights: training from a random trunk; the MLPerf quality target "
-                      "(0.23 mAP) assumes torchvision's ImageNet resnet34 (SPEC §6)", stacklevel=2)
+                      "(0.23 mAP) assumes torchvision's ImageNet resnet34 (benchmark.md §6)", stacklevel=2)
     return build_model(cfg.model, num_classes=num_classes, backbone_weights=cfg.backbone_weights)
 
 
@@ -145,7 +145,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
     model = net
     if launch.distributed:
         # broadcast_buffers=False: each rank keeps its own BN running stats; they are averaged
-        # before every eval (SPEC §6) instead of being overwritten by rank 0's at every step.
+        # before every eval (benchmark.md §6) instead of being overwritten by rank 0's at every step.
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     fast = cfg.step == "fast"
@@ -169,7 +169,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
 
 
 def _optimizer(cfg: TrainConfig, net: torch.nn.Module, launch: Launch) -> torch.optim.SGD:
-    """SPEC §6 SGD. step=fast: `make_sgd` (fused, lr a device tensor the scheduler fills in place,
+    """benchmark.md §6 SGD. step=fast: `make_sgd` (fused, lr a device tensor the scheduler fills in place,
     so a captured CUDA graph sees every update); plain: a float lr."""
     lr = cfg.base_lr(launch.world_size)
     if cfg.step == "fast":

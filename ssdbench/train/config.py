@@ -1,6 +1,6 @@
 """The training configuration: one typed dataclass, named presets, overrides from a file and flags.
 
-Resolution order (later wins): dataclass defaults (the MLPerf reference recipe, SPEC §6) <- preset
+Resolution order (later wins): dataclass defaults (the MLPerf reference recipe, benchmark.md §6) <- preset
 <- JSON config file <- command-line flags. The resolved config is printed and saved as
 ``config.json`` in the run folder, so every run records exactly what it trained with.
 """
@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-COCO_TRAIN_IMAGES = 117266  # SPEC §5: non-empty train2017 images; MLPerf's epoch size
+COCO_TRAIN_IMAGES = 117266  # benchmark.md §5: non-empty train2017 images; MLPerf's epoch size
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DIVISIONS = ("auto", "closed", "open")
 STEPS = ("plain", "fast", "auto")
@@ -20,41 +20,41 @@ INPUT_PIPELINES = ("cpu", "device", "auto")
 
 @dataclass
 class TrainConfig:
-    """Every knob of `ssdbench train`. Defaults are the MLPerf reference recipe (SPEC §6)."""
+    """Every knob of `ssdbench train`. Defaults are the MLPerf reference recipe (benchmark.md §6)."""
 
     preset: str = "mlperf"  # name of the preset this config started from
     # --- model and data ---
-    model: str = "ssd300_r34"  # SPEC §1: the training benchmark's network
-    data: str | None = None  # COCO root (SPEC §5 layout); None = the embedded synthetic dataset
-    train_split: str = "train"  # SPEC §5: train2017
-    val_split: str = "val"  # SPEC §5: val2017
+    model: str = "ssd300_r34"  # benchmark.md §1: the training benchmark's network
+    data: str | None = None  # COCO root (benchmark.md §5 layout); None = the embedded synthetic dataset
+    train_split: str = "train"  # benchmark.md §5: train2017
+    val_split: str = "val"  # benchmark.md §5: val2017
     # MLPerf log name (closed division needs "coco2017"). None = detected (`parts.dataset_name`):
     # "coco2017" for COCO's 80 categories in instances_train2017.json, "synthetic" for the
     # embedded dataset, else the data folder's name (open division).
     dataset_name: str | None = None
-    backbone_weights: str | None = None  # SPEC §6: torchvision ImageNet resnet34-333f7ec4.pth
+    backbone_weights: str | None = None  # benchmark.md §6: torchvision ImageNet resnet34-333f7ec4.pth
     # --- batch and optimiser ---
-    batch_size: int = 32  # per rank; global batch = batch_size x world size (SPEC §6)
-    lr: float | None = None  # None = 2.5e-3 x global_batch / 32 (SPEC §6 linear scaling rule)
-    momentum: float = 0.9  # SPEC §6: SGD momentum
-    weight_decay: float = 5e-4  # SPEC §6: reference value (submitters tuned it, e.g. 1.3e-4)
-    warmup_epochs: float = 5.0  # SPEC §6 linear warmup length in epochs; ours: NVIDIA's 650 it x 912 ~ 5 ep
+    batch_size: int = 32  # per rank; global batch = batch_size x world size (benchmark.md §6)
+    lr: float | None = None  # None = 2.5e-3 x global_batch / 32 (benchmark.md §6 linear scaling rule)
+    momentum: float = 0.9  # benchmark.md §6: SGD momentum
+    weight_decay: float = 5e-4  # benchmark.md §6: reference value (submitters tuned it, e.g. 1.3e-4)
+    warmup_epochs: float = 5.0  # benchmark.md §6 linear warmup length in epochs; ours: NVIDIA's 650 it x 912 ~ 5 ep
     warmup_steps: int | None = None  # explicit warmup iterations; overrides warmup_epochs (NVIDIA: 650)
     warmup_factor: float = 0.0  # reference `--warmup-factor`: warmup starts at lr x (1 - 2**-f); 0 = from 0
-    decay_epochs: tuple[int, ...] = (40, 50)  # SPEC §6: x decay_factor at the start of these epochs
-    decay_factor: float = 0.1  # SPEC §6
+    decay_epochs: tuple[int, ...] = (40, 50)  # benchmark.md §6: x decay_factor at the start of these epochs
+    decay_factor: float = 0.1  # benchmark.md §6
     epochs: int = 80  # upper bound; the run stops as soon as eval reaches target_map
-    target_map: float | None = 0.23  # SPEC §6: COCO AP@[.5:.95] quality target; None = never stop early
-    eval_every: int = 5  # SPEC §6: evaluate every 5 epochs ...
+    target_map: float | None = 0.23  # benchmark.md §6: COCO AP@[.5:.95] quality target; None = never stop early
+    eval_every: int = 5  # benchmark.md §6: evaluate every 5 epochs ...
     eval_epochs: tuple[int, ...] = ()  # ... and at these epochs; v0.7 NVIDIA: (40, 50, 55) then every 5
     # --- data pipeline ---
-    max_samples: int = 1  # SPEC §5 random-crop attempts per draw (1 or 50); NVIDIA v0.7 logs 1
+    max_samples: int = 1  # benchmark.md §5 random-crop attempts per draw (1 or 50); NVIDIA v0.7 logs 1
     max_objects: int = 200  # ARCHITECTURE: padded targets per image
     workers: int = 4  # data-loader worker processes per rank
     eval_batch_size: int | None = None  # None = batch_size
     steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke runs); None = full epoch
     # --- distributed ---
-    bn_span: int = 1  # SPEC §6 `model_bn_span`: ranks per SyncBatchNorm group; 1 = local BN
+    bn_span: int = 1  # benchmark.md §6 `model_bn_span`: ranks per SyncBatchNorm group; 1 = local BN
     dist_timeout_s: float = 300.0  # process-group timeout: a dead rank ends the others in bounded time
     # --- device and precision ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -75,12 +75,12 @@ class TrainConfig:
     # is not starved at 3,000 img/s; CPU decode fallback elsewhere). auto = device on CUDA.
     input_pipeline: str = "cpu"
     deterministic: bool = False  # deterministic kernels, workers=0: bit-reproducible CPU runs and resume
-    seed: int = 1  # base seed; rank r uses seed + r for augmentation (SPEC §6 per-rank seeds)
+    seed: int = 1  # base seed; rank r uses seed + r for augmentation (benchmark.md §6 per-rank seeds)
     # --- run folder ---
     out: str | None = None  # run folder; None = runs/<preset>-<timestamp>
     log_every: int = 20  # steps per metrics.jsonl window
     resume: str = "auto"  # auto = continue from <out>/checkpoints/last.pt if present | never | PATH
-    # --- MLPerf submission keys (SPEC §6 logs) ---
+    # --- MLPerf submission keys (benchmark.md §6 logs) ---
     submission_org: str = "ssdbench"
     submission_platform: str = ""  # "" = described from the device (e.g. "1xcpu", "8xNVIDIA A100")
     submission_status: str = "research"  # cloud | onprem | preview | research
@@ -93,12 +93,12 @@ class TrainConfig:
         return self.batch_size * world_size
 
     def base_lr(self, world_size: int) -> float:
-        """SPEC §6: lr = 2.5e-3 x global_batch / 32 unless given."""
+        """benchmark.md §6: lr = 2.5e-3 x global_batch / 32 unless given."""
         return self.lr if self.lr is not None else 2.5e-3 * self.global_batch(world_size) / 32
 
     def warmup_iters(self, num_train_images: int, global_batch: int) -> int:
         """Warmup length in iterations: explicit steps, else the reference's
-        int(warmup_epochs x train images / global_batch) (SPEC §6; 572 at 5 epochs, batch 1024)."""
+        int(warmup_epochs x train images / global_batch) (benchmark.md §6; 572 at 5 epochs, batch 1024)."""
         if self.warmup_steps is not None:
             return self.warmup_steps
         return int(self.warmup_epochs * num_train_images / global_batch)
@@ -127,11 +127,11 @@ class TrainConfig:
         return "\n".join(f"  {k:22s} = {v!r}" for k, v in self.to_dict().items())
 
 
-_V07_EVAL = (40, 50, 55)  # SPEC §6: NVIDIA v0.7 evaluates at 40, 50, 55 then every 5
+_V07_EVAL = (40, 50, 55)  # benchmark.md §6: NVIDIA v0.7 evaluates at 40, 50, 55 then every 5
 
 # The GPU presets' fast path, resolved per device (`resolve_for_device`): on CUDA step=fast with a
 # CUDA graph, the device input pipeline, bf16 and channels_last; on CPU the plain defaults.
-# Deviation: the published DGX runs used fp16 AMP (SPEC §6); bf16 needs no loss scaling, trains
+# Deviation: the published DGX runs used fp16 AMP (benchmark.md §6); bf16 needs no loss scaling, trains
 # the same on A100/H100, and is what the graph-captured FastStep supports. --precision fp16
 # --step plain restores the published setting.
 _GPU_FAST = {"step": "auto", "cuda_graph": None, "input_pipeline": "auto", "precision": "auto",
@@ -139,9 +139,9 @@ _GPU_FAST = {"step": "auto", "cuda_graph": None, "input_pipeline": "auto", "prec
 
 # Each preset lists only what differs from the defaults (the MLPerf reference recipe).
 PRESETS: dict[str, dict] = {
-    # SPEC §6 reference recipe: SSD300-R34, lr by the scaling rule, decay [40, 50], eval every 5.
+    # benchmark.md §6 reference recipe: SSD300-R34, lr by the scaling rule, decay [40, 50], eval every 5.
     "mlperf": {**_GPU_FAST},
-    # NVIDIA DGX A100 (8x A100-40GB), MLPerf v0.7 (SPEC §6): 114/GPU, lr 0.09, wd 1.3e-4,
+    # NVIDIA DGX A100 (8x A100-40GB), MLPerf v0.7 (benchmark.md §6): 114/GPU, lr 0.09, wd 1.3e-4,
     # 650 warmup iterations, decay [44, 55] (allowed variant [40,50] x 1.1), AMP, NHWC.
     "dgxa100_x8": {
         "batch_size": 114, "lr": 0.09, "weight_decay": 1.3e-4, "warmup_steps": 650,

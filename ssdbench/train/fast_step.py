@@ -41,7 +41,7 @@ MASK_OPS = ("index", "_index_put_impl_", "index_put", "index_put_")
 
 def make_sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
              device: torch.device | str = "cpu") -> torch.optim.SGD:
-    """SGD (SPEC §6 defaults) with ``lr`` as a 1-element tensor on ``device``; fused kernel.
+    """SGD (benchmark.md §6 defaults) with ``lr`` as a 1-element tensor on ``device``; fused kernel.
 
     A tensor lr is what lets a captured CUDA graph see scheduler updates (LambdaLR writes
     tensor learning rates in place with ``fill_``). Fused SGD exists for CUDA and CPU tensors;

@@ -25,7 +25,7 @@ class NonFiniteLossError(RuntimeError):
 class MLPerfSchedule:
     """Learning-rate multiplier at global iteration `it` (0-based), for `LambdaLR`.
 
-    Warmup (reference `lr_warmup`, SPEC §6): for it < W, lr = base x (1 - (W - it) / (W x 2^f))
+    Warmup (reference `lr_warmup`, benchmark.md §6): for it < W, lr = base x (1 - (W - it) / (W x 2^f))
     with f = warmup_factor (f = 0: linear from 0). Decay: x decay_factor for every boundary b with
     epoch >= b, epoch = it // iters_per_epoch counted from 0 (so b = 40 starts after 40 completed
     epochs). A plain object (not a lambda) so that `LambdaLR.state_dict()` can save it.
@@ -60,7 +60,7 @@ class StepParts:
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     amp_dtype: torch.dtype | None = None  # None = fp32
     channels_last: bool = False
-    loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, SPEC §3
+    loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, benchmark.md §3
     # `engine.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
     # same model, optimizer (tensor lr) and scheduler. None = the plain step.
     fast_step: Callable | None = None

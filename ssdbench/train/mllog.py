@@ -41,7 +41,7 @@ from mlperf_logging.mllog import constants as C
 from mlperf_logging.mllog import mllog
 
 CLOSED_MODEL, CLOSED_DATASET = "ssd300_r34", "coco2017"
-QUALITY_TARGET = 0.23  # SPEC §6: COCO AP@[.5:.95]
+QUALITY_TARGET = 0.23  # benchmark.md §6: COCO AP@[.5:.95]
 
 _BLOCK = re.compile(r"(?:^|\.)layer(\d+)\.(\d+)\.(conv1|conv2|bn1|bn2|downsample\.0|downsample\.1)\.(weight|bias)$")
 _STEM = re.compile(r"(?:^|\.)(conv1|bn1)\.(weight|bias)$")
@@ -120,7 +120,7 @@ def resolve_division(cfg: dict) -> str:
     return wanted
 
 
-# cfg key -> MLPerf key (SPEC §6; the names closed_ssd.yaml checks)
+# cfg key -> MLPerf key (benchmark.md §6; the names closed_ssd.yaml checks)
 _HYPERPARAMETERS = {
     "global_batch_size": C.GLOBAL_BATCH_SIZE,
     "base_lr": C.OPT_BASE_LR,

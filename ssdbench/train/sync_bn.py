@@ -81,7 +81,7 @@ def convert_sync_bn(model: nn.Module, group, device: torch.device) -> nn.Module:
 
 @torch.no_grad()
 def average_bn_stats(model: nn.Module, world_size: int) -> None:
-    """SPEC §6: average BatchNorm running mean/var over all ranks before evaluation."""
+    """benchmark.md §6: average BatchNorm running mean/var over all ranks before evaluation."""
     if world_size <= 1 or not dist.is_initialized():
         return
     for module in model.modules():

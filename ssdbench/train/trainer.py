@@ -1,7 +1,7 @@
 """One training run, config to summary: builds the parts, resumes, trains, evaluates, logs.
 
 ``run_training(cfg)`` is what `ssdbench train` and `ssdbench demo` call, under any launcher.
-The MLPerf clock (SPEC §6): ``run_start`` after the model, data and logger are set up, ``run_stop``
+The MLPerf clock (benchmark.md §6): ``run_start`` after the model, data and logger are set up, ``run_stop``
 when an evaluation reaches the target (or the epochs run out); time to train is the wall time in
 between, summed over resumed segments (a resumed run is not a valid MLPerf timing, and its
 summary says so).
@@ -99,7 +99,7 @@ class Session:
         self.data = build_data(cfg, launch)
         self.parts, self.net = build_parts(cfg, launch, self.data.num_classes, self.data.iters_per_epoch,
                                             self.data.warmup_iters)
-        torch.manual_seed(cfg.seed + launch.rank)  # per-rank seeds (SPEC §6)
+        torch.manual_seed(cfg.seed + launch.rank)  # per-rank seeds (benchmark.md §6)
         if self.ckpt is not None:
             self._restore(self.ckpt)
         cfg.save(self.folder.path / "config.json") if launch.is_main else None
@@ -234,7 +234,7 @@ class Session:
 
         self.mllog.eval_start(epoch)
         with self.watchdog.paused():
-            average_bn_stats(self.net, self.launch.world_size)  # SPEC §6
+            average_bn_stats(self.net, self.launch.world_size)  # benchmark.md §6
             stats, _ = evaluate(self.net, self.data.val_loader, self.data.val_set, self.launch.device,
                                 distributed=self.launch.distributed, progress=self.progress,
                                 autocast_dtype=self.parts.amp_dtype)
