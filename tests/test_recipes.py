@@ -1,6 +1,7 @@
 """Launch recipes: shell syntax, the srun command the batch script builds, the container recipe."""
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
 SBATCH = RECIPES / "train.sbatch"
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
@@ -62,6 +66,14 @@ def test_dockerfile_builds_on_cuda_pytorch():
     lines = [line.strip() for line in (RECIPES / "Dockerfile").read_text().splitlines()]
     base = [line for line in lines if line.startswith("FROM ")]
     assert len(base) == 1 and "pytorch" in base[0] and "cuda" in base[0]
-    assert any(line.startswith("RUN pip install") and ".[fast]" in line for line in lines)
+    installs = [line for line in lines if line.startswith("RUN pip install")]
+    assert len(installs) == 1
+    extras = re.findall(r'"\.\[([\w,-]+)\]"', installs[0])
+    assert extras, installs[0]  # the image installs the package with an extra ...
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        defined = tomllib.load(f)["project"]["optional-dependencies"]
+    for extra in extras[0].split(","):
+        assert extra in defined, f"Dockerfile installs .[{extra}], which pyproject.toml does not define"
+    assert "onnxruntime" in installs[0]  # ... that brings ONNX Runtime (checked at build time)
     for copied in ("pyproject.toml", "ssdbench", "recipes", "benchmarks"):
         assert any(line.startswith("COPY") and copied in line for line in lines), copied

@@ -7,12 +7,14 @@ JSON. Under torchrun or srun every rank evaluates a shard; rank 0 prints and wri
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 from ssdbench.errors import CliError
+from ssdbench.io import atomic_write_json
+
+# Process-group timeout: rank 0 scores the gathered results while the others wait for the stats.
+DIST_TIMEOUT_S = 1800.0
 
 EPILOG = """examples:
   ssdbench eval --weights runs/demo/checkpoints/last.pt          # embedded dataset, ssd128_mini
@@ -39,14 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", help="autocast to bfloat16 (CUDA, or CPUs with bf16)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow weight files that need full unpickling (only for files you trust)")
-
-
-def _device(name: str | None, local_rank: int):
-    import torch
-
-    if name:
-        return torch.device(name)
-    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _dataset(data: str | None, split: str):
@@ -81,21 +75,6 @@ def _model(args, dataset, device):
     return model.to(device)
 
 
-def _init_distributed(device) -> bool:
-    """Join the process group when launched by torchrun / srun with more than one process."""
-    import torch.distributed as dist
-
-    from ssdbench import dist as D
-
-    if D.env_world_size() <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            rank=D.env_rank(), world_size=D.env_world_size())
-    return True
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -106,10 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = _device(args.device, D.get_local_rank())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    distributed = _init_distributed(device)
+    launch = D.init_distributed(args.device or "auto", DIST_TIMEOUT_S)  # joins the group under torchrun / srun
+    device, distributed = launch.device, launch.distributed
     dataset = _dataset(args.data, args.split)
     model = _model(args, dataset, device)
     loader = build_loader(dataset, args.batch_size, train=False, size=model.spec.input_size,
@@ -122,16 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{model.spec.name} on {dataset.root} ({args.split}, {len(dataset.ids)} images), "
               f"backend {args.backend}: {seconds:.1f} s, {len(dataset.ids) / seconds:.1f} images/s")
         print(format_stats(stats))
-        _write(args.out, results)
+        atomic_write_json(args.out, results, indent=None)
         print(f"{len(results)} detections written to {args.out}")
-    if distributed:
-        torch.distributed.destroy_process_group()
+    D.shutdown()
     return 0
-
-
-def _write(path: str, results: list[dict]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, out)

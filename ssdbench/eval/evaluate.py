@@ -7,7 +7,6 @@ stats (the training loop's stop decision must agree across ranks). Nothing is wr
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch
 
 from ssdbench import dist as D
 from ssdbench.eval.coco import coco_stats, detections_to_coco
+from ssdbench.precision import autocast
+from ssdbench.progress import Progress
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -30,18 +31,18 @@ def _as_list(x: Any) -> list:
     return x.tolist() if hasattr(x, "tolist") else list(x)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _progress(loader, enabled: bool):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
+    """The loader's batches, with a progress bar (terminal) or plain lines (logs) when enabled."""
+    return _with_progress(loader) if enabled else loader
 
-    return tqdm(loader, desc="eval", unit="batch", dynamic_ncols=True, leave=False)
+
+def _with_progress(loader):
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    with Progress(total, "eval", unit="batch", rate_unit="img") as bar:
+        yield from bar.iterate(loader, items=lambda b: len(b["image_ids"]))
 
 
 def _prepare(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -79,7 +80,7 @@ def predict_shard(
         if len(batch["image_ids"]) == 0:  # every sample of the batch was unreadable (skipped)
             continue
         images = _prepare(batch["images"], device)
-        with _autocast(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             locs, scores = model(images)
         detections = postprocess(locs.float(), scores.float(), boxes_source)
         ids = [int(i) for i in _as_list(batch["image_ids"])]
