@@ -25,20 +25,11 @@ BACKENDS = ("faster", "pycocotools")
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR_1", "AR_10", "AR_100", "AR_small", "AR_medium", "AR_large")
 # The same table as pycocotools prints it (metric, IoU, area, maxDets).
-_TABLE = (
-    ("Average Precision", "0.50:0.95", "all", 100),
-    ("Average Precision", "0.50", "all", 100),
-    ("Average Precision", "0.75", "all", 100),
-    ("Average Precision", "0.50:0.95", "small", 100),
-    ("Average Precision", "0.50:0.95", "medium", 100),
-    ("Average Precision", "0.50:0.95", "large", 100),
-    ("Average Recall", "0.50:0.95", "all", 1),
-    ("Average Recall", "0.50:0.95", "all", 10),
-    ("Average Recall", "0.50:0.95", "all", 100),
-    ("Average Recall", "0.50:0.95", "small", 100),
-    ("Average Recall", "0.50:0.95", "medium", 100),
-    ("Average Recall", "0.50:0.95", "large", 100),
-)
+_AREAS = ("all", "all", "all", "small", "medium", "large")
+_TABLE = tuple(("Average Precision", iou, area, 100)
+               for iou, area in zip(("0.50:0.95", "0.50", "0.75", "0.50:0.95", "0.50:0.95", "0.50:0.95"), _AREAS))
+_TABLE += tuple(("Average Recall", "0.50:0.95", area, max_dets)
+                for area, max_dets in zip(_AREAS, (1, 10, 100, 100, 100, 100)))
 
 
 def _as_numpy(x: Any) -> np.ndarray:
