@@ -145,11 +145,39 @@ def color_jitter(x: torch.Tensor, factors, order) -> torch.Tensor:
     return out
 
 
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) -> float32 / 255 (a new tensor); float (0..1) -> float32 (as is when float32)."""
+    return batch.to(torch.float32) / 255.0 if batch.dtype == torch.uint8 else batch.to(torch.float32)
+
+
 def normalize(batch: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     """(N, 3, H, W) uint8 (0..255) or float (0..1) -> float32 (x - mean) / std; new tensor."""
-    x = batch.to(torch.float32) / 255.0 if batch.dtype == torch.uint8 else batch.to(torch.float32)
+    x = to_unit(batch)
     m, s = _stats(tuple(mean), tuple(std), x.device)
     return (x - m) / s
+
+
+def jitter_normalize(batch: torch.Tensor, factors, order, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Colour jitter with given parameters (none when ``factors`` is None), then `normalize`.
+
+    ``batch`` (N, 3, S, S) uint8 (0..255) or float (0..1), any device; ``factors`` (N, 4) and
+    ``order`` (N, 4) as `draw_jitter` returns them. Returns ``dtype`` (N, 3, S, S), normalised.
+    """
+    x = to_unit(batch)
+    if factors is not None:
+        x = color_jitter(x, factors, order)
+    return normalize(x).to(dtype)
+
+
+def jitter_and_normalize(batch: torch.Tensor, generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Colour jitter (benchmark.md §5 strengths) + /255 + mean/std on a (N, 3, S, S) batch, any device.
+
+    ``batch``: uint8 (0..255) or float (0..1); ``generator``: numpy Generator or CPU
+    torch.Generator (parameters are drawn on the host, so there is no device sync).
+    Returns ``dtype`` (N, 3, S, S), normalised.
+    """
+    factors, order = draw_jitter(batch.shape[0], generator)
+    return jitter_normalize(batch, factors, order, dtype)
 
 
 @functools.lru_cache(maxsize=16)
