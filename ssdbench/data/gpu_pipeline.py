@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, plan_sample, sample_rng
+from ssdbench.data.coco import normalized_targets
 from ssdbench.data.decode import decode_image
 from ssdbench.data.jitter import jitter_normalize
 from ssdbench.data.loader import ShardedSampler, batch_info, pad_targets
@@ -61,7 +62,7 @@ class JpegBytesDataset(Dataset):
 
     ``dataset``: a `CocoDetection`. Keys are ``(epoch, index)`` (or ``index``). Returns a dict
     ``data`` uint8 (L,) tensor of file bytes, ``boxes`` float32 (n, 4) ltrb normalised with the
-    annotated size and clipped (boxes wholly outside dropped, as `CocoDetection.load`),
+    annotated size and clipped (boxes wholly outside dropped: `coco.normalized_targets`),
     ``labels`` int64 (n,), ``image_id``, ``orig_size`` (h, w), ``key`` (epoch, index); or None
     (after a warning naming the image) when the file cannot be read.
     """
@@ -81,10 +82,8 @@ class JpegBytesDataset(Dataset):
             warnings.warn(f"skipping bad sample: image {info['id']} ({path}): {exc}", RuntimeWarning, stacklevel=2)
             return None
         h, w = int(info["height"]), int(info["width"])
-        boxes, labels = self.dataset.annotations(index)
-        boxes = np.clip(boxes / np.array([w, h, w, h], np.float32), 0.0, 1.0)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, labels = boxes[keep][: self.max_objects], labels[keep][: self.max_objects]
+        boxes, labels = normalized_targets(*self.dataset.annotations(index), h, w)
+        boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
         return {"data": data, "boxes": boxes, "labels": labels, "image_id": int(info["id"]),
                 "orig_size": (h, w), "key": (int(epoch), int(index))}
 
