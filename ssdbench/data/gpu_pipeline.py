@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, plan_sample, sample_rng
 from ssdbench.data.coco import normalized_targets
 from ssdbench.data.decode import decode_image
-from ssdbench.data.jitter import jitter_normalize
-from ssdbench.data.loader import ShardedSampler, batch_info, pad_targets
+from ssdbench.data.jitter import jitter_normalize, to_device
+from ssdbench.data.loader import batch_info, epoch_sampler, pad_targets
 
 try:  # optional nvjpeg fast path (never required: torchvision may be absent)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -97,13 +97,10 @@ def build_byte_loader(dataset, batch_size: int, train: bool = True, rank: int = 
                       seed: int = 0, workers: int = 4, max_objects: int = 200) -> DataLoader:
     """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's shard.
 
-    Same sampling as `loader.build_loader` (`ShardedSampler`, shuffled + drop_last for training),
+    Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled + drop_last for training),
     so ``loader.sampler.set_epoch(e)`` and its resume state work the same way.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampler = ShardedSampler(len(dataset), rank, world_size, seed, shuffle=train, drop_last=train,
-                             with_epoch=True)
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=train)
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(JpegBytesDataset(dataset, max_objects), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=_keep_samples, drop_last=train, **extra)
@@ -267,10 +264,7 @@ class DevicePipeline:
         return stack_plans([self.plan_one(s) for s in samples], self.max_objects)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return to_device(torch.from_numpy(np.ascontiguousarray(array)), self.device)
 
     def pixels(self, samples: list[dict], plan: BatchPlan) -> torch.Tensor:
         """Decode + crop + flip + resize -> float32 (N, 3, S, S) in 0..255 (integers)."""

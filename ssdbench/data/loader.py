@@ -102,6 +102,15 @@ class ShardedSampler(Sampler):
         self._start = self._position = int(state["position"])
 
 
+def epoch_sampler(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                  shuffle: bool, drop_last: bool) -> ShardedSampler:
+    """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return ShardedSampler(num_samples, rank, world_size, seed, shuffle=shuffle, drop_last=drop_last,
+                          with_epoch=True)
+
+
 class AugmentedDataset(Dataset):
     """``dataset.load(i)`` + transform, keyed by ``(epoch, i)`` (or ``i``, epoch 0).
 
@@ -206,19 +215,16 @@ def build_loader(dataset, batch_size: int, train: bool, size: int = 300, rank: i
     caller, on the device. ``pin_memory`` defaults to CUDA being available. Call
     ``loader.sampler.set_epoch(e)`` before each epoch; ``loader.sampler`` also resumes.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    drop_last = train if drop_last is None else drop_last
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last)
     if decoder is not None:
         dataset = copy.copy(dataset)
         dataset.decoder = decoder
-    drop_last = train if drop_last is None else drop_last
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     if train:
         transform = TrainTransform(size, max_samples=max_samples, defer_jitter=defer_jitter)
     else:
         transform = EvalTransform(size, defer_normalize=defer_jitter)
-    sampler = ShardedSampler(len(dataset), rank, world_size, seed, shuffle=train, drop_last=drop_last,
-                             with_epoch=True)
     extra = {"prefetch_factor": 2} if workers > 0 else {}
     return DataLoader(
         AugmentedDataset(dataset, transform, train, seed, max_objects),
