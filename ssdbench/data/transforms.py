@@ -18,6 +18,8 @@ Randomness always comes from an explicit ``numpy.random.Generator`` (or a CPU
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from PIL import Image
@@ -114,8 +116,8 @@ class TrainTransform:
     def plan(self, image: np.ndarray, boxes, labels, rng, jitter: bool | None = None) -> SamplePlan:
         """The sample's `augment.SamplePlan` (jitter drawn unless ``defer_jitter``, or as ``jitter`` says)."""
         check_image(image)
-        settings = self.settings if jitter is None else AugmentSettings(self.max_samples, self.flip_p, jitter)
-        return plan_sample(boxes, labels, image.shape[0], image.shape[1], as_rng(rng), settings)
+        settings = self.settings if jitter is None else replace(self.settings, jitter=jitter)
+        return plan_sample(boxes, labels, image.shape[0], image.shape[1], rng, settings)
 
     def geometric(self, image: np.ndarray, boxes, labels, rng):
         """Crop, resize to SxS, flip (draws those two only) -> (uint8 (S, S, 3), boxes (k, 4), labels (k,))."""
@@ -125,7 +127,7 @@ class TrainTransform:
     def __call__(self, image: np.ndarray, target: dict, rng):
         plan = self.plan(image, target["boxes"], target["labels"], rng)
         chw = to_chw(apply_geometry(image, plan, self.size))
-        if plan.factors is not None:
+        if not self.defer_jitter:
             chw = jitter_normalize(chw[None], plan.factors[None], plan.order[None])[0]
         return chw, {**target, "boxes": plan.boxes, "labels": plan.labels}
 
