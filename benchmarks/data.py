@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from ssdbench.data.coco import CocoDetection
 from ssdbench.data.decode import available_decoders, decode_image
+from ssdbench.data.jitter import jitter_and_normalize
 from ssdbench.data.loader import build_loader
 from ssdbench.data.synth import make_synthetic_coco
-from ssdbench.data.transforms import TrainTransform, jitter_and_normalize, to_chw
+from ssdbench.data.transforms import TrainTransform, to_chw
 
 
 def median_rate(fn, count: int, repeats: int) -> dict:

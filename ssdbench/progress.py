@@ -50,13 +50,15 @@ class Progress:
     """Counts ``done`` of ``total`` units; `update` moves it and sets the fields shown after it.
 
     ``rate_unit``: name of what `update`'s ``items`` count per second ("img" -> "img/s"); by
-    default the rate counts the units themselves.
+    default the rate counts the units themselves. ``unit_scale``: show counts and rates with
+    binary prefixes (bytes: "12.0 MiB/778.0 MiB", "10.5 MiB/s"), as tqdm's ``unit_scale``.
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "step", initial: int = 0,
                  enabled: bool = True, rate_unit: str | None = None, min_interval_s: float = 10.0,
-                 stream=None):
+                 stream=None, unit_scale: bool = False):
         self.total, self.desc, self.unit, self.done = total, desc, unit, initial
+        self.unit_scale = unit_scale
         self.rate_unit = rate_unit or unit
         self.stream = stream or sys.stdout
         self.mode = _mode(self.stream) if enabled else "off"
@@ -68,7 +70,8 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                             leave=False, file=self.stream)
+                             leave=False, file=self.stream, unit_scale=unit_scale,
+                             unit_divisor=1024 if unit_scale else 1000)
 
     def update(self, done: int | None = None, items: int = 0, **fields) -> None:
         """Advance to ``done`` units (default: one more); ``items`` processed meanwhile; fields shown."""
@@ -99,17 +102,27 @@ class Progress:
     def line(self, fields: dict | None = None) -> str:
         """The plain progress line (what a log gets)."""
         parts = [self.desc]
-        if self.total:
+        if self.unit_scale:
+            parts.append(self._scaled_count())
+        elif self.total:
             parts.append(f"{self.unit} {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)")
         else:
             parts.append(f"{self.unit} {self.done}")
-        parts.append(f"{self._rate():.1f} {self.rate_unit}/s")
+        rate = _binary(self._rate(), self.rate_unit) if self.unit_scale else f"{self._rate():.1f} {self.rate_unit}"
+        parts.append(f"{rate}/s")
         parts += [f"{k} {_fmt(v)}" for k, v in (fields or {}).items()]
         unit_rate = (self.done - self._start_done) / max(time.perf_counter() - self._t0, 1e-9)
         if self.total and unit_rate > 0:
             parts.append(f"ETA {_clock((self.total - self.done) / unit_rate)}")
         parts.append(f"mem {memory_text()}")
         return " | ".join(parts)
+
+    def _scaled_count(self) -> str:
+        """ "12.0 MiB/778.0 MiB (2%)" (or "12.0 MiB" without a total)."""
+        done = _binary(self.done, self.unit)
+        if not self.total:
+            return done
+        return f"{done}/{_binary(self.total, self.unit)} ({100 * self.done / self.total:.0f}%)"
 
     def iterate(self, iterable: Iterable, items=None) -> Iterator:
         """Yield from ``iterable``, one unit per element (``items(element)``: items it carries)."""
@@ -127,6 +140,15 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _binary(value: float, unit: str) -> str:
+    """``value`` with a binary prefix: 1536 B -> "1.5 KiB", 12 B -> "12 B"."""
+    for prefix in ("", "Ki", "Mi", "Gi"):
+        if abs(value) < 1024:
+            return f"{value:.1f} {prefix}{unit}" if prefix else f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:.1f} Ti{unit}"
 
 
 def _fmt(value) -> str:

@@ -100,3 +100,10 @@ def test_cli_exit_status(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "error [val] missing_file: 1 (first: image 3" in out and "FAILED: 1 error(s), 1 warning(s)" in out
     assert main(["data", "check", str(tmp_path / "nope")]) == 2
+
+
+def test_progress_goes_to_stderr_as_lines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SSDBENCH_PROGRESS", "lines")  # as in a log
+    check_dataset(_clean(tmp_path), ("val",), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "check val | img 3/3 (100%)" in err

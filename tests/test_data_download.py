@@ -144,6 +144,15 @@ def test_backbone_hash_prefix(server, tmp_path):
     assert sha256_prefix_of_name("resnet34-333f7ec4.pth") == "333f7ec4"
 
 
+def test_progress_lines_count_bytes_and_files(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SSDBENCH_PROGRESS", "lines")  # as in a log
+    download_coco(tmp_path, ["val"], base_url=server.url, retry_wait=0.0)
+    size = len(server.files["zips/val2017.zip"])
+    out, err = capsys.readouterr()
+    assert out == "" and f"val2017.zip | {size / 1024:.1f} KiB/{size / 1024:.1f} KiB (100%)" in err
+    assert re.search(r" [KMG]iB/s \| ETA", err) and "extract val2017.zip | file 5/5 (100%)" in err
+
+
 def test_cli(server, tmp_path, capsys):
     dest = str(tmp_path / "coco")
     assert main(["data", "download", "--dest", dest, "--base-url", server.url, "--only", "annotations"]) == 0

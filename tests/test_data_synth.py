@@ -111,3 +111,11 @@ def test_default_dataset_rejects_foreign_folder(tmp_path, monkeypatch):
     (tmp_path / "synth-v1" / "junk").write_text("x")
     with pytest.raises(FileExistsError, match="not a complete synthetic dataset"):
         synth.default_dataset(progress=False)
+
+
+def test_empty_cache_variable_means_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSDBENCH_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(synth, "DEFAULT_TRAIN", 1)
+    monkeypatch.setattr(synth, "DEFAULT_VAL", 0)
+    assert synth.default_dataset(progress=False) == tmp_path / ".cache" / "ssdbench" / "synth-v1"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ssdbench.data.coco import BadSampleError
-from ssdbench.data.loader import PaddedCollate, ShardedSampler, build_loader
+from ssdbench.data.gpu_pipeline import build_byte_loader
+from ssdbench.data.loader import PaddedCollate, ShardedSampler, build_loader, pad_targets
 
 
 class ArrayDataset:
@@ -91,6 +92,19 @@ def test_padded_collate_by_hand():
     assert batch["image_ids"].tolist() == [11, 12] and batch["orig_sizes"].tolist() == [[30, 40], [50, 60]]
     empty = PaddedCollate(size=4, max_objects=3)([None])
     assert empty["images"].shape == (0, 3, 4, 4) and empty["orig_sizes"].shape == (0, 2)
+
+
+def test_pad_targets_by_hand():
+    per_sample_boxes = [np.full((3, 4), 0.5, np.float32), np.zeros((0, 4))]
+    boxes, labels = pad_targets(per_sample_boxes, [np.array([4, 5, 6]), np.zeros(0)], max_objects=2)
+    assert boxes.dtype == np.float32 and boxes.shape == (2, 2, 4) and labels.dtype == np.int64
+    assert labels.tolist() == [[4, 5], [0, 0]] and (boxes[0] == 0.5).all() and not boxes[1].any()
+
+
+@pytest.mark.parametrize("build", [build_loader, build_byte_loader])
+def test_batch_size_is_checked_by_both_loaders(build):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        build(ArrayDataset(4), 0, train=True)
 
 
 def test_bad_sample_skipped_with_warning():

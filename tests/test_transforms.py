@@ -1,4 +1,6 @@
-"""SSD augmentation and preprocessing: boxes vs pixels, crop rules, jitter, eval/inference inputs."""
+"""SSD augmentation and preprocessing on pixels: boxes vs pixels, flip, jitter, eval/inference inputs.
+
+The crop rules and the plan's draws are tested in test_augment.py."""
 
 import colorsys
 
@@ -41,44 +43,6 @@ def test_boxes_follow_pixels(max_samples):
         for box, label in zip(b, lab):
             channel = 0 if label == 1 else 1
             np.testing.assert_allclose(found_box(out, channel), box * 300, atol=1.5, err_msg=f"seed {seed}")
-
-
-def test_crop_rules():
-    rng = np.random.default_rng(0)
-    modes = set()
-    for it in range(400):
-        n = 1 + it % 3  # 1..3 boxes; single large boxes let the 0.7 and 0.9 modes succeed
-        centres = rng.uniform(0.3, 0.7, (n, 2))
-        sizes = rng.uniform(0.05, 0.5, (n, 2)) if n > 1 else rng.uniform(0.6, 1.0, (1, 2))
-        boxes = np.clip(np.concatenate([centres - sizes / 2, centres + sizes / 2], 1), 0, 1)
-        choice = T.sample_crop(boxes, 480, 640, rng, max_samples=50)
-        if choice is None:
-            modes.add(None)
-            continue
-        min_iou, px, rect, keep = choice
-        modes.add(min_iou)
-        np.testing.assert_allclose(rect, px / np.array([640, 480, 640, 480]))
-        w, h = (px[2] - px[0]) / 640, (px[3] - px[1]) / 480
-        assert 0.3 - 2 / 480 <= min(w, h) and max(w, h) <= 1  # U(0.3, 1) up to pixel snapping
-        assert (T.box_iou_np(rect[None], boxes) > min_iou).all()  # every box, not just one
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        inside = (cx > rect[0]) & (cx < rect[2]) & (cy > rect[1]) & (cy < rect[3])
-        assert keep.any() and (keep == inside).all()
-    assert modes == set(T.CROP_MODES)  # all seven modes occur
-
-
-def test_crop_clips_and_renormalises_by_hand(monkeypatch):
-    # Box 0.2..0.6 (x and y) under the crop x 0.4..0.8, y 0..1 of a 10x10 image: clipped to
-    # x 0.4..0.6 -> (0.4 - 0.4) / 0.4 = 0 .. (0.6 - 0.4) / 0.4 = 0.5; y unchanged 0.2..0.6.
-    boxes = np.array([[0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 0.1, 0.1]])
-    choice = (0.1, np.array([4, 0, 8, 10]), np.array([0.4, 0.0, 0.8, 1.0]), np.array([True, False]))
-    monkeypatch.setattr(T, "sample_crop", lambda *a, **k: choice)
-    image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
-    out, b, lab = T.random_crop(image, boxes, [3, 4], np.random.default_rng(0))
-    assert np.array_equal(out, image[:, 4:8])
-    np.testing.assert_allclose(b, [[0.0, 0.2, 0.5, 0.6]], atol=1e-6)
-    assert lab.tolist() == [3]
-    assert T.box_iou_np(choice[2][None], boxes[:1])[0, 0] == pytest.approx(0.08 / (0.4 + 0.16 - 0.08))
 
 
 def test_empty_and_tiny_images():

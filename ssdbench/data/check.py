@@ -9,17 +9,17 @@ CMYK / alpha images converted to RGB, JPEGs that libjpeg decodes with a warning)
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import multiprocessing as mp
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from ssdbench.data.coco import annotation_path
+from ssdbench.data.pool import pool_map, process_pool
+from ssdbench.progress import Progress
 
 FIRST_OFFENDERS = 5
 BOX_TOLERANCE_PX = 1.0  # boxes may exceed the image by this much (rounding in real COCO files)
@@ -175,17 +175,12 @@ def _check_files(report, split, root, images, workers, progress, decode) -> None
     ids = sorted(i for i in images if isinstance(i, int))
     paths = [str(folder / str(images[i].get("file_name", ""))) for i in ids]
     inspect = inspect_image if decode else _exists
-    parallel = workers > 1 and len(paths) > 64
-    with _context().Pool(workers) if parallel else contextlib.nullcontext() as pool:
-        results = pool.imap(inspect, paths, chunksize=16) if pool else map(inspect, paths)
-        for image_id, path, found in tqdm(zip(ids, paths, results), total=len(ids), unit="img",
-                                          desc=f"check {split}", disable=not progress):
+    bar = Progress(len(ids), f"check {split}", unit="img", enabled=progress, stream=sys.stderr)
+    with process_pool(workers if len(paths) > 64 else 1) as pool, bar:
+        results = pool_map(pool, inspect, paths, chunksize=16)
+        for image_id, path, found in bar.iterate(zip(ids, paths, results)):
             for kind, detail in found:
                 _record_file(report, split, images[image_id], Path(path).name, kind, detail)
-
-
-def _context():
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
 def _exists(path: str) -> list[tuple[str, str]]:

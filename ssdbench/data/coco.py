@@ -71,6 +71,14 @@ def load_json(path: str | Path) -> dict:
     return data
 
 
+def normalized_targets(boxes: np.ndarray, labels: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """ltrb pixel boxes (n, 4) of an h x w image -> ltrb normalised to [0, 1] and clipped; boxes
+    wholly outside the image (empty after clipping) are dropped with their labels (n,)."""
+    boxes = np.clip(boxes / np.array([w, h, w, h], np.float32), 0.0, 1.0)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], labels[keep]
+
+
 class CocoDetection:
     """COCO detection split: per image, ltrb boxes and contiguous labels 1..K.
 
@@ -203,16 +211,8 @@ class CocoDetection:
         """
         image = self.read_image(i)
         h, w = image.shape[:2]
-        boxes, labels = self.annotations(i)
-        boxes = np.clip(boxes / np.array([w, h, w, h], np.float32), 0.0, 1.0)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        target = {
-            "boxes": boxes[keep],
-            "labels": labels[keep],
-            "image_id": int(self.ids[i]),
-            "orig_size": (h, w),
-        }
-        return image, target
+        boxes, labels = normalized_targets(*self.annotations(i), h, w)
+        return image, {"boxes": boxes, "labels": labels, "image_id": int(self.ids[i]), "orig_size": (h, w)}
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, dict]:
         return self.load(i)

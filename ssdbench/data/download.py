@@ -24,6 +24,7 @@ import hashlib
 import http.client
 import re
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from ssdbench.io import atomic_write_text
+from ssdbench.progress import Progress
 
 COCO_HOST = "http://images.cocodataset.org"
 TORCH_HOST = "https://download.pytorch.org"
@@ -88,13 +90,13 @@ def _fetch_once(url: str, part: Path, progress: bool, timeout: float) -> int | N
             start = 0  # server ignored the Range request (status 200): restart from zero
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
-        with open(part, "ab" if start else "wb") as f, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[:-5], disable=not progress,
+        with open(part, "ab" if start else "wb") as f, Progress(
+            total, part.name[:-5], unit="B", initial=start, enabled=progress, stream=sys.stderr,
+            unit_scale=True,
         ) as bar:
             while chunk := resp.read(CHUNK):
                 f.write(chunk)
-                bar.update(len(chunk))
+                bar.update(bar.done + len(chunk))
     return total
 
 
@@ -154,8 +156,10 @@ def extract_zip(archive: Path, dest: Path, progress: bool = True) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
-            for info in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
-                zf.extract(info, tmp)  # reading a member to its end checks its CRC-32
+            with Progress(len(members), f"extract {archive.name}", unit="file", enabled=progress,
+                          stream=sys.stderr) as bar:
+                for info in bar.iterate(members):
+                    zf.extract(info, tmp)  # reading a member to its end checks its CRC-32
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         archive.unlink()
@@ -195,8 +199,7 @@ def fetch_artifact(key: str, artifact: Artifact, dest: Path, base_url: str | Non
             target.unlink()
     else:
         verify_sha256_prefix(target)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(url_for(artifact, base_url) + "\n")
+    atomic_write_text(done, url_for(artifact, base_url) + "\n")
     return action
 
 

@@ -4,9 +4,9 @@ Split of the work (the GPU must never wait on input at 3,000 images/s):
 
 - CPU workers (`JpegBytesDataset` + `build_byte_loader`): read the file bytes and the
   annotations, nothing else (no decode, no pixel work).
-- Host, per batch (`DevicePipeline.plan`): the SSD random crop and flip decisions (benchmark.md §5,
-  drawn with `transforms.sample_crop`, the very rules and random draws of the CPU
-  `TrainTransform`), the kept boxes, and the colour-jitter parameters. Only small arrays.
+- Host, per batch (`DevicePipeline.plan`): per sample the `augment.plan_sample` of the CPU
+  `TrainTransform` (SSD random crop, flip, kept boxes, colour-jitter parameters; benchmark.md §5),
+  stacked into a `BatchPlan`. Only small arrays.
 - Device, per batch (`DevicePipeline.__call__`): JPEG decode (nvjpeg through
   ``torchvision.io.decode_jpeg(..., device="cuda")`` when torchvision and CUDA are present, else a
   CPU decode so the path runs anywhere), crop + flip + resize of the whole batch in two batched
@@ -20,9 +20,9 @@ the padded batch (N, 3, H, W) as ``Wy @ image @ Wx^T``: one batched call per axi
 antialiasing, no per-sample kernels. Pillow rounds to uint8 after its horizontal and after its
 vertical pass; we round at the same two places, so outputs agree to +-1 grey level (tested).
 
-Random draws: sample ``i`` of epoch ``e`` uses ``numpy.random.default_rng([seed, e, i])`` in the
-order crop, flip, jitter, as `data/loader.py` does, so a batch here equals the CPU loader's batch
-up to the resize rounding above (and nvjpeg's IDCT rounding on the GPU).
+Random draws: sample ``i`` of epoch ``e`` draws its plan from `augment.sample_rng` ``(seed, e, i)``,
+as `data/loader.py` does, so a batch here equals the CPU loader's batch up to the resize rounding
+above (and nvjpeg's IDCT rounding on the GPU); the boxes are equal.
 
 Batches: ``images`` float32 (N, 3, S, S) normalised, ``boxes`` (N, M, 4) ltrb normalised,
 ``labels`` (N, M) int64 (0 = padding), ``image_ids`` (N,), ``orig_sizes`` (N, 2) as (h, w);
@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, plan_sample, sample_rng
+from ssdbench.data.coco import normalized_targets
 from ssdbench.data.decode import decode_image
-from ssdbench.data.jitter import color_jitter, draw_jitter, normalize
-from ssdbench.data.loader import ShardedSampler
-from ssdbench.data.transforms import sample_crop
+from ssdbench.data.jitter import jitter_normalize, to_device
+from ssdbench.data.loader import batch_info, epoch_sampler, pad_targets
 
 try:  # optional nvjpeg fast path (never required: torchvision may be absent)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -61,7 +62,7 @@ class JpegBytesDataset(Dataset):
 
     ``dataset``: a `CocoDetection`. Keys are ``(epoch, index)`` (or ``index``). Returns a dict
     ``data`` uint8 (L,) tensor of file bytes, ``boxes`` float32 (n, 4) ltrb normalised with the
-    annotated size and clipped (boxes wholly outside dropped, as `CocoDetection.load`),
+    annotated size and clipped (boxes wholly outside dropped: `coco.normalized_targets`),
     ``labels`` int64 (n,), ``image_id``, ``orig_size`` (h, w), ``key`` (epoch, index); or None
     (after a warning naming the image) when the file cannot be read.
     """
@@ -81,10 +82,8 @@ class JpegBytesDataset(Dataset):
             warnings.warn(f"skipping bad sample: image {info['id']} ({path}): {exc}", RuntimeWarning, stacklevel=2)
             return None
         h, w = int(info["height"]), int(info["width"])
-        boxes, labels = self.dataset.annotations(index)
-        boxes = np.clip(boxes / np.array([w, h, w, h], np.float32), 0.0, 1.0)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, labels = boxes[keep][: self.max_objects], labels[keep][: self.max_objects]
+        boxes, labels = normalized_targets(*self.dataset.annotations(index), h, w)
+        boxes, labels = boxes[: self.max_objects], labels[: self.max_objects]
         return {"data": data, "boxes": boxes, "labels": labels, "image_id": int(info["id"]),
                 "orig_size": (h, w), "key": (int(epoch), int(index))}
 
@@ -98,13 +97,10 @@ def build_byte_loader(dataset, batch_size: int, train: bool = True, rank: int = 
                       seed: int = 0, workers: int = 4, max_objects: int = 200) -> DataLoader:
     """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's shard.
 
-    Same sampling as `loader.build_loader` (`ShardedSampler`, shuffled + drop_last for training),
+    Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled + drop_last for training),
     so ``loader.sampler.set_epoch(e)`` and its resume state work the same way.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampler = ShardedSampler(len(dataset), rank, world_size, seed, shuffle=train, drop_last=train,
-                             with_epoch=True)
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=train)
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(JpegBytesDataset(dataset, max_objects), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=_keep_samples, drop_last=train, **extra)
@@ -141,13 +137,13 @@ def decode_batch(datas: list[torch.Tensor], device: torch.device) -> list[torch.
 
 # ---------------------------------------------------------------- host plan: crop, flip, jitter
 @dataclass
-class Plan:
-    """Host-side decisions for a batch of N samples.
+class BatchPlan:
+    """The `augment.SamplePlan` of N samples, stacked.
 
     ``crops`` int64 (N, 4) ltrb pixels of the source image (the whole image when not cropped),
     ``flips`` bool (N,), ``boxes`` float32 (N, M, 4) / ``labels`` int64 (N, M) padded targets
-    after crop and flip, ``factors`` float32 (N, 4) / ``order`` int64 (N, 4) colour jitter (None
-    when jitter is off).
+    after crop and flip (label 0 = padding), ``factors`` float32 (N, 4) / ``order`` int64 (N, 4)
+    colour jitter (None when jitter is off).
     """
 
     crops: np.ndarray
@@ -158,30 +154,17 @@ class Plan:
     order: np.ndarray | None
 
 
-def crop_targets(boxes: np.ndarray, labels: np.ndarray, h: int, w: int, rng, max_samples: int):
-    """SSD random crop decision for one image (`transforms.random_crop` without the pixels).
-
-    Returns (crop px int (4,) ltrb, boxes float32 (k, 4) ltrb normalised to the crop, labels
-    (k,)). Same draws and box arithmetic as `transforms.random_crop` (tested to be equal).
-    """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    whole = np.array([0, 0, w, h], dtype=np.int64)
-    if len(boxes) == 0:  # never cropped (transforms.random_crop)
-        return whole, boxes, labels
-    choice = sample_crop(boxes, h, w, rng, max_samples)
-    if choice is None:
-        return whole, boxes, labels
-    _, px, rect, keep = choice
-    kept = boxes[keep].astype(np.float64)
-    kept[:, 0::2] = (np.clip(kept[:, 0::2], rect[0], rect[2]) - rect[0]) / (rect[2] - rect[0])
-    kept[:, 1::2] = (np.clip(kept[:, 1::2], rect[1], rect[3]) - rect[1]) / (rect[3] - rect[1])
-    return np.asarray(px, dtype=np.int64), np.clip(kept, 0.0, 1.0).astype(np.float32), labels[keep]
-
-
-def _flip_boxes(boxes: np.ndarray) -> np.ndarray:
-    """ltrb normalised (k, 4): l' = 1 - r, r' = 1 - l (`transforms.hflip`)."""
-    return np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1).astype(np.float32)
+def stack_plans(plans: list[SamplePlan], max_objects: int) -> BatchPlan:
+    """Stack per-sample plans; targets padded (or cut) to ``max_objects``; jitter None unless all have it."""
+    n = len(plans)
+    boxes, labels = pad_targets([p.boxes for p in plans], [p.labels for p in plans], max_objects)
+    crops = np.array([p.crop for p in plans], dtype=np.int64).reshape(n, 4)
+    flips = np.array([p.flip for p in plans], dtype=bool).reshape(n)
+    if any(p.factors is None for p in plans):
+        return BatchPlan(crops, flips, boxes, labels, None, None)
+    factors = np.array([p.factors for p in plans], dtype=np.float32).reshape(n, 4)
+    order = np.array([p.order for p in plans], dtype=np.int64).reshape(n, 4)
+    return BatchPlan(crops, flips, boxes, labels, factors, order)
 
 
 # ---------------------------------------------------------------- batched crop + flip + resize
@@ -261,43 +244,29 @@ class DevicePipeline:
     def __init__(self, size: int, device="cpu", train: bool = True, seed: int = 0, max_objects: int = 200,
                  max_samples: int = 1, flip_p: float = 0.5, jitter: bool = True, encoder=None,
                  resize_dtype: torch.dtype | None = None):
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        self.augment = AugmentSettings(int(max_samples), flip_p, jitter and train)
         self.size, self.device, self.train, self.seed = int(size), torch.device(device), train, int(seed)
         self.max_objects, self.max_samples, self.flip_p = int(max_objects), int(max_samples), flip_p
         self.jitter, self.encoder = jitter and train, encoder
         cuda = self.device.type == "cuda"
         self.resize_dtype = resize_dtype or (torch.float16 if cuda else torch.float32)
 
-    def plan(self, samples: list[dict]) -> Plan:
-        """Host decisions for the batch, drawing per sample in the CPU loader's order."""
-        n, m = len(samples), self.max_objects
-        crops, flips = np.zeros((n, 4), np.int64), np.zeros(n, bool)
-        boxes, labels = np.zeros((n, m, 4), np.float32), np.zeros((n, m), np.int64)
-        factors, order = np.zeros((n, 4), np.float32), np.zeros((n, 4), np.int64)
-        for i, s in enumerate(samples):
-            h, w = s["orig_size"]
-            b, lab = np.asarray(s["boxes"], np.float32).reshape(-1, 4), np.asarray(s["labels"], np.int64)
-            crops[i] = (0, 0, w, h)
-            if self.train:
-                rng = np.random.default_rng([self.seed, *s["key"]])
-                crops[i], b, lab = crop_targets(b, lab, h, w, rng, self.max_samples)
-                flips[i] = rng.random() < self.flip_p
-                b = _flip_boxes(b) if flips[i] else b
-                if self.jitter:
-                    factors[i:i + 1], order[i:i + 1] = draw_jitter(1, rng)
-            k = min(len(lab), m)
-            boxes[i, :k], labels[i, :k] = b[:k], lab[:k]
-        jit = (factors, order) if self.jitter else (None, None)
-        return Plan(crops, flips, boxes, labels, *jit)
+    def plan_one(self, sample: dict) -> SamplePlan:
+        """The sample's plan: drawn from its `augment.sample_rng` when training, else the identity."""
+        h, w = sample["orig_size"]
+        if not self.train:
+            return identity_plan(sample["boxes"], sample["labels"], h, w)
+        rng = sample_rng(self.seed, *sample["key"])
+        return plan_sample(sample["boxes"], sample["labels"], h, w, rng, self.augment)
+
+    def plan(self, samples: list[dict]) -> BatchPlan:
+        """Host decisions for the batch, drawn per sample exactly as the CPU loader draws them."""
+        return stack_plans([self.plan_one(s) for s in samples], self.max_objects)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+        return to_device(torch.from_numpy(np.ascontiguousarray(array)), self.device)
 
-    def pixels(self, samples: list[dict], plan: Plan) -> torch.Tensor:
+    def pixels(self, samples: list[dict], plan: BatchPlan) -> torch.Tensor:
         """Decode + crop + flip + resize -> float32 (N, 3, S, S) in 0..255 (integers)."""
         images = decode_batch([s["data"] for s in samples], self.device)
         for s, im in zip(samples, images):
@@ -315,14 +284,11 @@ class DevicePipeline:
             raise ValueError("empty batch: every sample of the batch was unreadable")
         plan = self.plan(samples)
         x = self.pixels(samples, plan).div_(255.0)
-        if plan.factors is not None:
-            x = color_jitter(x, plan.factors, plan.order)
         batch = {
-            "images": normalize(x),
+            "images": jitter_normalize(x, plan.factors, plan.order),
             "boxes": self._to_device(plan.boxes),
             "labels": self._to_device(plan.labels),
-            "image_ids": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
-            "orig_sizes": torch.tensor([s["orig_size"] for s in samples], dtype=torch.int64).reshape(-1, 2),
+            **batch_info(samples),
         }
         if self.encoder is not None:
             batch["loc_targets"], batch["box_labels"] = self.encoder(batch["boxes"], batch["labels"])

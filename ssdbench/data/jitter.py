@@ -48,8 +48,8 @@ def draw_jitter(n: int, generator, strength: dict = JITTER) -> tuple[np.ndarray,
     return factors.astype(np.float32), np.argsort(keys, axis=1).astype(np.int64)
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor -> device without blocking the host (pinned + non_blocking on CUDA)."""
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> ``device`` without blocking the host (pinned + non_blocking on CUDA)."""
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
@@ -62,7 +62,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _luma(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _to_device(torch.tensor(_LUMA, dtype=dtype).view(1, 3, 1, 1), device)
+    return to_device(torch.tensor(_LUMA, dtype=dtype).view(1, 3, 1, 1), device)
 
 
 def _blend(x: torch.Tensor, ref: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _sextant_offsets(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _to_device(torch.tensor([5.0, 3.0, 1.0], dtype=dtype).view(1, 3, 1, 1), device)
+    return to_device(torch.tensor([5.0, 3.0, 1.0], dtype=dtype).view(1, 3, 1, 1), device)
 
 
 OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -130,13 +130,13 @@ def color_jitter(x: torch.Tensor, factors, order) -> torch.Tensor:
     order = np.asarray(order, dtype=np.int64).reshape(-1, 4)
     if order.shape[0] != x.shape[0]:
         raise ValueError(f"jitter order has {order.shape[0]} rows for a batch of {x.shape[0]}")
-    f = _to_device(torch.as_tensor(np.asarray(factors, dtype=np.float32)), x.device)
+    f = to_device(torch.as_tensor(np.asarray(factors, dtype=np.float32)), x.device)
     keys = order @ np.array([64, 16, 4, 1])
     if (keys == keys[0]).all():
         return _apply_ops(x, f, order[0])
     perm = np.argsort(keys, kind="stable")
     starts = np.flatnonzero(np.diff(keys[perm])) + 1
-    perm_t = _to_device(torch.from_numpy(perm), x.device)
+    perm_t = to_device(torch.from_numpy(perm), x.device)
     xs, fs = x[perm_t], f[perm_t]
     for s, e in zip([0, *starts], [*starts, len(perm)]):
         xs[s:e] = _apply_ops(xs[s:e], fs[s:e], order[perm[s]])
@@ -145,15 +145,43 @@ def color_jitter(x: torch.Tensor, factors, order) -> torch.Tensor:
     return out
 
 
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) -> float32 / 255 (a new tensor); float (0..1) -> float32 (as is when float32)."""
+    return batch.to(torch.float32) / 255.0 if batch.dtype == torch.uint8 else batch.to(torch.float32)
+
+
 def normalize(batch: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
     """(N, 3, H, W) uint8 (0..255) or float (0..1) -> float32 (x - mean) / std; new tensor."""
-    x = batch.to(torch.float32) / 255.0 if batch.dtype == torch.uint8 else batch.to(torch.float32)
+    x = to_unit(batch)
     m, s = _stats(tuple(mean), tuple(std), x.device)
     return (x - m) / s
+
+
+def jitter_normalize(batch: torch.Tensor, factors, order, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Colour jitter with given parameters (none when ``factors`` is None), then `normalize`.
+
+    ``batch`` (N, 3, S, S) uint8 (0..255) or float (0..1), any device; ``factors`` (N, 4) and
+    ``order`` (N, 4) as `draw_jitter` returns them. Returns ``dtype`` (N, 3, S, S), normalised.
+    """
+    x = to_unit(batch)
+    if factors is not None:
+        x = color_jitter(x, factors, order)
+    return normalize(x).to(dtype)
+
+
+def jitter_and_normalize(batch: torch.Tensor, generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Colour jitter (benchmark.md §5 strengths) + /255 + mean/std on a (N, 3, S, S) batch, any device.
+
+    ``batch``: uint8 (0..255) or float (0..1); ``generator``: numpy Generator or CPU
+    torch.Generator (parameters are drawn on the host, so there is no device sync).
+    Returns ``dtype`` (N, 3, S, S), normalised.
+    """
+    factors, order = draw_jitter(batch.shape[0], generator)
+    return jitter_normalize(batch, factors, order, dtype)
 
 
 @functools.lru_cache(maxsize=16)
 def _stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 3, 1, 1) mean and std on a device, made once (a host-to-device copy blocks)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    return _to_device(m, device), _to_device(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), device)
+    return to_device(m, device), to_device(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), device)

@@ -10,8 +10,9 @@ A batch is a dict (N images, M = ``max_objects`` boxes per image, S = input size
 
 Samples whose image cannot be read (``BadSampleError``) are skipped with a warning naming the
 image id and path, so N can be smaller than the batch size (even 0).
-Randomness: sample i of epoch e is augmented with ``numpy.random.default_rng([seed, e, i])``,
-so results do not depend on the number of workers, and a resumed run sees the same images.
+Randomness: sample i of epoch e is augmented (`augment.plan_sample`) with the generator
+`augment.sample_rng` ``(seed, e, i)``, so results do not depend on the number of workers, and a
+resumed run sees the same images.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ssdbench.data.augment import sample_rng
 from ssdbench.data.coco import BadSampleError
 from ssdbench.data.transforms import EvalTransform, TrainTransform
 
@@ -100,6 +102,15 @@ class ShardedSampler(Sampler):
         self._start = self._position = int(state["position"])
 
 
+def epoch_sampler(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                  shuffle: bool, drop_last: bool) -> ShardedSampler:
+    """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return ShardedSampler(num_samples, rank, world_size, seed, shuffle=shuffle, drop_last=drop_last,
+                          with_epoch=True)
+
+
 class AugmentedDataset(Dataset):
     """``dataset.load(i)`` + transform, keyed by ``(epoch, i)`` (or ``i``, epoch 0).
 
@@ -122,8 +133,7 @@ class AugmentedDataset(Dataset):
             warnings.warn(f"skipping {exc}", RuntimeWarning, stacklevel=2)
             return None
         if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            image, target = self.transform(image, target, rng)
+            image, target = self.transform(image, target, sample_rng(self.seed, epoch, index))
         else:
             image, target = self.transform(image, target)
         return self._sample(image, target)
@@ -141,6 +151,27 @@ class AugmentedDataset(Dataset):
                 "image_id": int(target["image_id"]), "orig_size": tuple(target["orig_size"])}
 
 
+def pad_targets(boxes: list[np.ndarray], labels: list[np.ndarray], max_objects: int):
+    """Per-sample boxes (k_i, 4) and labels (k_i,) -> float32 (N, M, 4) and int64 (N, M) arrays.
+
+    The first M = ``max_objects`` targets of each sample; the rest is zero (label 0 = padding).
+    """
+    n, m = len(boxes), int(max_objects)
+    out_boxes, out_labels = np.zeros((n, m, 4), np.float32), np.zeros((n, m), np.int64)
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        k = min(len(lab), m)
+        out_boxes[i, :k], out_labels[i, :k] = b[:k], lab[:k]
+    return out_boxes, out_labels
+
+
+def batch_info(samples: list[dict]) -> dict:
+    """``image_ids`` int64 (N,) and ``orig_sizes`` int64 (N, 2) as (h, w) of a batch's samples."""
+    return {
+        "image_ids": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
+        "orig_sizes": torch.tensor([s["orig_size"] for s in samples], dtype=torch.int64).reshape(-1, 2),
+    }
+
+
 class PaddedCollate:
     """List of samples (None = skipped) -> batch dict with (N, M) padded targets (label 0)."""
 
@@ -150,24 +181,14 @@ class PaddedCollate:
 
     def __call__(self, samples: list) -> dict:
         samples = [s for s in samples if s is not None]
-        n, m = len(samples), self.max_objects
-        boxes = torch.zeros((n, m, 4), dtype=torch.float32)
-        labels = torch.zeros((n, m), dtype=torch.int64)
-        for i, s in enumerate(samples):
-            k = len(s["labels"])
-            boxes[i, :k] = torch.from_numpy(s["boxes"])
-            labels[i, :k] = torch.from_numpy(s["labels"])
-        if n:
+        boxes, labels = pad_targets([s["boxes"] for s in samples], [s["labels"] for s in samples],
+                                    self.max_objects)
+        if samples:
             images = torch.stack([s["image"] for s in samples])
         else:
             images = torch.zeros((0, 3, self.size, self.size), dtype=self.dtype)
-        return {
-            "images": images,
-            "boxes": boxes,
-            "labels": labels,
-            "image_ids": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
-            "orig_sizes": torch.tensor([s["orig_size"] for s in samples], dtype=torch.int64).reshape(n, 2),
-        }
+        return {"images": images, "boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                **batch_info(samples)}
 
 
 def _seed_worker(worker_id: int, sampler: ShardedSampler, seed: int, rank: int) -> None:
@@ -194,19 +215,16 @@ def build_loader(dataset, batch_size: int, train: bool, size: int = 300, rank: i
     caller, on the device. ``pin_memory`` defaults to CUDA being available. Call
     ``loader.sampler.set_epoch(e)`` before each epoch; ``loader.sampler`` also resumes.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    drop_last = train if drop_last is None else drop_last
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last)
     if decoder is not None:
         dataset = copy.copy(dataset)
         dataset.decoder = decoder
-    drop_last = train if drop_last is None else drop_last
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     if train:
         transform = TrainTransform(size, max_samples=max_samples, defer_jitter=defer_jitter)
     else:
         transform = EvalTransform(size, defer_normalize=defer_jitter)
-    sampler = ShardedSampler(len(dataset), rank, world_size, seed, shuffle=train, drop_last=drop_last,
-                             with_epoch=True)
     extra = {"prefetch_factor": 2} if workers > 0 else {}
     return DataLoader(
         AugmentedDataset(dataset, transform, train, seed, max_objects),

@@ -17,18 +17,19 @@ by (seed, split, index), so files and JSON are byte-identical for a seed at any 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ssdbench.data import scene, shapes
+from ssdbench.data.pool import pool_map, process_pool
+from ssdbench.io import cache_dir
+from ssdbench.progress import Progress
 
 VERSION = "synth-v1"  # bump when the generator's output changes (cache folder name)
 DEFAULT_TRAIN, DEFAULT_VAL = 2000, 250
@@ -37,11 +38,6 @@ VAL_ID_OFFSET = 500_000  # image ids are unique across splits, as in COCO
 # (width, height) of common COCO images
 SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 360), (427, 640), (612, 612), (640, 512)]
 JPEG_QUALITY = 90
-
-
-def cache_dir() -> Path:
-    """``$SSDBENCH_CACHE`` or ``~/.cache/ssdbench``."""
-    return Path(os.environ.get("SSDBENCH_CACHE") or Path.home() / ".cache" / "ssdbench")
 
 
 def image_id_of(split: str, index: int) -> int:
@@ -85,20 +81,17 @@ def _coco_json(split: str, images: list[dict], anns: list[dict]) -> dict:
 
 def _render_split(split, folder, count, seed, pool, progress) -> dict:
     jobs = [(split, folder, i, seed) for i in range(count)]
-    results = pool.imap(_render_one, jobs, chunksize=8) if pool else map(_render_one, jobs)
     images, anns = [], []
-    for image, image_anns in tqdm(results, total=count, desc=f"synth {split}", unit="img",
-                                  disable=not progress):
-        images.append(image)
-        anns.extend(image_anns)
+    with Progress(count, f"synth {split}", unit="img", enabled=progress, stream=sys.stderr) as bar:
+        for image, image_anns in bar.iterate(pool_map(pool, _render_one, jobs, chunksize=8)):
+            images.append(image)
+            anns.extend(image_anns)
     return _coco_json(split, images, anns)
 
 
 def _write_dataset(tmp: Path, splits: dict[str, int], seed: int, workers: int, progress: bool):
     (tmp / "annotations").mkdir(parents=True)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    # The pool's context exit terminates workers, also on errors and Ctrl-C.
-    with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+    with process_pool(workers) as pool:
         for split, count in splits.items():
             folder = tmp / f"{split}2017"
             folder.mkdir()
@@ -144,12 +137,12 @@ def make_synthetic_coco(out: str | Path, train_images: int = DEFAULT_TRAIN,
 
 
 def default_dataset(progress: bool = True) -> Path:
-    """Path of the embedded dataset, generated on first use into ``cache_dir()/synth-v1``.
+    """Path of the embedded dataset, generated on first use into ``io.cache_dir("synth-v1")``.
 
     Safe when several processes race: each builds in its own temporary folder and the first
     rename wins; the others discard their copy and use the winner's.
     """
-    path = cache_dir() / VERSION
+    path = cache_dir(VERSION)
     if (path / "ssdbench_synth.json").is_file():
         return path
     try:
