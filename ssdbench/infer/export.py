@@ -11,9 +11,11 @@ dynamic batch dimension:
   rows past an image's detections are padding with label 0 and score 0 (the official file has
   batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
 
-In-graph semantics (benchmark.md §4): softmax over classes; per class the top 200 candidates, keep
-score > 0.05, greedy NMS; then the top 200 of the image. Deviation: ONNX ``NonMaxSuppression``
-drops a box when IoU > 0.5 while benchmark.md §4 drops IoU >= 0.5; the two differ only on exact ties.
+In-graph semantics (benchmark.md §4, with the constants of `ssdbench.model.postprocess`): softmax
+over classes; per class the top ``MAX_PER_CLASS`` candidates, keep score > ``SCORE_THRESHOLD``,
+greedy NMS at ``IOU_THRESHOLD``; then the top ``MAX_PER_IMAGE`` of the image. Deviation: ONNX
+``NonMaxSuppression`` drops a box when IoU > t while benchmark.md §4 drops IoU >= t; the two differ
+only on exact ties.
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): the torch.export-based exporter
 needs ``onnxscript``, which is not a dependency of this project.
@@ -25,17 +27,20 @@ import copy
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ssdbench.model.boxes import box_iou, decode_offsets, default_boxes
+from ssdbench.model.boxes import decode_offsets, default_boxes
+from ssdbench.model.nms import greedy_nms_mask
+from ssdbench.model.postprocess import IOU_THRESHOLD, MAX_PER_CLASS, MAX_PER_IMAGE, SCORE_THRESHOLD
 
 POSTPROCESS_MODES = ("outside", "inside")
-# benchmark.md §4 post-processing constants, used by the in-graph variant.
-SCORE_THRESHOLD = 0.05
-IOU_THRESHOLD = 0.5
-TOPK_PER_CLASS = 200
-MAX_DETECTIONS = 200
+
+
+def _above(threshold: float) -> float:
+    """The smallest float32 above ``threshold``: for float32 IoU values, IoU >= it iff IoU > threshold."""
+    return float(np.nextafter(np.float32(threshold), np.float32(np.inf)))
 
 
 class _OnnxNMS(torch.autograd.Function):
@@ -44,15 +49,18 @@ class _OnnxNMS(torch.autograd.Function):
     boxes (M, k, 4) ltrb, scores (M, 1, k) sorted descending along k -> selected (S, 3) int64 rows
     ``[m, 0, j]`` in ONNX's order (by m, then in selection order). The eager forward is only used
     while tracing and by tests; ONNX Runtime runs its own kernel.
+
+    The eager forward keeps ONNX Runtime's semantics, not benchmark.md §4's: a box is a candidate
+    when its score is > ``score_threshold``, and it is suppressed when its IoU with a kept box is
+    > ``iou_threshold`` (§4 and `greedy_nms_mask` suppress at IoU >= t). It runs the project's
+    greedy kernel with the next float32 above the threshold, which is the same test on float32
+    IoU values, then keeps the first ``max_per_class`` survivors of each row m.
     """
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-        iou = box_iou(boxes, boxes)  # (M, k, k)
-        keep = scores[:, 0, :] > score_threshold  # (M, k)
-        for i in range(1, boxes.shape[1]):  # scores are sorted, so index order is selection order
-            suppressed = (keep[:, :i] & (iou[:, :i, i] > iou_threshold)).any(dim=1)
-            keep[:, i] &= ~suppressed
+        valid = scores[:, 0, :] > score_threshold  # (M, k); sorted scores: index order is selection order
+        keep = greedy_nms_mask(boxes, valid, _above(iou_threshold))
         keep &= keep.cumsum(dim=1) <= max_per_class
         m, j = keep.nonzero(as_tuple=True)
         return torch.stack([m, torch.zeros_like(m), j], dim=1)
@@ -79,7 +87,7 @@ class DetectorWithPostprocess(nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("dboxes", default_boxes(model_name, "xywh"), persistent=False)  # (B, 4)
-        self.k = min(TOPK_PER_CLASS, self.dboxes.shape[0])
+        self.k = min(MAX_PER_CLASS, self.dboxes.shape[0])
 
     def forward(self, image: torch.Tensor):
         locs, logits = self.model(image)
@@ -94,7 +102,7 @@ class DetectorWithPostprocess(nn.Module):
         flat = sel[:, 0] * self.k + sel[:, 2]
         kept = torch.zeros_like(flat_s).scatter(0, flat, flat_s.gather(0, flat))
         kept = kept.reshape(-1, num_fg * self.k)  # (N, (C-1)*k), zero where suppressed
-        final_s, final_i = kept.topk(min(MAX_DETECTIONS, num_fg * self.k), dim=1)
+        final_s, final_i = kept.topk(min(MAX_PER_IMAGE, num_fg * self.k), dim=1)
         valid = final_s > 0
         labels = torch.where(valid, torch.div(final_i, self.k, rounding_mode="floor") + 1, 0)
         bboxes = cand.reshape(-1, num_fg * self.k, 4).gather(1, final_i.unsqueeze(-1).expand(-1, -1, 4))
