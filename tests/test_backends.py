@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ssdbench.infer.backends import Predictions, make_backend
-from ssdbench.model.postprocess import postprocess_padded
+from ssdbench.infer.backends import make_backend
+from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.model.ssd import build_model
 
 MODEL = "ssd128_mini"
@@ -37,7 +37,7 @@ def test_eager_fp32_is_the_network_and_predict_is_postprocess(model):
     assert _max_diff(raw, ref) == 0.0 and raw[0].dtype == torch.float32
     pred = backend.predict(x)
     expected = postprocess_padded(*ref, MODEL)
-    assert isinstance(pred, Predictions)
+    assert isinstance(pred, PaddedDetections)
     for name in ("boxes", "scores", "labels", "counts"):
         assert torch.equal(getattr(pred, name), getattr(expected, name)), name
     assert backend.input_size == 128

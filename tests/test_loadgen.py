@@ -18,7 +18,8 @@ from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.report import parse_summary
 from ssdbench.loadgen.run import RunFailed, run_loadgen
-from ssdbench.loadgen.sut import detections_to_responses
+from ssdbench.loadgen.sut import check_detections, detections_to_responses
+from ssdbench.model.postprocess import PaddedDetections
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +59,14 @@ HARNESS_RUNS = {
 def fast_predict(batch, service_s=0.0005):
     """A stand-in network with a fixed service time and one detection per image (padded format)."""
     time.sleep(service_s)
-    n = len(batch)
+    return _one_detection(len(batch))
+
+
+def _one_detection(n: int) -> PaddedDetections:
+    """The same single detection for each of n images."""
     boxes = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(n, 1, 4)
-    return boxes, torch.full((n, 1), 0.9), torch.ones(n, 1, dtype=torch.long), torch.ones(n, dtype=torch.long)
+    return PaddedDetections(boxes=boxes, labels=torch.ones(n, 1, dtype=torch.long), scores=torch.full((n, 1), 0.9),
+                            counts=torch.ones(n, dtype=torch.long))
 
 
 def _assert_published(out: Path) -> None:
@@ -121,10 +127,7 @@ def test_server_random_arrivals_answer_each_query_once(lg_env, tmp_path):
     def slow_predict(batch):  # a stand-in network: random service time, one fixed detection
         seen_batches.append(len(batch))
         time.sleep(float(rng.uniform(0.0005, 0.004)))
-        n = len(batch)
-        boxes = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(n, 1, 4)
-        ones = torch.ones(n, 1, dtype=torch.long)
-        return boxes, torch.full((n, 1), 0.9), ones, ones[:, 0]
+        return _one_detection(len(batch))
 
     settings = S.resolve("Server", "performance", "cpu", flags={
         "target_qps": 600, "target_latency": 5000, "min_duration": 400, "min_query_count": 300,
@@ -238,10 +241,19 @@ def test_response_tuples_put_y_before_x():
     boxes = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]], [[0.0, 0.0, 0.0, 0.0]] * 2])
     scores = torch.tensor([[0.9, 0.8], [0.0, 0.0]])
     labels = torch.tensor([[3, 7], [0, 0]])
-    out = detections_to_responses(np.array([5, 9]), boxes, scores, labels, torch.tensor([2, 0]))
+    dets = PaddedDetections(boxes=boxes, labels=labels, scores=scores, counts=torch.tensor([2, 0]))
+    out = detections_to_responses(np.array([5, 9]), dets)
     expected = np.array([[5, 0.2, 0.1, 0.4, 0.3, 0.9, 3], [5, 0.6, 0.5, 0.8, 0.7, 0.8, 7]], np.float32)
     np.testing.assert_array_equal(out[0], expected)
     assert out[0].dtype == np.float32 and out[0].flags.c_contiguous and out[1].shape == (0, 7)
+
+
+def test_predict_must_return_named_detections():
+    """A positional tuple is refused (its order is ambiguous), naming the expected container."""
+    dets = _one_detection(2)
+    assert check_detections(dets) is dets
+    with pytest.raises(TypeError, match="predict must return a PaddedDetections"):
+        check_detections((dets.boxes, dets.scores, dets.labels, dets.counts))
 
 
 def test_qsl_matches_preprocessing_and_uses_cache(lg_env, tmp_path):

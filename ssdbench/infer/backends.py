@@ -4,9 +4,10 @@ Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S 
 
 - ``forward_raw(images) -> (locs (N, 4, B), scores (N, C, B))``: the network only, float32 raw
   maps, so that benchmarks time network and post-processing separately;
-- ``predict(images) -> Predictions(boxes (N, K, 4) ltrb normalised, scores (N, K), labels (N, K),
-  counts (N,))``: network + benchmark.md §4 post-processing, fixed-size padded outputs (label 0 = padding) and no host
-  sync (`ssdbench.model.postprocess.postprocess_padded`).
+- ``predict(images) -> PaddedDetections``: network + benchmark.md §4 post-processing
+  (`ssdbench.model.postprocess.postprocess_padded`), fixed-size padded outputs read by name:
+  ``boxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 (0 = padding), ``scores`` (N, K)
+  float32 and ``counts`` (N,), with no host sync.
 
 Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``.
 """
@@ -18,26 +19,13 @@ import copy
 import hashlib
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
-
-
-class Predictions(NamedTuple):
-    """Padded detections of a batch (field order as the backends' contract; prefer the names).
-
-    Unlike `PaddedDetections` of `ssdbench.model.postprocess`, scores come before labels.
-    """
-
-    boxes: torch.Tensor  # (N, K, 4) ltrb normalised, zero in padding
-    scores: torch.Tensor  # (N, K) float32, 0 in padding
-    labels: torch.Tensor  # (N, K) int64 1..C-1, 0 in padding
-    counts: torch.Tensor  # (N,) int64: valid detections per image, they come first
-
+from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,14 +53,11 @@ class Backend:
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor):
-        """benchmark.md §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
-        from ssdbench.model.postprocess import postprocess_padded
+    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor) -> PaddedDetections:
+        """benchmark.md §4 decode + NMS on raw maps locs (N, 4, B), scores (N, C, B) -> padded detections."""
+        return postprocess_padded(locs, scores, self.model_name)
 
-        dets = postprocess_padded(locs, scores, self.model_name)
-        return Predictions(dets.boxes, dets.scores, dets.labels, dets.counts)
-
-    def predict(self, images: torch.Tensor):
+    def predict(self, images: torch.Tensor) -> PaddedDetections:
         with torch.inference_mode():
             return self.postprocess(*self.forward_raw(images))
 
@@ -218,8 +203,9 @@ class OnnxRuntimeBackend(Backend):
         if not self.postprocess_inside:
             return super().predict(images)
         out = dict(zip(self.outputs, self._run(images)))
-        labels = out["labels"]
-        return Predictions(out["bboxes"], out["scores"], labels, (labels > 0).sum(dim=1))
+        labels = out["labels"]  # the graph's padding is label 0, after the valid detections
+        return PaddedDetections(boxes=out["bboxes"], labels=labels, scores=out["scores"],
+                                counts=(labels > 0).sum(dim=1))
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers, "postprocess_inside": self.postprocess_inside}

@@ -177,7 +177,8 @@ def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) 
     size = eager.input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     ref, got = eager.predict(x), ort_backend.predict(x)
-    n = int(min(ref[3].item(), got[3].item()))
-    box_diff = (ref[0][0, :n] - got[0][0, :n]).abs().max().item() if n else 0.0
-    return (f"check: detections eager {int(ref[3])} / onnxruntime {int(got[3])}, "
+    ref_n, got_n = int(ref.counts[0]), int(got.counts[0])
+    n = min(ref_n, got_n)
+    box_diff = (ref.boxes[0, :n] - got.boxes[0, :n]).abs().max().item() if n else 0.0
+    return (f"check: detections eager {ref_n} / onnxruntime {got_n}, "
             f"max box difference over the first {n}: {box_diff:.2e}")

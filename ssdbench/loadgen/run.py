@@ -25,7 +25,7 @@ from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import open_val_dataset, report_accuracy
 from ssdbench.loadgen.qsl import SampleLibrary
 from ssdbench.loadgen.report import short_text, write_report
-from ssdbench.loadgen.sut import BatchingSUT, HostToDevice
+from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
 
 RESULT_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
                 "mlperf_log_trace.json", "settings.conf", "settings.json", "report.md",
@@ -75,8 +75,8 @@ def warm_up(predict, sample_shape, max_batch: int, iterations: int, device: torc
     for n in sorted({max_batch, 1}):
         for _ in range(iterations):
             with torch.inference_mode():
-                dets = predict(feeder([np.zeros(sample_shape, np.float32)] * n))
-            _ = dets[-1].cpu() if isinstance(dets, tuple) else dets  # wait for the device
+                dets = check_detections(predict(feeder([np.zeros(sample_shape, np.float32)] * n)))
+            dets.counts.cpu()  # wait for the device
 
 
 def _staging_dir(out: Path) -> Path:
