@@ -9,7 +9,9 @@ Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S 
   ``boxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 (0 = padding), ``scores`` (N, K)
   float32 and ``counts`` (N,), with no host sync.
 
-Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``.
+Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``; `check_export`
+compares an exported file under ONNX Runtime with eager PyTorch (``ssdbench export onnx --check``).
+Imports go one way: this module uses `ssdbench.infer.export` (to fill the ONNX cache), never back.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssdbench.infer.export import export_model
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
+from ssdbench.model.specs import get_spec
+from ssdbench.model.ssd import build_model
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -248,8 +253,6 @@ def _state_hash(model: nn.Module) -> str:
 
 def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_to_depth=False) -> Path:
     """Export `model` once into ``<cache>/onnx/`` (keyed by its weights) and return the path."""
-    from ssdbench.infer.export import export_model
-
     tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
     path = cache_dir() / "onnx" / f"{tag}.onnx"
     if not path.is_file():
@@ -286,12 +289,8 @@ def make_backend(
     if name == "onnxruntime" and channels_last:
         raise ValueError("channels_last does not apply to onnxruntime (it picks its own layouts)")
     if name == "onnxruntime" and onnx_path is not None:
-        from ssdbench.model.specs import get_spec
-
         return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
     if model is None:
-        from ssdbench.model.ssd import build_model
-
         model = build_model(model_name, weights=weights, num_classes=num_classes)
     model = model.eval()
     if name == "eager":
@@ -301,3 +300,18 @@ def make_backend(
                               compile_backend)
     path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
     return OnnxRuntimeBackend(path, model_name, model.spec.input_size, device, dtype)
+
+
+def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
+    """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image:
+    detections per side and the largest box difference (ltrb normalised) over the first common ones."""
+    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
+    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
+    size = eager.input_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ref, got = eager.predict(x), ort_backend.predict(x)
+    ref_n, got_n = int(ref.counts[0]), int(got.counts[0])
+    n = min(ref_n, got_n)
+    box_diff = (ref.boxes[0, :n] - got.boxes[0, :n]).abs().max().item() if n else 0.0
+    return (f"check: detections eager {ref_n} / onnxruntime {got_n}, "
+            f"max box difference over the first {n}: {box_diff:.2e}")

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssdbench.infer.space_to_depth import space_to_depth
 from ssdbench.model.boxes import decode_offsets, default_boxes
 from ssdbench.model.nms import greedy_nms_mask
 from ssdbench.model.postprocess import IOU_THRESHOLD, MAX_PER_CLASS, MAX_PER_IMAGE, SCORE_THRESHOLD
+from ssdbench.model.specs import get_spec
 
 POSTPROCESS_MODES = ("outside", "inside")
 
@@ -117,8 +119,6 @@ class _SpaceToDepthInput(nn.Module):
         self.model = model
 
     def forward(self, image):
-        from ssdbench.infer.space_to_depth import space_to_depth
-
         return self.model(space_to_depth(image))
 
 
@@ -144,7 +144,7 @@ def export_model(
         model, outputs = DetectorWithPostprocess(model, model_name), ["bboxes", "labels", "scores"]
     else:
         outputs = ["locs", "scores"]
-    size = _input_size(model_name)
+    size = get_spec(model_name).input_size
     dummy = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     axes = {name: {0: "batch"} for name in ["image", *outputs]} if dynamic_batch else None
     out_path = Path(out_path)
@@ -160,25 +160,3 @@ def export_model(
 
     onnx.checker.check_model(str(out_path))
     return out_path
-
-
-def _input_size(model_name: str) -> int:
-    from ssdbench.model.specs import get_spec
-
-    return get_spec(model_name).input_size
-
-
-def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
-    """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image."""
-    from ssdbench.infer.backends import make_backend
-
-    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
-    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
-    size = eager.input_size
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    ref, got = eager.predict(x), ort_backend.predict(x)
-    ref_n, got_n = int(ref.counts[0]), int(got.counts[0])
-    n = min(ref_n, got_n)
-    box_diff = (ref.boxes[0, :n] - got.boxes[0, :n]).abs().max().item() if n else 0.0
-    return (f"check: detections eager {ref_n} / onnxruntime {got_n}, "
-            f"max box difference over the first {n}: {box_diff:.2e}")
