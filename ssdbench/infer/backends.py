@@ -16,24 +16,24 @@ Imports go one way: this module uses `ssdbench.infer.export` (to fill the ONNX c
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ssdbench.dist import pick_device
 from ssdbench.infer.export import export_model
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
+from ssdbench.io import atomic_write, cache_dir
 from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import build_model
+from ssdbench.precision import DTYPES, autocast
 
 BACKENDS = ("eager", "compile", "onnxruntime")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -47,7 +47,7 @@ class Backend:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         self.model_name = model_name
         self.input_size = input_size
-        self.device = torch.device(device)
+        self.device = pick_device(str(device))  # "auto", "cpu", "cuda[:i]"; errors name --device
         self.dtype = dtype
 
     def check_images(self, images: torch.Tensor) -> None:
@@ -84,8 +84,6 @@ class EagerBackend(Backend):
     def __init__(self, model: nn.Module, model_name: str, device="cpu", dtype="fp32",
                  channels_last=False, space_to_depth=False):
         super().__init__(model_name, model.spec.input_size, device, dtype)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
         if self.device.type == "cpu" and dtype == "fp16":
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.network = model.eval()  # the caller's fp32 network, never modified (export uses it)
@@ -98,11 +96,6 @@ class EagerBackend(Backend):
         self.channels_last = channels_last
         self.space_to_depth = space_to_depth
 
-    def _autocast(self):
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
-
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
         x = images.to(self.device, non_blocking=True)
@@ -114,7 +107,7 @@ class EagerBackend(Backend):
 
     def forward_raw(self, images):
         x = self._prepare(images)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             locs, scores = self.module(x)
         return locs.float(), scores.float()
 
@@ -149,7 +142,7 @@ class CompileBackend(EagerBackend):
         x = self._prepare(images)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             locs, scores = self.module(x)
         if self.cuda_graphs:
             return locs.float().clone(), scores.float().clone()
@@ -237,11 +230,6 @@ def _providers(ort, device: torch.device, dtype: str) -> list:
     return providers + ["CPUExecutionProvider"]
 
 
-def cache_dir() -> Path:
-    """``$SSDBENCH_CACHE`` (default ``~/.cache/ssdbench``)."""
-    return Path(os.environ.get("SSDBENCH_CACHE", Path.home() / ".cache" / "ssdbench"))
-
-
 def _state_hash(model: nn.Module) -> str:
     """Short content hash of a state dict: the cache key of its exported ONNX file."""
     h = hashlib.sha1()
@@ -252,14 +240,15 @@ def _state_hash(model: nn.Module) -> str:
 
 
 def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_to_depth=False) -> Path:
-    """Export `model` once into ``<cache>/onnx/`` (keyed by its weights) and return the path."""
+    """Export `model` once into ``$SSDBENCH_CACHE/onnx/`` (keyed by its weights) and return the path.
+
+    Written atomically (`ssdbench.io.atomic_write`): concurrent processes never read half a file.
+    """
     tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
-    path = cache_dir() / "onnx" / f"{tag}.onnx"
+    path = cache_dir("onnx", f"{tag}.onnx")
     if not path.is_file():
         net = apply_space_to_depth(model) if space_to_depth else model
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        export_model(net, model_name, tmp, postprocess=postprocess)
-        tmp.replace(path)  # atomic: concurrent processes never read a half-written file
+        atomic_write(path, lambda tmp: export_model(net, model_name, tmp, postprocess=postprocess))
     return path
 
 

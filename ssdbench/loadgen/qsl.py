@@ -17,18 +17,15 @@ callback: LoadGen cannot recover from it). Default location ``$SSDBENCH_CACHE/lo
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ssdbench.io import atomic_write
+from ssdbench.io import cache_dir as shared_cache_dir
+
 DEFAULT_PERFORMANCE_COUNT = 64  # benchmark.md §7
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("SSDBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssdbench")
-    return Path(root) / "loadgen_samples"
 
 
 class SampleLibrary:
@@ -50,7 +47,7 @@ class SampleLibrary:
         self.dataset, self.input_size = dataset, int(input_size)
         self.count = min(count or len(dataset), len(dataset))
         self.performance_count = max(1, min(int(performance_count), self.count))
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else shared_cache_dir("loadgen_samples")
         self.cache, self.progress = cache, progress
         self.samples: dict[int, np.ndarray] = {}
         self.error: BaseException | None = None  # first failure inside a LoadGen callback
@@ -76,7 +73,7 @@ class SampleLibrary:
             return
         todo = [i for i in range(self.count) if not self.cache_path(i).is_file()]
         for i in tqdm(todo, desc="QSL cache", unit="img", disable=not (self.progress and todo), leave=False):
-            _save_atomic(self.cache_path(i), self._resized(i))
+            _save(self.cache_path(i), self._resized(i))
 
     def load(self, indices) -> None:
         """LoadGen's load callback: make ``indices`` resident (preprocessed float32 (3, S, S)).
@@ -133,7 +130,7 @@ class SampleLibrary:
                 pass  # damaged cache entry: rebuild it below
         sample = self._resized(i)
         if self.cache:
-            _save_atomic(path, sample)
+            _save(path, sample)
         return sample
 
     def _resized(self, i: int) -> np.ndarray:
@@ -150,9 +147,6 @@ class SampleLibrary:
         return lg.ConstructQSL(self.count, self.performance_count, self.load, self.unload)
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write via a temporary file + rename so a concurrent or interrupted run never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+def _save(path: Path, array: np.ndarray) -> None:
+    """Atomically (a concurrent or interrupted run never reads half a file)."""
+    atomic_write(path, lambda tmp: np.save(tmp, array, allow_pickle=False))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssdbench.dist import pick_device
 from ssdbench.errors import CliError
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import open_val_dataset, report_accuracy
@@ -48,15 +49,6 @@ class LoadgenRun:
     map: float | None = None  # accuracy mode
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
-    return device
-
-
 def build_predict(sut_settings: dict, weights, num_classes: int, device: torch.device):
     """The backend's ``predict`` for the SUT (padded detections, benchmark.md §4 post-processing)."""
     from ssdbench.infer.backends import make_backend
@@ -77,6 +69,13 @@ def warm_up(predict, sample_shape, max_batch: int, iterations: int, device: torc
             with torch.inference_mode():
                 dets = check_detections(predict(feeder([np.zeros(sample_shape, np.float32)] * n)))
             dets.counts.cpu()  # wait for the device
+
+
+def _device(run_settings: S.RunSettings) -> torch.device:
+    """The SUT's torch device; an error names ``--device`` or the file / preset that chose it."""
+    source = run_settings.sources.get("device", "flags")
+    flag = "--device" if source == "flags" else f"device (from {source})"
+    return pick_device(run_settings.sut["device"], flag=flag)
 
 
 def _staging_dir(out: Path) -> Path:
@@ -142,7 +141,7 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     """One LoadGen test; ``predict`` replaces the backend (same contract as `Backend.predict`)."""
     sut_cfg, out = run_settings.sut, Path(out)
     dataset = open_val_dataset(data)
-    device = resolve_device(sut_cfg["device"])
+    device = _device(run_settings)
     from ssdbench.model.specs import get_spec
 
     input_size = get_spec(sut_cfg["model"]).input_size
