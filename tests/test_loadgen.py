@@ -202,16 +202,16 @@ def test_settings_precedence_and_spec_values(tmp_path):
     # Seed row tpu_v3_1x_server: max_latency 0.1 s, qps 320, batch 4, 10000 us, space-to-depth.
     tpu = S.resolve(None, preset="tpu_v3_1x_server")
     assert tpu.scenario == "Server" and tpu.loadgen["target_latency"] == 100.0
-    assert tpu.loadgen["target_qps"] == 320 and tpu.sut["max_batch_size"] == 4
-    assert tpu.sut["batch_timeout_us"] == 10000 and tpu.sut["space_to_depth"] and tpu.sut["dtype"] == "fp32"
-    assert S.resolve(None, preset="tpu_v3_8x_offline").sut["dtype"] == "bf16"
+    assert tpu.loadgen["target_qps"] == 320 and tpu.sut.max_batch_size == 4
+    assert tpu.sut.batch_timeout_us == 10000 and tpu.sut.space_to_depth and tpu.sut.dtype == "fp32"
+    assert S.resolve(None, preset="tpu_v3_8x_offline").sut.dtype == "bf16"
     user = tmp_path / "user.conf"
     user.write_text("# comment\nssd-resnet34.*.target_qps = 100\nssd-resnet34.Server.target_qps = 250\n"
                     "*.Server.target_qps = 7\nresnet50.Server.target_qps = 9\nssd-resnet34.*.threads = 5\n")
     merged = S.resolve("Server", preset="tpu_v3_1x_server", user_conf=str(user), flags={"threads": 6})
     assert merged.loadgen["target_qps"] == 250 and merged.sources["target_qps"] == str(user)
-    assert merged.sut["threads"] == 6 and merged.sources["threads"] == "flags"
-    assert merged.sut["max_batch_size"] == 4  # preset value survives
+    assert merged.sut.threads == 6 and merged.sources["threads"] == "flags"
+    assert merged.sut.max_batch_size == 4  # preset value survives
 
 
 def test_settings_reach_loadgen(tmp_path):

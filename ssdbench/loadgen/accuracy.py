@@ -22,12 +22,6 @@ REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (benchmark.md §7)
 TARGET_MAP = 0.198  # 99% of the reference
 COCO_VAL_IMAGES = 4952  # non-empty val images (benchmark.md §5)
 
-EPILOG = """examples:
-  ssdbench accuracy --log runs/lg/mlperf_log_accuracy.json               # embedded val set
-  ssdbench accuracy --log mlperf_log_accuracy.json --data /coco --backend pycocotools
-"""
-
-
 def decode_log(path: str | Path) -> dict[int, np.ndarray]:
     """QSL index -> float32 (K, 7) detections; later entries of the same index are ignored.
 
@@ -93,17 +87,20 @@ def _is_coco_val(dataset, num_images: int) -> bool:
     return len(dataset.cat_ids) == 80 and num_images == COCO_VAL_IMAGES
 
 
-def report_accuracy(log: str | Path, data: str | Path | None = None, backend: str = "faster",
-                    dataset=None) -> float:  # fmt: skip
-    """Evaluate, print ``mAP=xx.xxx%`` and the verdict; return the mAP.
-
-    ``dataset``: an already opened `CocoDetection` (else ``data`` is opened).
-    """
-    dataset = dataset if dataset is not None else open_val_dataset(data)
+def accuracy_text(log: str | Path, dataset, backend: str = "faster") -> tuple[float, str]:
+    """(mAP, report) of an accuracy log: ``mAP=xx.xxx%  (n images, ...)`` and the verdict line."""
     stats, n = evaluate_log(log, dataset, backend)
-    print(f"mAP={100 * stats[0]:.3f}%  ({n} images, {backend} COCO eval)")
-    print(verdict(float(stats[0]), _is_coco_val(dataset, n)))
-    return float(stats[0])
+    lines = [f"mAP={100 * stats[0]:.3f}%  ({n} images, {backend} COCO eval)",
+             verdict(float(stats[0]), _is_coco_val(dataset, n))]  # fmt: skip
+    return float(stats[0]), "\n".join(lines) + "\n"
+
+
+def report_accuracy(log: str | Path, data: str | Path | None = None, backend: str = "faster") -> float:
+    """Evaluate the log against ``data`` (default: the embedded dataset), print `accuracy_text`'s
+    report and return the mAP."""
+    value, text = accuracy_text(log, open_val_dataset(data), backend)
+    print(text, end="")
+    return value
 
 
 def open_val_dataset(data: str | Path | None):
