@@ -83,8 +83,6 @@ GT_COLOUR, GT_EDGE = (255, 255, 255), (0, 0, 0)  # white line on a dark edge: vi
 
 def contact_sheet(pictures: list[Path], out: Path, columns: int = 3, width: int = 400) -> Path | None:
     """Tile the drawn predictions into one PNG (`width` px per tile), so a run is judged at a glance."""
-    from PIL import Image
-
     if not pictures:
         return None
     rows = -(-len(pictures) // columns)
@@ -106,8 +104,6 @@ def draw_ground_truth(img, boxes, labels, names: dict, score_threshold: float):
     ``boxes`` (n, 4) ltrb normalised, ``labels`` (n,) (label 1 = first category; 0 = padding).
     The predictions (drawn before) are the thick, class-coloured boxes with a score.
     """
-    from PIL import ImageDraw, ImageFont
-
     draw, font, (w, h) = ImageDraw.Draw(img), ImageFont.load_default(), img.size
     for box, label in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1)):
         if label <= 0:

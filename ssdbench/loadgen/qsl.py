@@ -17,13 +17,14 @@ callback: LoadGen cannot recover from it). Default location ``$SSDBENCH_CACHE/lo
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ssdbench.io import atomic_write
 from ssdbench.io import cache_dir as shared_cache_dir
+from ssdbench.progress import Progress
 
 DEFAULT_PERFORMANCE_COUNT = 64  # benchmark.md §7
 
@@ -72,8 +73,9 @@ class SampleLibrary:
         if not self.cache:
             return
         todo = [i for i in range(self.count) if not self.cache_path(i).is_file()]
-        for i in tqdm(todo, desc="QSL cache", unit="img", disable=not (self.progress and todo), leave=False):
-            _save(self.cache_path(i), self._resized(i))
+        with self._progress(len(todo), "QSL cache", bool(todo)) as progress:
+            for i in progress.iterate(todo):
+                _save(self.cache_path(i), self._resized(i))
 
     def load(self, indices) -> None:
         """LoadGen's load callback: make ``indices`` resident (preprocessed float32 (3, S, S)).
@@ -82,13 +84,20 @@ class SampleLibrary:
         ``self.error``, the sample stays absent and the SUT answers it empty and fails the run.
         """
         todo = [int(i) for i in indices if int(i) not in self.samples]
-        show = self.progress and len(todo) > 16
-        for i in tqdm(todo, desc="QSL load", unit="img", disable=not show, leave=False):
-            try:
-                self._check_index(i)
-                self.samples[i] = self.preprocessed(i)
-            except Exception as exc:  # noqa: BLE001 - reported after the run
-                self.error = self.error or exc
+        with self._progress(len(todo), "QSL load", len(todo) > 16) as progress:
+            for i in progress.iterate(todo):
+                self._load_one(i)
+
+    def _load_one(self, i: int) -> None:
+        try:
+            self._check_index(i)
+            self.samples[i] = self.preprocessed(i)
+        except Exception as exc:  # noqa: BLE001 - reported after the run
+            self.error = self.error or exc
+
+    def _progress(self, total: int, desc: str, worth_showing: bool) -> Progress:
+        """A bar on a terminal, plain lines in logs; on stderr, like the command's other notes."""
+        return Progress(total, desc, unit="img", enabled=self.progress and worth_showing, stream=sys.stderr)
 
     def unload(self, indices) -> None:
         """LoadGen's unload callback: free the samples."""
@@ -98,10 +107,6 @@ class SampleLibrary:
     def get(self, index: int) -> np.ndarray:
         """A resident sample, float32 (3, S, S); KeyError if LoadGen did not load it."""
         return self.samples[index]
-
-    def batch(self, indices) -> np.ndarray:
-        """Resident samples stacked, float32 (N, 3, S, S)."""
-        return np.stack([self.samples[int(i)] for i in indices])
 
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.count:

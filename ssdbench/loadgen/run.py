@@ -22,7 +22,7 @@ from ssdbench.infer.backends import make_backend
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
-from ssdbench.loadgen.qsl import SampleLibrary
+from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
 from ssdbench.loadgen.report import Summary, short_text, write_report
 from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
 from ssdbench.model.specs import get_spec
@@ -78,7 +78,7 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     if predict is None:
         predict = build_predict(sut_settings, weights, dataset.num_classes, device)
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
-                        run_settings.loadgen.get("performance_sample_count_override") or 64,
+                        run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
     qsl.prepare()
     warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device)
