@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ssdbench.data.coco import CocoDetection
+from ssdbench.data.synth import default_dataset
 from ssdbench.eval.coco import coco_stats, detections_to_coco
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import Detections
@@ -45,8 +48,6 @@ def decode_log(path: str | Path) -> dict[int, np.ndarray]:
 
 def tuples_to_detections(dets: np.ndarray) -> Detections:
     """(K, 7) [idx, ymin, xmin, ymax, xmax, score, label] -> `Detections` (ltrb normalised)."""
-    import torch
-
     boxes = torch.from_numpy(np.ascontiguousarray(dets[:, [2, 1, 4, 3]]))
     labels = torch.from_numpy(dets[:, 6].astype(np.int64))
     return Detections(boxes, labels, torch.from_numpy(dets[:, 5].copy()))
@@ -105,11 +106,7 @@ def report_accuracy(log: str | Path, data: str | Path | None = None, backend: st
 
 def open_val_dataset(data: str | Path | None):
     """`CocoDetection(data, "val")`; the embedded synthetic dataset when ``data`` is None."""
-    from ssdbench.data.coco import CocoDetection
-
     if data is None:
-        from ssdbench.data.synth import default_dataset
-
         data = default_dataset()
     root = Path(data)
     if not root.is_dir():

@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ssdbench.data.transforms import normalize, resize_uint8, to_chw
 from ssdbench.io import atomic_write
 from ssdbench.io import cache_dir as shared_cache_dir
 from ssdbench.progress import Progress
@@ -117,10 +119,6 @@ class SampleLibrary:
 
         Equal to `preprocess_for_inference(image, S)` (same resize, same `normalize`).
         """
-        import torch
-
-        from ssdbench.data.transforms import normalize
-
         resized = torch.from_numpy(self._cached_resized(i))
         return np.ascontiguousarray(normalize(resized[None])[0].numpy())
 
@@ -140,8 +138,6 @@ class SampleLibrary:
 
     def _resized(self, i: int) -> np.ndarray:
         """Decode + bilinear resize (benchmark.md §5) -> uint8 (3, S, S); BadSampleError when decoding fails."""
-        from ssdbench.data.transforms import resize_uint8, to_chw
-
         chw = to_chw(resize_uint8(self.dataset.read_image(i), self.input_size))
         return np.ascontiguousarray(np.asarray(chw, dtype=np.uint8))
 
