@@ -160,6 +160,16 @@ def test_space_to_depth_export_keeps_plain_input(tmp_path):
     assert (got[0] - ref[0]).abs().max() < 1e-4 and (got[1] - ref[1]).abs().max() < 1e-4
 
 
+def test_export_does_not_import_backends():
+    """Imports go one way (backends -> export): a fresh interpreter importing export never loads backends."""
+    import subprocess
+    import sys
+
+    code = "import sys, ssdbench.infer.export; print('ssdbench.infer.backends' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_cli_export_and_errors(tmp_path, capsys):
     torch.save(_model().state_dict(), tmp_path / "w.pt")
     out = tmp_path / "m.onnx"

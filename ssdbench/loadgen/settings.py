@@ -29,7 +29,6 @@ SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 MODES = ("performance", "accuracy")
 
 
-
 @dataclass(frozen=True)
 class SutSettings:
     """The system under test's settings: ssdbench keys, never passed to LoadGen.
