@@ -63,6 +63,7 @@ class Backend:
         return postprocess_padded(locs, scores, self.model_name)
 
     def predict(self, images: torch.Tensor) -> PaddedDetections:
+        """Images (N, 3, S, S) -> padded detections (module docstring), on the backend's device."""
         with torch.inference_mode():
             return self.postprocess(*self.forward_raw(images))
 
@@ -86,8 +87,8 @@ class EagerBackend(Backend):
         super().__init__(model_name, model.spec.input_size, device, dtype)
         if self.device.type == "cpu" and dtype == "fp16":
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        self.network = model.eval()  # the caller's fp32 network, never modified (export uses it)
-        # A private copy: device moves and memory-format changes are in-place in PyTorch.
+        # A private copy: the caller's network is never modified (device moves and memory-format
+        # changes are in-place in PyTorch).
         module = apply_space_to_depth(model) if space_to_depth else copy.deepcopy(model)
         module = module.to(self.device).eval()
         if channels_last:

@@ -7,9 +7,9 @@ dynamic batch dimension:
   network maps; `ssdbench.model.postprocess` runs after ONNX Runtime. Exactly the PyTorch network.
 - ``--postprocess inside``: decode, softmax and per-class NMS are in the graph (ONNX
   ``NonMaxSuppression``), with outputs shaped like the official ``resnet34-ssd1200.onnx``:
-  ``bboxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 1..C-1, ``scores`` (N, K), K = 200;
-  rows past an image's detections are padding with label 0 and score 0 (the official file has
-  batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
+  ``bboxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 1..C-1, ``scores`` (N, K),
+  K = ``MAX_PER_IMAGE`` (200); rows past an image's detections are padding with label 0 and score 0
+  (the official file has batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
 
 In-graph semantics (benchmark.md §4, with the constants of `ssdbench.model.postprocess`): softmax
 over classes; per class the top ``MAX_PER_CLASS`` candidates, keep score > ``SCORE_THRESHOLD``,
