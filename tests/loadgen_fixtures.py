@@ -2,7 +2,7 @@
 
 ``loadgen_env(tmp_path_factory, ...)`` is the body of a module-scoped fixture: it points the
 sample cache (SSDBENCH_CACHE) at a temporary folder for that module only, and yields
-(dataset root, weights file).
+(dataset root, weights file). ``one_detection(n)`` is what stand-in networks answer.
 """
 
 from __future__ import annotations
@@ -40,3 +40,13 @@ def loadgen_env(tmp_path_factory, name: str, val_images: int, seed: int,
         yield data, weights
     finally:
         patch.undo()
+
+
+def one_detection(n: int):
+    """`PaddedDetections` with the same single detection (ltrb 0.1 0.2 0.3 0.4, label 1, score 0.9)
+    for each of n images: the answer of the stand-in networks."""
+    from ssdbench.model.postprocess import PaddedDetections
+
+    boxes = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(n, 1, 4)
+    return PaddedDetections(boxes=boxes, labels=torch.ones(n, 1, dtype=torch.long), scores=torch.full((n, 1), 0.9),
+                            counts=torch.ones(n, dtype=torch.long))

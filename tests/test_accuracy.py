@@ -13,6 +13,7 @@ from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import coco_results, decode_log, evaluate_log, tuples_to_detections
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.model.postprocess import PaddedDetections
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_oracle_detections_score_full_map(acc_env, tmp_path):
             b, lab = truth[batch[j].numpy().tobytes()]
             k = len(lab)
             boxes[j, :k], labels[j, :k], scores[j, :k], counts[j] = b, lab, 1.0, k
-        return boxes, scores, labels, counts
+        return PaddedDetections(boxes=boxes, labels=labels, scores=scores, counts=counts)
 
     settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 4})
     run = run_loadgen(settings, tmp_path / "out", data=dataset.root, predict=oracle, verbose=False)

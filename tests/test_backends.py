@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ssdbench.infer.backends import Predictions, make_backend
-from ssdbench.model.postprocess import postprocess_padded
+from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.model.ssd import build_model
 
 MODEL = "ssd128_mini"
@@ -37,7 +37,7 @@ def test_eager_fp32_is_the_network_and_predict_is_postprocess(model):
     assert _max_diff(raw, ref) == 0.0 and raw[0].dtype == torch.float32
     pred = backend.predict(x)
     expected = postprocess_padded(*ref, MODEL)
-    assert isinstance(pred, Predictions)
+    assert isinstance(pred, PaddedDetections)
     for name in ("boxes", "scores", "labels", "counts"):
         assert torch.equal(getattr(pred, name), getattr(expected, name)), name
     assert backend.input_size == 128
@@ -92,6 +92,17 @@ def test_onnxruntime_exports_into_cache_once(model, tmp_path, monkeypatch):
     assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
     other = build_model(MODEL)  # different weights -> a different cache entry
     assert make_backend("onnxruntime", MODEL, model=other).onnx_path != files[0]
+
+
+def test_onnx_cache_empty_variable_means_default(model, tmp_path, monkeypatch):
+    """SSDBENCH_CACHE="" is the default ~/.cache/ssdbench (as everywhere), not the working folder."""
+    monkeypatch.setenv("SSDBENCH_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    path = cached_onnx(model, MODEL)
+    assert path.parent == tmp_path / "home" / ".cache" / "ssdbench" / "onnx" and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_bad_requests(model):

@@ -111,6 +111,44 @@ def test_in_graph_nms_matches_project_nms():
     assert 0 < mine.sum() < (scores > 0.3).sum()  # some suppression happened
 
 
+class _NmsOnly(torch.nn.Module):
+    """Just the in-graph NMS: boxes (M, k, 4), scores (M, 1, k) -> selected (S, 3)."""
+
+    def forward(self, boxes, scores):
+        return _OnnxNMS.apply(boxes, scores, 3, 0.5, 0.2)
+
+
+def _onnxruntime_nms(tmp_path, boxes, scores):
+    import warnings
+
+    import onnxruntime
+
+    path = tmp_path / "nms.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(_NmsOnly(), (boxes, scores), str(path), dynamo=False, opset_version=17,
+                          input_names=["boxes", "scores"], output_names=["selected"])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (selected,) = session.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})
+    return torch.from_numpy(selected)
+
+
+def test_eager_nms_answers_like_onnxruntime_on_exact_ties(tmp_path):
+    """IoU exactly 0.5 (exact in float32): ONNX NonMaxSuppression keeps the box (it drops IoU > t),
+    benchmark.md §4 drops it (IoU >= t). The traced stand-in must answer as ONNX Runtime does,
+    including the score threshold and the per-row cap (3 here)."""
+    boxes = torch.tensor([
+        [[0, 0, 1, 1], [0, 0, 1, 0.5], [0, 0, 0.5, 0.5], [0.6, 0.6, 1, 1]],  # IoU(0,1) = IoU(1,2) = 0.5
+        [[0, 0, 1, 1], [0, 0, 1, 0.6], [0.5, 0.5, 1, 1], [0, 0, 0.2, 0.2]],  # IoU(0,1) = 0.6
+    ])  # fmt: skip
+    scores = torch.tensor([[[0.9, 0.8, 0.7, 0.6]], [[0.9, 0.8, 0.1, 0.05]]])  # row 1: two below 0.2
+    eager = _OnnxNMS.apply(boxes, scores, 3, 0.5, 0.2)
+    assert eager.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [1, 0, 0]]  # row 0: 4 survive, 3 kept
+    assert torch.equal(eager, _onnxruntime_nms(tmp_path, boxes, scores))
+    ours = greedy_nms_mask(boxes, scores[:, 0] > 0.2, 0.5)  # benchmark.md §4: the tie is dropped
+    assert ours[0].tolist() == [True, False, True, True]
+
+
 def test_space_to_depth_export_keeps_plain_input(tmp_path):
     from ssdbench.infer.space_to_depth import apply_space_to_depth
 
@@ -120,6 +158,16 @@ def test_space_to_depth_export_keeps_plain_input(tmp_path):
     ref = make_backend("eager", MODEL, model=model).forward_raw(x)
     got = make_backend("onnxruntime", MODEL, onnx_path=path).forward_raw(x)
     assert (got[0] - ref[0]).abs().max() < 1e-4 and (got[1] - ref[1]).abs().max() < 1e-4
+
+
+def test_export_does_not_import_backends():
+    """Imports go one way (backends -> export): a fresh interpreter importing export never loads backends."""
+    import subprocess
+    import sys
+
+    code = "import sys, ssdbench.infer.export; print('ssdbench.infer.backends' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_cli_export_and_errors(tmp_path, capsys):

@@ -5,6 +5,11 @@ from __future__ import annotations
 from ssdbench.eval.coco import BACKENDS
 from ssdbench.loadgen.accuracy import report_accuracy
 
+EPILOG = """examples:
+  ssdbench accuracy --log runs/lg/mlperf_log_accuracy.json               # embedded val set
+  ssdbench accuracy --log mlperf_log_accuracy.json --data /coco --backend pycocotools
+"""
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--log", required=True, help="mlperf_log_accuracy.json of an accuracy-mode run")

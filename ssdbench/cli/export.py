@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ssdbench.infer.export import POSTPROCESS_MODES, check_export, export_model
+from ssdbench.infer.backends import check_export
+from ssdbench.infer.export import POSTPROCESS_MODES, export_model
 
 EPILOG = """examples:
   ssdbench export onnx --model ssd1200_r34 --weights resnet34-ssd1200.pt --out ssd1200.onnx

@@ -1,15 +1,13 @@
 """`ssdbench predict IMAGE...`: detections as JSON and images with the boxes drawn.
 
 Each image is decoded, preprocessed as the model's input, run through a backend with the shared
-post-processing (`ssdbench.infer.predict`), and drawn (`ssdbench.infer.draw`). ``--out DIR``
-receives ``detections.json`` (boxes ltrb in pixels of the original image) and one drawn image
-per input.
+post-processing and drawn (`ssdbench.infer.predict`). ``--out DIR`` receives ``detections.json``
+(boxes ltrb in pixels of the original image) and one drawn image per input.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,21 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow pickled whole-model files (resnet34-ssd1200.pytorch); trusted files only")
 
 
-def _output_name(path: Path, used: set[str]) -> str:
-    """`<stem>_det.<png|jpg>` (PNG stays PNG), made unique within one run."""
-    ext = ".png" if path.suffix.lower() == ".png" else ".jpg"
-    name, i = f"{path.stem}_det{ext}", 1
-    while name in used:
-        i += 1
-        name = f"{path.stem}_det{i}{ext}"
-    used.add(name)
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     from ssdbench.infer.backends import make_backend
-    from ssdbench.infer.draw import draw_detections
-    from ssdbench.infer.predict import categories, detect, read_image, to_records
+    from ssdbench.infer.predict import categories, detect, read_image, write_predictions
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
 
@@ -62,17 +48,11 @@ def run(args: argparse.Namespace) -> int:
     backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)
     dets = detect(backend, images, args.batch_size)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results, used = [], set()
-    for path, image, det in zip(paths, images, dets):
-        h, w = image.shape[:2]
-        records = to_records(det, w, h, cats, args.score_threshold)
-        drawn = _output_name(path, used)
-        names = {label: name for label, (_cid, name) in enumerate(cats, start=1)}
-        draw_detections(image, det, names, args.score_threshold).save(out / drawn)
-        results.append({"image": str(path), "width": w, "height": h, "drawn": drawn, "detections": records})
+    results = write_predictions(out, paths, images, dets, cats, args.score_threshold)
+    for result in results:
+        records = result["detections"]
         top = ", ".join(f"{r['name']} {r['score']:.2f}" for r in records[:3])
-        print(f"{path}: {len(records)} detections" + (f" ({top}{', ...' if len(records) > 3 else ''})" if top else ""))
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
+        more = ", ..." if len(records) > 3 else ""
+        print(f"{result['image']}: {len(records)} detections" + (f" ({top}{more})" if top else ""))
     print(f"wrote {out / 'detections.json'} and {len(results)} drawn images to {out}", file=sys.stderr)
     return 0

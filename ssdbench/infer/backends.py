@@ -4,43 +4,36 @@ Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S 
 
 - ``forward_raw(images) -> (locs (N, 4, B), scores (N, C, B))``: the network only, float32 raw
   maps, so that benchmarks time network and post-processing separately;
-- ``predict(images) -> Predictions(boxes (N, K, 4) ltrb normalised, scores (N, K), labels (N, K),
-  counts (N,))``: network + benchmark.md §4 post-processing, fixed-size padded outputs (label 0 = padding) and no host
-  sync (`ssdbench.model.postprocess.postprocess_padded`).
+- ``predict(images) -> PaddedDetections``: network + benchmark.md §4 post-processing
+  (`ssdbench.model.postprocess.postprocess_padded`), fixed-size padded outputs read by name:
+  ``boxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 (0 = padding), ``scores`` (N, K)
+  float32 and ``counts`` (N,), with no host sync.
 
-Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``.
+Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``; `check_export`
+compares an exported file under ONNX Runtime with eager PyTorch (``ssdbench export onnx --check``).
+Imports go one way: this module uses `ssdbench.infer.export` (to fill the ONNX cache), never back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import os
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ssdbench.dist import pick_device
+from ssdbench.infer.export import export_model
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
-
-
-class Predictions(NamedTuple):
-    """Padded detections of a batch (field order as the backends' contract; prefer the names).
-
-    Unlike `PaddedDetections` of `ssdbench.model.postprocess`, scores come before labels.
-    """
-
-    boxes: torch.Tensor  # (N, K, 4) ltrb normalised, zero in padding
-    scores: torch.Tensor  # (N, K) float32, 0 in padding
-    labels: torch.Tensor  # (N, K) int64 1..C-1, 0 in padding
-    counts: torch.Tensor  # (N,) int64: valid detections per image, they come first
-
+from ssdbench.io import atomic_write, cache_dir
+from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
+from ssdbench.model.specs import get_spec
+from ssdbench.model.ssd import build_model
+from ssdbench.precision import DTYPES, autocast
 
 BACKENDS = ("eager", "compile", "onnxruntime")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -54,7 +47,7 @@ class Backend:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         self.model_name = model_name
         self.input_size = input_size
-        self.device = torch.device(device)
+        self.device = pick_device(str(device))  # "auto", "cpu", "cuda[:i]"; errors name --device
         self.dtype = dtype
 
     def check_images(self, images: torch.Tensor) -> None:
@@ -65,14 +58,12 @@ class Backend:
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor):
-        """benchmark.md §4 decode + NMS on raw maps -> padded (boxes, scores, labels, counts)."""
-        from ssdbench.model.postprocess import postprocess_padded
+    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor) -> PaddedDetections:
+        """benchmark.md §4 decode + NMS on raw maps locs (N, 4, B), scores (N, C, B) -> padded detections."""
+        return postprocess_padded(locs, scores, self.model_name)
 
-        dets = postprocess_padded(locs, scores, self.model_name)
-        return Predictions(dets.boxes, dets.scores, dets.labels, dets.counts)
-
-    def predict(self, images: torch.Tensor):
+    def predict(self, images: torch.Tensor) -> PaddedDetections:
+        """Images (N, 3, S, S) -> padded detections (module docstring), on the backend's device."""
         with torch.inference_mode():
             return self.postprocess(*self.forward_raw(images))
 
@@ -94,12 +85,10 @@ class EagerBackend(Backend):
     def __init__(self, model: nn.Module, model_name: str, device="cpu", dtype="fp32",
                  channels_last=False, space_to_depth=False):
         super().__init__(model_name, model.spec.input_size, device, dtype)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
         if self.device.type == "cpu" and dtype == "fp16":
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        self.network = model.eval()  # the caller's fp32 network, never modified (export uses it)
-        # A private copy: device moves and memory-format changes are in-place in PyTorch.
+        # A private copy: the caller's network is never modified (device moves and memory-format
+        # changes are in-place in PyTorch).
         module = apply_space_to_depth(model) if space_to_depth else copy.deepcopy(model)
         module = module.to(self.device).eval()
         if channels_last:
@@ -107,11 +96,6 @@ class EagerBackend(Backend):
         self.module = module
         self.channels_last = channels_last
         self.space_to_depth = space_to_depth
-
-    def _autocast(self):
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
@@ -124,7 +108,7 @@ class EagerBackend(Backend):
 
     def forward_raw(self, images):
         x = self._prepare(images)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             locs, scores = self.module(x)
         return locs.float(), scores.float()
 
@@ -159,7 +143,7 @@ class CompileBackend(EagerBackend):
         x = self._prepare(images)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             locs, scores = self.module(x)
         if self.cuda_graphs:
             return locs.float().clone(), scores.float().clone()
@@ -218,8 +202,9 @@ class OnnxRuntimeBackend(Backend):
         if not self.postprocess_inside:
             return super().predict(images)
         out = dict(zip(self.outputs, self._run(images)))
-        labels = out["labels"]
-        return Predictions(out["bboxes"], out["scores"], labels, (labels > 0).sum(dim=1))
+        labels = out["labels"]  # the graph's padding is label 0, after the valid detections
+        return PaddedDetections(boxes=out["bboxes"], labels=labels, scores=out["scores"],
+                                counts=(labels > 0).sum(dim=1))
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers, "postprocess_inside": self.postprocess_inside}
@@ -246,11 +231,6 @@ def _providers(ort, device: torch.device, dtype: str) -> list:
     return providers + ["CPUExecutionProvider"]
 
 
-def cache_dir() -> Path:
-    """``$SSDBENCH_CACHE`` (default ``~/.cache/ssdbench``)."""
-    return Path(os.environ.get("SSDBENCH_CACHE", Path.home() / ".cache" / "ssdbench"))
-
-
 def _state_hash(model: nn.Module) -> str:
     """Short content hash of a state dict: the cache key of its exported ONNX file."""
     h = hashlib.sha1()
@@ -261,16 +241,15 @@ def _state_hash(model: nn.Module) -> str:
 
 
 def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_to_depth=False) -> Path:
-    """Export `model` once into ``<cache>/onnx/`` (keyed by its weights) and return the path."""
-    from ssdbench.infer.export import export_model
+    """Export `model` once into ``$SSDBENCH_CACHE/onnx/`` (keyed by its weights) and return the path.
 
+    Written atomically (`ssdbench.io.atomic_write`): concurrent processes never read half a file.
+    """
     tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
-    path = cache_dir() / "onnx" / f"{tag}.onnx"
+    path = cache_dir("onnx", f"{tag}.onnx")
     if not path.is_file():
         net = apply_space_to_depth(model) if space_to_depth else model
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        export_model(net, model_name, tmp, postprocess=postprocess)
-        tmp.replace(path)  # atomic: concurrent processes never read a half-written file
+        atomic_write(path, lambda tmp: export_model(net, model_name, tmp, postprocess=postprocess))
     return path
 
 
@@ -300,12 +279,8 @@ def make_backend(
     if name == "onnxruntime" and channels_last:
         raise ValueError("channels_last does not apply to onnxruntime (it picks its own layouts)")
     if name == "onnxruntime" and onnx_path is not None:
-        from ssdbench.model.specs import get_spec
-
         return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
     if model is None:
-        from ssdbench.model.ssd import build_model
-
         model = build_model(model_name, weights=weights, num_classes=num_classes)
     model = model.eval()
     if name == "eager":
@@ -315,3 +290,18 @@ def make_backend(
                               compile_backend)
     path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
     return OnnxRuntimeBackend(path, model_name, model.spec.input_size, device, dtype)
+
+
+def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
+    """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image:
+    detections per side and the largest box difference (ltrb normalised) over the first common ones."""
+    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
+    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
+    size = eager.input_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ref, got = eager.predict(x), ort_backend.predict(x)
+    ref_n, got_n = int(ref.counts[0]), int(got.counts[0])
+    n = min(ref_n, got_n)
+    box_diff = (ref.boxes[0, :n] - got.boxes[0, :n]).abs().max().item() if n else 0.0
+    return (f"check: detections eager {ref_n} / onnxruntime {got_n}, "
+            f"max box difference over the first {n}: {box_diff:.2e}")

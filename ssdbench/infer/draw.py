@@ -12,6 +12,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ssdbench.data.coco import CocoDetection
+from ssdbench.data.transforms import EvalTransform
+from ssdbench.model.postprocess import postprocess
+from ssdbench.model.ssd import build_model
+
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
@@ -55,11 +60,6 @@ def draw_predictions(weights: Path, data_root: Path, out: Path, count: int, scor
                      device: torch.device) -> list[Path]:
     """Run the trained model on the first `count` val images; write <out>/predictions/*.png
     with the predictions above `score_threshold` and the ground truth (`draw_ground_truth`)."""
-    from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.transforms import EvalTransform
-    from ssdbench.model.postprocess import postprocess
-    from ssdbench.model.ssd import build_model
-
     val = CocoDetection(data_root, "val")
     model = build_model("ssd128_mini", weights=str(weights)).to(device).eval()
     transform, names = EvalTransform(model.spec.input_size), dict(zip(range(1, val.num_classes), val.cat_names))
@@ -83,8 +83,6 @@ GT_COLOUR, GT_EDGE = (255, 255, 255), (0, 0, 0)  # white line on a dark edge: vi
 
 def contact_sheet(pictures: list[Path], out: Path, columns: int = 3, width: int = 400) -> Path | None:
     """Tile the drawn predictions into one PNG (`width` px per tile), so a run is judged at a glance."""
-    from PIL import Image
-
     if not pictures:
         return None
     rows = -(-len(pictures) // columns)
@@ -106,8 +104,6 @@ def draw_ground_truth(img, boxes, labels, names: dict, score_threshold: float):
     ``boxes`` (n, 4) ltrb normalised, ``labels`` (n,) (label 1 = first category; 0 = padding).
     The predictions (drawn before) are the thick, class-coloured boxes with a score.
     """
-    from PIL import ImageDraw, ImageFont
-
     draw, font, (w, h) = ImageDraw.Draw(img), ImageFont.load_default(), img.size
     for box, label in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1)):
         if label <= 0:

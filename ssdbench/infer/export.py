@@ -7,13 +7,15 @@ dynamic batch dimension:
   network maps; `ssdbench.model.postprocess` runs after ONNX Runtime. Exactly the PyTorch network.
 - ``--postprocess inside``: decode, softmax and per-class NMS are in the graph (ONNX
   ``NonMaxSuppression``), with outputs shaped like the official ``resnet34-ssd1200.onnx``:
-  ``bboxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 1..C-1, ``scores`` (N, K), K = 200;
-  rows past an image's detections are padding with label 0 and score 0 (the official file has
-  batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
+  ``bboxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 1..C-1, ``scores`` (N, K),
+  K = ``MAX_PER_IMAGE`` (200); rows past an image's detections are padding with label 0 and score 0
+  (the official file has batch 1 and unpadded outputs; padding is what makes a dynamic batch possible).
 
-In-graph semantics (benchmark.md §4): softmax over classes; per class the top 200 candidates, keep
-score > 0.05, greedy NMS; then the top 200 of the image. Deviation: ONNX ``NonMaxSuppression``
-drops a box when IoU > 0.5 while benchmark.md §4 drops IoU >= 0.5; the two differ only on exact ties.
+In-graph semantics (benchmark.md §4, with the constants of `ssdbench.model.postprocess`): softmax
+over classes; per class the top ``MAX_PER_CLASS`` candidates, keep score > ``SCORE_THRESHOLD``,
+greedy NMS at ``IOU_THRESHOLD``; then the top ``MAX_PER_IMAGE`` of the image. Deviation: ONNX
+``NonMaxSuppression`` drops a box when IoU > t while benchmark.md §4 drops IoU >= t; the two differ
+only on exact ties.
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): the torch.export-based exporter
 needs ``onnxscript``, which is not a dependency of this project.
@@ -25,17 +27,22 @@ import copy
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ssdbench.model.boxes import box_iou, decode_offsets, default_boxes
+from ssdbench.infer.space_to_depth import space_to_depth
+from ssdbench.model.boxes import decode_offsets, default_boxes
+from ssdbench.model.nms import greedy_nms_mask
+from ssdbench.model.postprocess import IOU_THRESHOLD, MAX_PER_CLASS, MAX_PER_IMAGE, SCORE_THRESHOLD
+from ssdbench.model.specs import get_spec
 
 POSTPROCESS_MODES = ("outside", "inside")
-# benchmark.md §4 post-processing constants, used by the in-graph variant.
-SCORE_THRESHOLD = 0.05
-IOU_THRESHOLD = 0.5
-TOPK_PER_CLASS = 200
-MAX_DETECTIONS = 200
+
+
+def _above(threshold: float) -> float:
+    """The smallest float32 above ``threshold``: for float32 IoU values, IoU >= it iff IoU > threshold."""
+    return float(np.nextafter(np.float32(threshold), np.float32(np.inf)))
 
 
 class _OnnxNMS(torch.autograd.Function):
@@ -44,15 +51,18 @@ class _OnnxNMS(torch.autograd.Function):
     boxes (M, k, 4) ltrb, scores (M, 1, k) sorted descending along k -> selected (S, 3) int64 rows
     ``[m, 0, j]`` in ONNX's order (by m, then in selection order). The eager forward is only used
     while tracing and by tests; ONNX Runtime runs its own kernel.
+
+    The eager forward keeps ONNX Runtime's semantics, not benchmark.md §4's: a box is a candidate
+    when its score is > ``score_threshold``, and it is suppressed when its IoU with a kept box is
+    > ``iou_threshold`` (§4 and `greedy_nms_mask` suppress at IoU >= t). It runs the project's
+    greedy kernel with the next float32 above the threshold, which is the same test on float32
+    IoU values, then keeps the first ``max_per_class`` survivors of each row m.
     """
 
     @staticmethod
     def forward(ctx, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-        iou = box_iou(boxes, boxes)  # (M, k, k)
-        keep = scores[:, 0, :] > score_threshold  # (M, k)
-        for i in range(1, boxes.shape[1]):  # scores are sorted, so index order is selection order
-            suppressed = (keep[:, :i] & (iou[:, :i, i] > iou_threshold)).any(dim=1)
-            keep[:, i] &= ~suppressed
+        valid = scores[:, 0, :] > score_threshold  # (M, k); sorted scores: index order is selection order
+        keep = greedy_nms_mask(boxes, valid, _above(iou_threshold))
         keep &= keep.cumsum(dim=1) <= max_per_class
         m, j = keep.nonzero(as_tuple=True)
         return torch.stack([m, torch.zeros_like(m), j], dim=1)
@@ -79,7 +89,7 @@ class DetectorWithPostprocess(nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("dboxes", default_boxes(model_name, "xywh"), persistent=False)  # (B, 4)
-        self.k = min(TOPK_PER_CLASS, self.dboxes.shape[0])
+        self.k = min(MAX_PER_CLASS, self.dboxes.shape[0])
 
     def forward(self, image: torch.Tensor):
         locs, logits = self.model(image)
@@ -94,7 +104,7 @@ class DetectorWithPostprocess(nn.Module):
         flat = sel[:, 0] * self.k + sel[:, 2]
         kept = torch.zeros_like(flat_s).scatter(0, flat, flat_s.gather(0, flat))
         kept = kept.reshape(-1, num_fg * self.k)  # (N, (C-1)*k), zero where suppressed
-        final_s, final_i = kept.topk(min(MAX_DETECTIONS, num_fg * self.k), dim=1)
+        final_s, final_i = kept.topk(min(MAX_PER_IMAGE, num_fg * self.k), dim=1)
         valid = final_s > 0
         labels = torch.where(valid, torch.div(final_i, self.k, rounding_mode="floor") + 1, 0)
         bboxes = cand.reshape(-1, num_fg * self.k, 4).gather(1, final_i.unsqueeze(-1).expand(-1, -1, 4))
@@ -109,8 +119,6 @@ class _SpaceToDepthInput(nn.Module):
         self.model = model
 
     def forward(self, image):
-        from ssdbench.infer.space_to_depth import space_to_depth
-
         return self.model(space_to_depth(image))
 
 
@@ -136,7 +144,7 @@ def export_model(
         model, outputs = DetectorWithPostprocess(model, model_name), ["bboxes", "labels", "scores"]
     else:
         outputs = ["locs", "scores"]
-    size = _input_size(model_name)
+    size = get_spec(model_name).input_size
     dummy = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     axes = {name: {0: "batch"} for name in ["image", *outputs]} if dynamic_batch else None
     out_path = Path(out_path)
@@ -152,24 +160,3 @@ def export_model(
 
     onnx.checker.check_model(str(out_path))
     return out_path
-
-
-def _input_size(model_name: str) -> int:
-    from ssdbench.model.specs import get_spec
-
-    return get_spec(model_name).input_size
-
-
-def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
-    """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image."""
-    from ssdbench.infer.backends import make_backend
-
-    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
-    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
-    size = eager.input_size
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    ref, got = eager.predict(x), ort_backend.predict(x)
-    n = int(min(ref[3].item(), got[3].item()))
-    box_diff = (ref[0][0, :n] - got[0][0, :n]).abs().max().item() if n else 0.0
-    return (f"check: detections eager {int(ref[3])} / onnxruntime {int(got[3])}, "
-            f"max box difference over the first {n}: {box_diff:.2e}")

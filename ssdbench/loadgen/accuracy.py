@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ssdbench.data.coco import CocoDetection
+from ssdbench.data.synth import default_dataset
 from ssdbench.eval.coco import coco_stats, detections_to_coco
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import Detections
@@ -21,12 +24,6 @@ from ssdbench.model.postprocess import Detections
 REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (benchmark.md §7)
 TARGET_MAP = 0.198  # 99% of the reference
 COCO_VAL_IMAGES = 4952  # non-empty val images (benchmark.md §5)
-
-EPILOG = """examples:
-  ssdbench accuracy --log runs/lg/mlperf_log_accuracy.json               # embedded val set
-  ssdbench accuracy --log mlperf_log_accuracy.json --data /coco --backend pycocotools
-"""
-
 
 def decode_log(path: str | Path) -> dict[int, np.ndarray]:
     """QSL index -> float32 (K, 7) detections; later entries of the same index are ignored.
@@ -51,8 +48,6 @@ def decode_log(path: str | Path) -> dict[int, np.ndarray]:
 
 def tuples_to_detections(dets: np.ndarray) -> Detections:
     """(K, 7) [idx, ymin, xmin, ymax, xmax, score, label] -> `Detections` (ltrb normalised)."""
-    import torch
-
     boxes = torch.from_numpy(np.ascontiguousarray(dets[:, [2, 1, 4, 3]]))
     labels = torch.from_numpy(dets[:, 6].astype(np.int64))
     return Detections(boxes, labels, torch.from_numpy(dets[:, 5].copy()))
@@ -93,26 +88,25 @@ def _is_coco_val(dataset, num_images: int) -> bool:
     return len(dataset.cat_ids) == 80 and num_images == COCO_VAL_IMAGES
 
 
-def report_accuracy(log: str | Path, data: str | Path | None = None, backend: str = "faster",
-                    dataset=None) -> float:  # fmt: skip
-    """Evaluate, print ``mAP=xx.xxx%`` and the verdict; return the mAP.
-
-    ``dataset``: an already opened `CocoDetection` (else ``data`` is opened).
-    """
-    dataset = dataset if dataset is not None else open_val_dataset(data)
+def accuracy_text(log: str | Path, dataset, backend: str = "faster") -> tuple[float, str]:
+    """(mAP, report) of an accuracy log: ``mAP=xx.xxx%  (n images, ...)`` and the verdict line."""
     stats, n = evaluate_log(log, dataset, backend)
-    print(f"mAP={100 * stats[0]:.3f}%  ({n} images, {backend} COCO eval)")
-    print(verdict(float(stats[0]), _is_coco_val(dataset, n)))
-    return float(stats[0])
+    lines = [f"mAP={100 * stats[0]:.3f}%  ({n} images, {backend} COCO eval)",
+             verdict(float(stats[0]), _is_coco_val(dataset, n))]  # fmt: skip
+    return float(stats[0]), "\n".join(lines) + "\n"
+
+
+def report_accuracy(log: str | Path, data: str | Path | None = None, backend: str = "faster") -> float:
+    """Evaluate the log against ``data`` (default: the embedded dataset), print `accuracy_text`'s
+    report and return the mAP."""
+    value, text = accuracy_text(log, open_val_dataset(data), backend)
+    print(text, end="")
+    return value
 
 
 def open_val_dataset(data: str | Path | None):
     """`CocoDetection(data, "val")`; the embedded synthetic dataset when ``data`` is None."""
-    from ssdbench.data.coco import CocoDetection
-
     if data is None:
-        from ssdbench.data.synth import default_dataset
-
         data = default_dataset()
     root = Path(data)
     if not root.is_dir():

@@ -17,18 +17,18 @@ callback: LoadGen cannot recover from it). Default location ``$SSDBENCH_CACHE/lo
 from __future__ import annotations
 
 import hashlib
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+import torch
+
+from ssdbench.data.transforms import normalize, resize_uint8, to_chw
+from ssdbench.io import atomic_write
+from ssdbench.io import cache_dir as shared_cache_dir
+from ssdbench.progress import Progress
 
 DEFAULT_PERFORMANCE_COUNT = 64  # benchmark.md §7
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("SSDBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssdbench")
-    return Path(root) / "loadgen_samples"
 
 
 class SampleLibrary:
@@ -50,7 +50,7 @@ class SampleLibrary:
         self.dataset, self.input_size = dataset, int(input_size)
         self.count = min(count or len(dataset), len(dataset))
         self.performance_count = max(1, min(int(performance_count), self.count))
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else shared_cache_dir("loadgen_samples")
         self.cache, self.progress = cache, progress
         self.samples: dict[int, np.ndarray] = {}
         self.error: BaseException | None = None  # first failure inside a LoadGen callback
@@ -75,8 +75,9 @@ class SampleLibrary:
         if not self.cache:
             return
         todo = [i for i in range(self.count) if not self.cache_path(i).is_file()]
-        for i in tqdm(todo, desc="QSL cache", unit="img", disable=not (self.progress and todo), leave=False):
-            _save_atomic(self.cache_path(i), self._resized(i))
+        with self._progress(len(todo), "QSL cache", bool(todo)) as progress:
+            for i in progress.iterate(todo):
+                _save(self.cache_path(i), self._resized(i))
 
     def load(self, indices) -> None:
         """LoadGen's load callback: make ``indices`` resident (preprocessed float32 (3, S, S)).
@@ -85,13 +86,20 @@ class SampleLibrary:
         ``self.error``, the sample stays absent and the SUT answers it empty and fails the run.
         """
         todo = [int(i) for i in indices if int(i) not in self.samples]
-        show = self.progress and len(todo) > 16
-        for i in tqdm(todo, desc="QSL load", unit="img", disable=not show, leave=False):
-            try:
-                self._check_index(i)
-                self.samples[i] = self.preprocessed(i)
-            except Exception as exc:  # noqa: BLE001 - reported after the run
-                self.error = self.error or exc
+        with self._progress(len(todo), "QSL load", len(todo) > 16) as progress:
+            for i in progress.iterate(todo):
+                self._load_one(i)
+
+    def _load_one(self, i: int) -> None:
+        try:
+            self._check_index(i)
+            self.samples[i] = self.preprocessed(i)
+        except Exception as exc:  # noqa: BLE001 - reported after the run
+            self.error = self.error or exc
+
+    def _progress(self, total: int, desc: str, worth_showing: bool) -> Progress:
+        """A bar on a terminal, plain lines in logs; on stderr, like the command's other notes."""
+        return Progress(total, desc, unit="img", enabled=self.progress and worth_showing, stream=sys.stderr)
 
     def unload(self, indices) -> None:
         """LoadGen's unload callback: free the samples."""
@@ -102,10 +110,6 @@ class SampleLibrary:
         """A resident sample, float32 (3, S, S); KeyError if LoadGen did not load it."""
         return self.samples[index]
 
-    def batch(self, indices) -> np.ndarray:
-        """Resident samples stacked, float32 (N, 3, S, S)."""
-        return np.stack([self.samples[int(i)] for i in indices])
-
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.count:
             raise IndexError(f"QSL index {i} out of range 0..{self.count - 1}")
@@ -115,10 +119,6 @@ class SampleLibrary:
 
         Equal to `preprocess_for_inference(image, S)` (same resize, same `normalize`).
         """
-        import torch
-
-        from ssdbench.data.transforms import normalize
-
         resized = torch.from_numpy(self._cached_resized(i))
         return np.ascontiguousarray(normalize(resized[None])[0].numpy())
 
@@ -133,13 +133,11 @@ class SampleLibrary:
                 pass  # damaged cache entry: rebuild it below
         sample = self._resized(i)
         if self.cache:
-            _save_atomic(path, sample)
+            _save(path, sample)
         return sample
 
     def _resized(self, i: int) -> np.ndarray:
         """Decode + bilinear resize (benchmark.md §5) -> uint8 (3, S, S); BadSampleError when decoding fails."""
-        from ssdbench.data.transforms import resize_uint8, to_chw
-
         chw = to_chw(resize_uint8(self.dataset.read_image(i), self.input_size))
         return np.ascontiguousarray(np.asarray(chw, dtype=np.uint8))
 
@@ -150,9 +148,6 @@ class SampleLibrary:
         return lg.ConstructQSL(self.count, self.performance_count, self.load, self.unload)
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write via a temporary file + rename so a concurrent or interrupted run never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+def _save(path: Path, array: np.ndarray) -> None:
+    """Atomically (a concurrent or interrupted run never reads half a file)."""
+    atomic_write(path, lambda tmp: np.save(tmp, array, allow_pickle=False))

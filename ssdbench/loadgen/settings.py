@@ -1,9 +1,10 @@
 """LoadGen settings for SSD-Large: built-in config < preset < user config < flags.
 
 Every setting is one key of a flat namespace per scenario. LoadGen keys (``target_qps``,
-``target_latency`` in ms, ``min_duration`` in ms, ...) go to `mlperf_loadgen.TestSettings`; the
-ssdbench keys of `SUT_KEYS` (model, dtype, batcher, QSL size) configure our side and never reach
-LoadGen. Sources, lowest precedence first:
+``target_latency`` in ms, ``min_duration`` in ms, ...) go to `mlperf_loadgen.TestSettings` and stay
+a dict (LoadGen's namespace, written to its ``.conf``); the ssdbench keys, the fields of
+`SutSettings` (model, dtype, batcher, QSL size), configure our side and never reach LoadGen.
+Sources, lowest precedence first:
 
 1. ``ssdbench/configs/ssd-resnet34.conf``: benchmark.md §7 values in LoadGen's ``.conf`` syntax;
 2. a named preset from ``ssdbench/configs/loadgen_presets.json`` (the Cloud TPU seed table and
@@ -19,28 +20,41 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, get_type_hints
 
 LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 MODES = ("performance", "accuracy")
 
+
+@dataclass(frozen=True)
+class SutSettings:
+    """The system under test's settings: ssdbench keys, never passed to LoadGen.
+
+    Each field is a key of the same namespace as LoadGen's (``ssd-resnet34.*.threads = 2``) and is
+    resolved through the same four layers; the built-in conf sets every one. Field order is the
+    order of ``settings.json``.
+    """
+
+    model: str  # network (`ssdbench.model.specs`): ssd1200_r34 is SSD-Large, ssd128_mini the CPU demo
+    backend: str  # eager | compile | onnxruntime (`ssdbench.infer.backends`)
+    dtype: str  # compute precision: fp32 | bf16 | fp16
+    channels_last: bool  # NHWC memory format
+    space_to_depth: bool  # 4x4/s1 first conv on 2x2 pixel blocks (benchmark.md §7)
+    device: str  # auto | cpu | cuda | cuda:N
+    max_batch_size: int  # dynamic batcher: a batch leaves when it holds this many samples ...
+    batch_timeout_us: int  # ... or when its first sample has waited this long (µs)
+    threads: int  # SUT worker threads: batches in flight
+    count: int  # QSL samples (0 = every image of the val split)
+    warmup: int  # untimed warm-up batches per batch size before the test
+
+
 # ssdbench keys and their types (bool parses "true/false/1/0/yes/no").
-SUT_KEYS: dict[str, type] = {
-    "model": str,
-    "backend": str,
-    "dtype": str,
-    "channels_last": bool,
-    "space_to_depth": bool,
-    "device": str,
-    "max_batch_size": int,
-    "batch_timeout_us": int,
-    "threads": int,
-    "count": int,
-    "warmup": int,
-}
+SUT_KEYS: dict[str, type] = get_type_hints(SutSettings)
+# Smallest accepted value of the numeric SUT keys.
+_SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "count": 0, "warmup": 0, "batch_timeout_us": 0}
 # LoadGen `.conf` keys this harness accepts (a typo must fail, not be silently ignored).
 LOADGEN_KEYS = (
     "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",
@@ -68,17 +82,17 @@ _PRESET_META = ("description", "scenario", "accuracy")
 
 @dataclass
 class RunSettings:
-    """Resolved settings of one run: LoadGen keys, SUT keys and where each value came from."""
+    """Resolved settings of one run: LoadGen keys, SUT settings and where each value came from."""
 
-    scenario: str
-    mode: str
-    loadgen: dict[str, Any] = field(default_factory=dict)
-    sut: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
+    scenario: str  # one of SCENARIOS
+    mode: str  # one of MODES
+    loadgen: dict[str, Any]  # LoadGen .conf key -> value (ms for durations and latencies)
+    sut: SutSettings
+    sources: dict[str, str]  # key (LoadGen or SUT) -> the layer that set it ("flags", "preset cpu", ...)
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario, "mode": self.mode, "loadgen": self.loadgen,
-                "sut": self.sut, "sources": self.sources}  # fmt: skip
+                "sut": asdict(self.sut), "sources": self.sources}  # fmt: skip
 
 
 def builtin_conf_path() -> str:
@@ -187,24 +201,24 @@ def resolve(
     if user_conf is not None:
         layers.append((user_conf, parse_conf(user_conf, LOADGEN_MODEL, scenario)))
     layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
-    settings = RunSettings(scenario=scenario, mode=mode)
+    loadgen, sut, sources = {}, {}, {}
     for origin, values in layers:
         for key, value in values.items():
-            typed = _convert(key, value, origin)
-            (settings.sut if key in SUT_KEYS else settings.loadgen)[key] = typed
-            settings.sources[key] = origin
-    _check(settings)
-    return settings
+            (sut if key in SUT_KEYS else loadgen)[key] = _convert(key, value, origin)
+            sources[key] = origin
+    return RunSettings(scenario, mode, loadgen, _sut_settings(sut, sources), sources)
 
 
-def _check(settings: RunSettings) -> None:
-    sut = settings.sut
-    for key in ("max_batch_size", "threads"):
-        if sut[key] < 1:
-            raise ValueError(f"{key} must be at least 1, got {sut[key]} (from {settings.sources[key]})")
-    for key in ("count", "warmup", "batch_timeout_us"):
-        if sut[key] < 0:
-            raise ValueError(f"{key} must not be negative, got {sut[key]} (from {settings.sources[key]})")
+def _sut_settings(values: dict[str, Any], sources: dict[str, str]) -> SutSettings:
+    """The merged SUT keys as `SutSettings`; ValueError naming a missing key or a value out of range."""
+    missing = [key for key in SUT_KEYS if key not in values]
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)} (the built-in ssd-resnet34.conf sets every SUT key)")
+    for key, minimum in _SUT_MINIMUM.items():
+        if values[key] < minimum:
+            need = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            raise ValueError(f"{key} {need}, got {values[key]} (from {sources[key]})")
+    return SutSettings(**values)
 
 
 def write_conf(settings: RunSettings, path: str) -> None:
@@ -247,7 +261,7 @@ def make_test_settings(settings: RunSettings, conf_path: str, performance_count:
 def format_settings(settings: RunSettings) -> str:
     """Human table of the resolved settings with their sources."""
     rows = [f"scenario = {settings.scenario}", f"mode = {settings.mode}"]
-    for group in (settings.loadgen, settings.sut):
+    for group in (settings.loadgen, asdict(settings.sut)):
         for key, value in sorted(group.items()):
             rows.append(f"{key} = {value}   ({settings.sources.get(key, 'derived')})")
     return "\n".join(rows)

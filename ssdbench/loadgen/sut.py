@@ -13,9 +13,9 @@ Responses follow benchmark.md §7: per sample a contiguous float32 (K, 7) array 
 x, unlike our ltrb boxes) and labels 1..80. LoadGen copies the bytes inside
 `QuerySamplesComplete`, so the arrays only need to live until that call returns.
 
-``predict(batch)`` takes float32 (N, 3, S, S) on the device and returns padded detections
-``(boxes (N, D, 4) ltrb normalised, scores (N, D), labels (N, D), counts (N,))`` in that order, or
-a `PaddedDetections` (fields by name).
+``predict(batch)`` takes float32 (N, 3, S, S) on the device and returns a `PaddedDetections`
+(`ssdbench.model.postprocess`, fields read by name): boxes (N, D, 4) ltrb normalised, labels
+(N, D), scores (N, D), counts (N,), each image's valid detections first.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ssdbench.model.postprocess import PaddedDetections
 
 
 @dataclass
@@ -50,12 +52,20 @@ _STOP = object()
 MAX_STAGING = 4  # pinned staging buffers (each max_batch x 3 x S x S float32: 69 MB at 4 x 1200^2)
 
 
-def detections_to_responses(index: np.ndarray, boxes, scores, labels, counts) -> list[np.ndarray]:
+def check_detections(dets) -> PaddedDetections:
+    """``dets`` itself when it is a `PaddedDetections`; else TypeError stating the contract."""
+    if not isinstance(dets, PaddedDetections):
+        raise TypeError(f"predict must return a PaddedDetections (boxes, labels, scores, counts by name), "
+                        f"got {type(dets).__name__}")
+    return dets
+
+
+def detections_to_responses(index: np.ndarray, dets: PaddedDetections) -> list[np.ndarray]:
     """Padded detections -> per-sample float32 (K, 7) arrays [idx, ymin, xmin, ymax, xmax, score, label].
 
-    index (N,) QSL indices; boxes (N, D, 4) ltrb normalised; scores, labels (N, D); counts (N,).
+    index (N,) QSL indices; dets: boxes (N, D, 4) ltrb normalised, labels and scores (N, D), counts (N,).
     """
-    boxes, scores, labels, counts = (_numpy(x) for x in (boxes, scores, labels, counts))
+    boxes, scores, labels, counts = (_numpy(x) for x in (dets.boxes, dets.scores, dets.labels, dets.counts))
     out = []
     for j in range(len(index)):
         k = int(counts[j])
@@ -205,10 +215,8 @@ class BatchingSUT:
         index = np.array([it.index for it in items], np.int64)
         batch = self._to_device([self.qsl.get(int(i)) for i in index])
         with torch.inference_mode():
-            dets = self.predict(batch)
-        if hasattr(dets, "counts"):
-            dets = (dets.boxes, dets.scores, dets.labels, dets.counts)
-        self._complete(items, detections_to_responses(index, *dets))
+            dets = check_detections(self.predict(batch))
+        self._complete(items, detections_to_responses(index, dets))
         with self._stats_lock:
             self.batch_sizes.append(len(items))
 

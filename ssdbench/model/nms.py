@@ -7,8 +7,9 @@ returns a keep mask of the same layout, so both kernels are interchangeable:
 
 Position 0 of each group has the highest priority. Greedy NMS (benchmark.md §4): walk the candidates in
 priority order; a valid candidate is kept unless a kept candidate before it overlaps it with
-IoU >= `iou_threshold`. IoU is clamped (disjoint boxes have IoU 0; the inference reference's
-unclamped IoU is a known defect, benchmark.md §4).
+IoU >= `iou_threshold` (no default here: the benchmark's value is `postprocess.IOU_THRESHOLD`).
+IoU is clamped (disjoint boxes have IoU 0; the inference reference's unclamped IoU is a known
+defect, benchmark.md §4).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _overlaps_later(coords: tuple[torch.Tensor, ...], i: int, iou_threshold: flo
     return inter.div_(union) >= iou_threshold
 
 
-def greedy_nms_mask(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
+def greedy_nms_mask(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Vectorised greedy NMS over all groups at once: (G..., K, 4), (G..., K) -> keep (G..., K).
 
     A loop of length K (<= 200) decides position i for all groups together: keep_i = valid_i and
@@ -94,7 +95,7 @@ def _torchvision_chunk(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: 
 
 
 def torchvision_nms_mask(
-    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float = 0.5, max_boxes_per_call: int = 16384
+    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, max_boxes_per_call: int = 16384
 ) -> torch.Tensor:
     """Same contract as `greedy_nms_mask`, computed with `torchvision.ops.nms`.
 
@@ -122,9 +123,7 @@ def torchvision_nms_mask(
     return keep.reshape(valid.shape)
 
 
-def nms_mask(
-    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float = 0.5, kernel: str = "auto"
-) -> torch.Tensor:
+def nms_mask(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, kernel: str = "auto") -> torch.Tensor:
     """Dispatch: ``kernel`` is "greedy" (ours), "torchvision" (opt-in) or "auto".
 
     "auto" is the greedy kernel: it has no host sync, so `postprocess_padded` stays sync-free

@@ -20,6 +20,13 @@ import torch
 from ssdbench.model.boxes import decode_offsets, default_boxes
 from ssdbench.model.nms import nms_mask
 
+# benchmark.md §4 post-processing constants: the defaults of `postprocess_padded` and the values of
+# the in-graph ONNX variant (`ssdbench.infer.export`). Change them here, nowhere else.
+SCORE_THRESHOLD = 0.05  # a class score must be > this to be a candidate
+IOU_THRESHOLD = 0.5  # greedy NMS drops a candidate whose IoU with a kept one is >= this
+MAX_PER_CLASS = 200  # candidates per (image, class) entering NMS: the top by score
+MAX_PER_IMAGE = 200  # detections per image over all classes: the top by score
+
 
 class Detections(NamedTuple):
     """Detections of one image, highest score first."""
@@ -108,10 +115,10 @@ def postprocess_padded(
     locs: torch.Tensor,
     scores: torch.Tensor,
     model: str | torch.Tensor,
-    score_threshold: float = 0.05,
-    iou_threshold: float = 0.5,
-    max_per_class: int = 200,
-    max_per_image: int = 200,
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+    max_per_class: int = MAX_PER_CLASS,
+    max_per_image: int = MAX_PER_IMAGE,
     nms_kernel: str = "auto",
 ) -> PaddedDetections:
     """Batched decode + class-wise NMS with fixed-size outputs and no host sync (greedy kernel).

@@ -1,4 +1,4 @@
-"""`ssdbench loadgen`: settings, QSL, dynamic batcher and the four LoadGen scenarios on CPU.
+"""`ssdbench loadgen` end to end: the four LoadGen scenarios on CPU, failed runs, one-line errors.
 
 Runs use ssd128_mini on a 12-image synthetic val set with CI-sized LoadGen settings (min duration
 0.2-0.5 s, a few hundred queries: the fewest LoadGen's early-stopping estimate accepts).
@@ -6,19 +6,20 @@ Runs use ssd128_mini on a 12-image synthetic val set with CI-sized LoadGen setti
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from loadgen_fixtures import loadgen_env
+from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.report import parse_summary
 from ssdbench.loadgen.run import RunFailed, run_loadgen
-from ssdbench.loadgen.sut import detections_to_responses
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +59,21 @@ HARNESS_RUNS = {
 def fast_predict(batch, service_s=0.0005):
     """A stand-in network with a fixed service time and one detection per image (padded format)."""
     time.sleep(service_s)
-    n = len(batch)
-    boxes = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(n, 1, 4)
-    return boxes, torch.full((n, 1), 0.9), torch.ones(n, 1, dtype=torch.long), torch.ones(n, dtype=torch.long)
+    return one_detection(len(batch))
 
 
-def _assert_published(out: Path) -> None:
+def _assert_published(out: Path, run=None) -> None:
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
                  "report.md", "latency_histogram.png", "settings.conf", "settings.json"):  # fmt: skip
         assert (out / name).is_file(), name
     assert not [p for p in out.iterdir() if p.name.startswith((".incomplete", "failed-"))]
+    saved = json.loads((out / "settings.json").read_text())
+    assert list(saved["sut"]) == list(S.SUT_KEYS)  # every SUT key, in the documented order
+    conf_keys = {line.split("=")[0].split(".")[-1].strip() for line in (out / "settings.conf").read_text().splitlines()
+                 if line and not line.startswith("#")}  # fmt: skip
+    assert conf_keys and not conf_keys & set(S.SUT_KEYS)  # SUT keys never reach LoadGen
+    if run is not None:
+        assert saved["sut"] == asdict(run.settings.sut) and saved["loadgen"] == run.settings.loadgen
 
 
 @pytest.mark.parametrize("scenario", list(MODEL_RUNS))
@@ -96,7 +102,7 @@ def test_scenario_runs_valid_harness(lg_env, tmp_path, scenario):
     assert run.summary.scenario == scenario and run.sut.response_problems() is None
     if scenario == "MultiStream":  # 2 samples per query, the latency counted once per query
         assert len(run.sut.issued) == 2 * len(run.sut.query_latencies_ns)
-    _assert_published(tmp_path / "out")
+    _assert_published(tmp_path / "out", run)
 
 
 def test_impossible_latency_is_invalid_with_reason(lg_env, tmp_path, capsys):
@@ -121,10 +127,7 @@ def test_server_random_arrivals_answer_each_query_once(lg_env, tmp_path):
     def slow_predict(batch):  # a stand-in network: random service time, one fixed detection
         seen_batches.append(len(batch))
         time.sleep(float(rng.uniform(0.0005, 0.004)))
-        n = len(batch)
-        boxes = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(n, 1, 4)
-        ones = torch.ones(n, 1, dtype=torch.long)
-        return boxes, torch.full((n, 1), 0.9), ones, ones[:, 0]
+        return one_detection(len(batch))
 
     settings = S.resolve("Server", "performance", "cpu", flags={
         "target_qps": 600, "target_latency": 5000, "min_duration": 400, "min_query_count": 300,
@@ -163,6 +166,10 @@ def test_bad_input_one_line_errors(lg_env, tmp_path, capsys):
         (("--scenario", "Offline", "--data", tmp_path / "nowhere"), "dataset folder not found"),
         (("--scenario", "Offline", "--preset", "tpu_v9"), "unknown preset 'tpu_v9'"),
     ]
+    if not torch.cuda.is_available():
+        cases += [(("--scenario", "Offline", "--device", "cuda", "--data", data), "--device cuda: CUDA is not available"),
+                  (("--scenario", "Offline", "--preset", "gpu_h100", "--data", data),
+                   "device (from preset gpu_h100) cuda: CUDA is not available")]  # fmt: skip
     for argv, message in cases:
         assert _cli(*argv, "--out", out) == 2
         err = _error_line(capsys)
@@ -186,117 +193,3 @@ def test_corrupt_image_stops_before_loadgen(lg_env, tmp_path, capsys):
     assert _cli("--scenario", "Offline", *BASE, "--data", broken, "--weights", weights, "--out", out) == 2
     assert victim.name in _error_line(capsys)
     assert not out.exists() or not any(out.iterdir())
-
-
-def test_settings_precedence_and_spec_values(tmp_path):
-    builtin = S.resolve("Server")
-    assert builtin.loadgen["target_latency"] == 100 and builtin.loadgen["target_latency_percentile"] == 99
-    assert builtin.loadgen["min_query_count"] == 270336 and builtin.loadgen["min_duration"] == 600000
-    assert builtin.loadgen["performance_sample_count_override"] == 64
-    assert S.resolve("MultiStream").loadgen["samples_per_query"] == 8
-    assert S.resolve("SingleStream").loadgen["min_query_count"] == 1024
-    assert S.resolve("Offline").loadgen["min_query_count"] == 24576
-    # Seed row tpu_v3_1x_server: max_latency 0.1 s, qps 320, batch 4, 10000 us, space-to-depth.
-    tpu = S.resolve(None, preset="tpu_v3_1x_server")
-    assert tpu.scenario == "Server" and tpu.loadgen["target_latency"] == 100.0
-    assert tpu.loadgen["target_qps"] == 320 and tpu.sut["max_batch_size"] == 4
-    assert tpu.sut["batch_timeout_us"] == 10000 and tpu.sut["space_to_depth"] and tpu.sut["dtype"] == "fp32"
-    assert S.resolve(None, preset="tpu_v3_8x_offline").sut["dtype"] == "bf16"
-    user = tmp_path / "user.conf"
-    user.write_text("# comment\nssd-resnet34.*.target_qps = 100\nssd-resnet34.Server.target_qps = 250\n"
-                    "*.Server.target_qps = 7\nresnet50.Server.target_qps = 9\nssd-resnet34.*.threads = 5\n")
-    merged = S.resolve("Server", preset="tpu_v3_1x_server", user_conf=str(user), flags={"threads": 6})
-    assert merged.loadgen["target_qps"] == 250 and merged.sources["target_qps"] == str(user)
-    assert merged.sut["threads"] == 6 and merged.sources["threads"] == "flags"
-    assert merged.sut["max_batch_size"] == 4  # preset value survives
-
-
-def test_settings_reach_loadgen(tmp_path):
-    settings = S.resolve("Server", flags={"target_qps": 12.5, "target_latency": 0.25, "min_duration": 700})
-    ts = S.make_test_settings(settings, str(tmp_path / "s.conf"), performance_count=10)
-    assert ts.server_target_qps == 12.5 and ts.server_target_latency_ns == 250_000
-    assert ts.min_duration_ms == 700 and ts.performance_sample_count_override == 10
-    assert ts.min_query_count == 270336 and abs(ts.server_target_latency_percentile - 0.99) < 1e-9
-
-
-def test_settings_errors(tmp_path):
-    bad = tmp_path / "bad.conf"
-    bad.write_text("ssd-resnet34.Server.target_qpz = 3\n")
-    with pytest.raises(ValueError, match="unknown setting 'target_qpz'"):
-        S.resolve("Server", user_conf=str(bad))
-    bad.write_text("ssd-resnet34.Server.max_batch_size = many\n")
-    with pytest.raises(ValueError, match="max_batch_size = 'many' is not a valid int"):
-        S.resolve("Server", user_conf=str(bad))
-    bad.write_text("target_qps 3\n")
-    with pytest.raises(ValueError, match="bad.conf:1"):
-        S.resolve("Server", user_conf=str(bad))
-    with pytest.raises(FileNotFoundError):
-        S.resolve("Server", user_conf=str(tmp_path / "missing.conf"))
-
-
-def test_response_tuples_put_y_before_x():
-    boxes = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]], [[0.0, 0.0, 0.0, 0.0]] * 2])
-    scores = torch.tensor([[0.9, 0.8], [0.0, 0.0]])
-    labels = torch.tensor([[3, 7], [0, 0]])
-    out = detections_to_responses(np.array([5, 9]), boxes, scores, labels, torch.tensor([2, 0]))
-    expected = np.array([[5, 0.2, 0.1, 0.4, 0.3, 0.9, 3], [5, 0.6, 0.5, 0.8, 0.7, 0.8, 7]], np.float32)
-    np.testing.assert_array_equal(out[0], expected)
-    assert out[0].dtype == np.float32 and out[0].flags.c_contiguous and out[1].shape == (0, 7)
-
-
-def test_qsl_matches_preprocessing_and_uses_cache(lg_env, tmp_path):
-    from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.transforms import preprocess_for_inference
-    from ssdbench.loadgen.qsl import SampleLibrary
-
-    data, _ = lg_env
-    dataset = CocoDetection(data, "val")
-    qsl = SampleLibrary(dataset, 128, count=3, cache_dir=tmp_path, progress=False)
-    qsl.load([0, 2])
-    expected = preprocess_for_inference(dataset.read_image(2), 128)
-    np.testing.assert_array_equal(qsl.get(2), expected)
-    assert qsl.cache_path(2).is_file() and not qsl.cache_path(1).exists()
-    qsl.unload([0, 2])
-    assert qsl.samples == {}
-    again = SampleLibrary(dataset, 128, count=3, cache_dir=tmp_path, progress=False)
-    again.dataset = None  # a decode would now fail: the sample must come from the cache
-    again.image_id = qsl.image_id
-    again.load([2])
-    np.testing.assert_array_equal(again.get(2), expected)
-
-
-def test_report_parses_an_invalid_summary(tmp_path):
-    path = tmp_path / "mlperf_log_summary.txt"
-    path.write_text(
-        "SUT name : PySUT\nScenario : SingleStream\nMode     : PerformanceOnly\n"
-        "90.0th percentile latency (ns) : 2346285\nResult is : INVALID\n"
-        "  Min duration satisfied : NO\n  Min queries satisfied : Yes\n  Early stopping satisfied: Yes\n"
-        "Recommendations:\n * Decrease the expected latency so the loadgen pre-generates more queries.\n"
-        "Early Stopping Result:\n * Processed at least 64 queries (121).\n"
-        " * Not enough queries processed for 99.0th percentile\n early stopping estimate (would need to process at\n"
-        " least 662 total queries).\n\n"
-        "================================================\nAdditional Stats\n"
-        "================================================\nQPS w/o loadgen overhead        : 432.94\n"
-        "50.00 percentile latency (ns)   : 2000000\n"
-    )
-    s = parse_summary(path)
-    assert (s.scenario, s.result) == ("SingleStream", "INVALID")
-    assert s.reasons == ["Min duration satisfied: NO",
-                         "Decrease the expected latency so the loadgen pre-generates more queries."]
-    assert s.headline_ms == ("p90", 2.346285) and s.latencies_ms == {"50.00 percentile": 2.0}
-    assert s.metrics == {"QPS w/o loadgen overhead": 432.94}
-    assert s.early_stopping == ["Processed at least 64 queries (121).",
-                                ("Not enough queries processed for 99.0th percentile early stopping estimate "
-                                 "(would need to process at least 662 total queries).")]
-
-
-def test_presets_cover_the_seed_table():
-    presets = S.load_presets()
-    offline = [f"tpu_v3_{n}x_offline" for n in (1, 2, 4, 8, 16)]
-    assert {"tpu_v3_1x_server", "cpu", "gpu_h100", *offline} <= set(presets)
-    assert [presets[name]["qps"] for name in offline] == [700, 1400, 2800, 5600, 11200]
-    assert [presets[name]["threads"] for name in offline] == [96, 192, 384, 768, 1000]
-    for name in presets:
-        for scenario in S.SCENARIOS:
-            S.resolve(scenario, preset=name)  # every preset resolves for every scenario
-    assert Path(S.builtin_conf_path()).is_file()
