@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ssdbench.train.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config
-from ssdbench.train.loop import MLPerfSchedule
+from ssdbench.train.schedule import MLPerfSchedule
 
 
 def test_default_preset_depends_on_data():

@@ -11,7 +11,8 @@ from ssdbench.model.encoder import Encoder
 from ssdbench.model.loss import hard_negative_mask
 from ssdbench.model.ssd import build_model
 from ssdbench.train.fast_step import FastStep, make_sgd, no_host_sync
-from ssdbench.train.loop import MLPerfSchedule, StepParts, train_step
+from ssdbench.train.loop import StepParts, train_step
+from ssdbench.train.schedule import MLPerfSchedule
 
 MODEL, CLASSES = "ssd128_mini", 5
 

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from ssdbench import dist as L
 from ssdbench.train import sync_bn as SB
-from ssdbench.train.loop import MLPerfSchedule, StepParts, TrainState, train_one_epoch
+from ssdbench.train.loop import StepParts, TrainState, train_one_epoch
+from ssdbench.train.schedule import MLPerfSchedule
 
 STEPS, GLOBAL_BATCH, CLASSES = 3, 8, 5
 # Tolerance: fp32 sums over 8 images taken in another order (two halves + all-reduce) differ by

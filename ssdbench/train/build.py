@@ -10,7 +10,8 @@ import torch
 
 from ssdbench.dist import Launch
 from ssdbench.train.config import TrainConfig
-from ssdbench.train.loop import MLPerfSchedule, StepParts
+from ssdbench.train.loop import StepParts
+from ssdbench.train.schedule import MLPerfSchedule
 from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
