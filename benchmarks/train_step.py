@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ssdbench.precision import AMP_DTYPES
 from ssdbench.train.loop import StepParts, train_step
 from ssdbench.train.schedule import MLPerfSchedule
 
@@ -54,8 +55,7 @@ def make_parts(model_name: str, device: torch.device, precision: str, channels_l
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(1000, 0, 0, ()))
-    amp = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    return StepParts(net, opt, sched, Encoder(model_name), device, None, amp, channels_last)
+    return StepParts(net, opt, sched, Encoder(model_name), device, None, AMP_DTYPES[precision], channels_last)
 
 
 def pipeline_batches(model_name: str, batch: int, workers: int):

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from ssdbench.dist import Launch
+from ssdbench.precision import AMP_DTYPES
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts
 from ssdbench.train.schedule import MLPerfSchedule
 from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COCO_CATEGORIES = 80  # benchmark.md §5: COCO 2017 detection categories
 # torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
 # after at least 11 eager iterations on a side stream.

@@ -33,6 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssdbench.model.loss import ssd_loss
+from ssdbench.precision import autocast
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
             "unique_dim", "repeat_interleave", "equal", "is_nonzero")
@@ -136,9 +137,7 @@ class FastStep:
     def _forward_loss(self, images, a, b, encoded: bool):
         """(images, boxes, labels) or (images, loc_targets, box_labels) -> float32 loss."""
         loc_targets, box_labels = (a, b) if encoded else self.encoder(a, b)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
+        with autocast(self.device, self.amp_dtype):
             locs, scores = self.model(images)
         return ssd_loss(locs, scores, loc_targets, box_labels)
 

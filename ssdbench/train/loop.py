@@ -8,7 +8,6 @@ The learning-rate schedule the scheduler follows is `train.schedule.MLPerfSchedu
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ssdbench.model.loss import ssd_loss
+from ssdbench.precision import autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,12 +54,6 @@ class TrainState:
     segments: int = 0  # how many times this run was started (1 = never resumed)
 
 
-def _autocast(parts: StepParts):
-    if parts.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=parts.device.type, dtype=parts.amp_dtype)
-
-
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     """One optimiser step on `batch`; returns the detached loss (a device scalar, no host sync)."""
     images = batch["images"].to(parts.device, non_blocking=True)
@@ -68,7 +62,7 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     boxes = batch["boxes"].to(parts.device, non_blocking=True)
     labels = batch["labels"].to(parts.device, non_blocking=True)
     loc_targets, box_labels = parts.encoder(boxes, labels)  # (N, B, 4), (N, B)
-    with _autocast(parts):
+    with autocast(parts.device, parts.amp_dtype):
         locs, scores = parts.model(images)
     loss = parts.loss_fn(locs, scores, loc_targets, box_labels)  # ssd_loss: float32 under autocast
     parts.optimizer.zero_grad(set_to_none=True)
