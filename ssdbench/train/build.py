@@ -165,7 +165,8 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
 
         warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
         parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
-                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup)
+                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup,
+                                   loss_fn=parts.loss_fn)
     return parts, net
 
 

@@ -36,8 +36,8 @@ class StepParts:
     amp_dtype: torch.dtype | None = None  # None = fp32
     channels_last: bool = False
     loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, benchmark.md §3
-    # `engine.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
-    # same model, optimizer (tensor lr) and scheduler. None = the plain step.
+    # `train.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
+    # same model, optimizer (tensor lr), scheduler and loss_fn. None = the plain step.
     fast_step: Callable | None = None
 
 
@@ -77,6 +77,25 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     return loss.detach()
 
 
+def step_function(parts: StepParts) -> Callable[[dict], torch.Tensor]:
+    """What `train_one_epoch` calls per batch: ``parts.fast_step``, else `train_step` on `parts`.
+
+    A fast step computes its own loss; one whose ``loss_fn`` is not ``parts.loss_fn`` would
+    silently train on another loss, so it is refused (ValueError).
+    """
+    if parts.fast_step is None:
+        return lambda batch: train_step(parts, batch)
+    fast_loss = getattr(parts.fast_step, "loss_fn", None)
+    if fast_loss != parts.loss_fn:
+        raise ValueError(f"StepParts.loss_fn is {_name(parts.loss_fn)} but the fast step computes "
+                         f"{_name(fast_loss)}; build FastStep(..., loss_fn=parts.loss_fn)")
+    return parts.fast_step
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce) -> tuple[float, bool]:
     """(mean loss of the window over all ranks, any rank asked to stop), in one all-reduce.
 
@@ -106,7 +125,7 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     (all ranks agree through `reduce`) and after every step when running alone.
     """
     parts.model.train()
-    step = parts.fast_step or (lambda b: train_step(parts, b))
+    step = step_function(parts)
     losses, images, t0 = [], 0, time.perf_counter()
     alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
     for batch in loader:
