@@ -5,7 +5,7 @@ data pipeline, fp32 vs bf16 autocast, NCHW vs channels_last; CPU, and CUDA when 
     python benchmarks/train_step.py --model ssd128_mini --batch-size 16 --steps 10
     python benchmarks/train_step.py --devices cuda --batch-size 114 --steps 50
 
-One step = target encoding + forward + SSD loss + backward + SGD update (`engine.train.train_step`).
+One step = target encoding + forward + SSD loss + backward + SGD update (`train.loop.train_step`).
 "synthetic": the same pre-made batch every step (the network alone, as nanoGPT's bench.py);
 "pipeline": batches from `build_loader` over the embedded synthetic COCO dataset (JPEG decode,
 SSD crop, flip, resize, colour jitter in --workers processes), so the gap is the input cost.
@@ -21,13 +21,14 @@ import itertools
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ssdbench.precision import AMP_DTYPES
+from ssdbench.progress import Progress
 from ssdbench.train.loop import StepParts, train_step
 from ssdbench.train.schedule import MLPerfSchedule
 
@@ -73,7 +74,8 @@ def pipeline_batches(model_name: str, batch: int, workers: int):
 def time_steps(parts: StepParts, batches, warmup: int, steps: int, label: str) -> list[float]:
     sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
     times = []
-    for i in tqdm(range(warmup + steps), desc=label, leave=False, unit="step"):
+    shown = Progress(warmup + steps, label, unit="step", min_interval_s=5.0, stream=sys.stderr)
+    for i in shown.iterate(range(warmup + steps)):
         batch = next(batches)
         sync()
         t0 = time.perf_counter()
@@ -81,6 +83,7 @@ def time_steps(parts: StepParts, batches, warmup: int, steps: int, label: str) -
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    shown.close()
     return times
 
 

@@ -1,8 +1,9 @@
-"""End to end: the demo trains to a non-trivial mAP with a compliant MLPerf log; ssd300_r34 logs
-as closed division."""
+"""End to end: the demo trains to a non-trivial mAP with a compliant MLPerf log and prints plain
+progress lines when its output is not a terminal; ssd300_r34 logs as closed division."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,10 @@ from ssdbench.train.mllog import check_log, checker_failures
 DEMO_EPOCHS = 5
 DEMO_MIN_MAP = 0.015
 ENV = {**os.environ, "SSDBENCH_DEBUG": "1", "OMP_NUM_THREADS": "1"}
+ENV.pop("SSDBENCH_PROGRESS", None)  # the default: plain lines, since stdout is a pipe
+# A training progress line where the output is not a terminal (`ssdbench.progress.Progress`).
+PROGRESS_LINE = re.compile(r"epoch (\d+)/(\d+) \| step (\d+)/(\d+) \(\d+%\) \| [\d.]+ img/s \| loss [\d.]+ "
+                           r"\| lr [\d.]+e[+-]\d+ \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
 
 
 def test_demo_end_to_end(tmp_path):
@@ -34,6 +39,10 @@ def test_demo_end_to_end(tmp_path):
         assert (out / name).exists(), name
     assert len(list((out / "predictions").glob("*.png"))) == 2
     assert "AP50" in proc.stdout and "time to train" in proc.stdout
+    progress = [PROGRESS_LINE.fullmatch(line) for line in proc.stdout.splitlines() if " | " in line]
+    assert progress and all(progress), proc.stdout[-3000:]
+    assert {m.group(1) for m in progress} == {str(e) for e in range(1, DEMO_EPOCHS + 1)}  # every epoch
+    assert "\r" not in proc.stdout  # no bar redraws in a log
     ok, output = check_log(out / "mlperf_log.txt")
     assert ok, output[-3000:]
 

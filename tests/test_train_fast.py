@@ -6,6 +6,7 @@ All runs are in-process on CPU in deterministic mode (ssd128_mini, 24 synthetic 
 """
 
 import json
+import re
 import signal
 
 import numpy as np
@@ -22,6 +23,9 @@ BATCH = 4
 # round differently elsewhere, and is far below what training moves a weight (asserted below).
 FAST_VS_PLAIN_ATOL = 2e-5
 DEVICE_EPOCHS = 6  # ~30 steps: the loss falls from ~30 to ~12 (measured), see the test below
+# A training progress line where the output is not a terminal (`ssdbench.progress.Progress`).
+PROGRESS_LINE = re.compile(r"epoch (\d+)/(\d+) \| step (\d+)/(\d+) \(\d+%\) \| [\d.]+ img/s \| loss [\d.]+ "
+                           r"\| lr [\d.]+e[+-]\d+ \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
 
 
 @pytest.fixture(autouse=True)
@@ -107,8 +111,9 @@ def test_device_input_pipeline_trains(device_run):
     assert np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2]), losses
 
 
-def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data, tmp_path):
-    """Stop 2 steps into epoch 2 (as SIGTERM does), resume: the same state as the whole run."""
+def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data, tmp_path, capsys, monkeypatch):
+    """Stop 2 steps into epoch 2 (as SIGTERM does), resume: the same state as the whole run. The
+    resumed run shows its progress: captured output is no terminal, so as plain lines."""
     reference = _final(device_run[0])
     total = reference["state"]["step"]
     stop_at = total // DEVICE_EPOCHS + 2
@@ -125,8 +130,18 @@ def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data,
     assert trainer.run()["status"] == "interrupted"
     ckpt = load_checkpoint(last_checkpoint(tmp_path / "checkpoints"))
     assert ckpt["state"]["step"] == stop_at and ckpt["sampler"]["position"] == 2 * BATCH  # mid epoch 2
-    summary = run_training(cfg, progress=False)  # the same config continues the run
+    monkeypatch.delenv("SSDBENCH_PROGRESS", raising=False)
+    capsys.readouterr()
+    summary = run_training(cfg, progress=True)  # the same config continues the run
     assert summary["resumed"] and summary["steps"] == total
+    lines = [line for line in capsys.readouterr().out.splitlines() if " | " in line]
+    assert lines and all(PROGRESS_LINE.fullmatch(line) for line in lines), lines
+    shown = [tuple(int(g) for g in PROGRESS_LINE.fullmatch(line).groups()) for line in lines]
+    per_epoch = total // DEVICE_EPOCHS
+    # One line per 3-step window (log_every=3), from 2 steps into epoch 2 to the end of the run.
+    expected = [(e, DEVICE_EPOCHS, s, per_epoch) for e in range(2, DEVICE_EPOCHS + 1)
+                for s in _window_ends(2 if e == 2 else 0, per_epoch, 3)]
+    assert shown == expected, lines
     resumed = _final(tmp_path)
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), f"model tensor {key} differs"
@@ -136,6 +151,12 @@ def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data,
     assert torch.equal(*lrs)
     assert reference["scheduler"]["last_epoch"] == resumed["scheduler"]["last_epoch"] == total
     assert reference["state"]["eval_history"] == resumed["state"]["eval_history"]
+
+
+def _window_ends(start: int, end: int, every: int) -> list[int]:
+    """Epoch steps at which `train_one_epoch` ends a window: every `every` steps, and at the end."""
+    ends = list(range(start + every, end + 1, every))
+    return ends if ends and ends[-1] == end else [*ends, end]
 
 
 # ---------------------------------------------------------------- config resolution per device

@@ -25,6 +25,7 @@ import torch
 
 from ssdbench import dist as D
 from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, shutdown
+from ssdbench.progress import Progress
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
     find_resume,
@@ -43,8 +44,9 @@ from ssdbench.train.sync_bn import average_bn_stats
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train with `cfg` under the current launcher; returns the summary (see `Trainer.summary`).
 
-    ``progress``: show a progress bar on rank 0. A run folder whose run already finished is not
-    trained again: its summary.json is returned.
+    ``progress``: show training progress on rank 0 (`ssdbench.progress.Progress`: a bar on a
+    terminal, a plain line per metrics window otherwise). A run folder whose run already finished
+    is not trained again: its summary.json is returned.
     """
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
@@ -199,27 +201,28 @@ class Trainer:
         return "success" if state.reached_target else "finished"
 
     def _train_epoch(self, epoch: int) -> bool:
-        """Train epoch `epoch` (1-based); True when a signal asked to stop mid-epoch."""
-        from tqdm import tqdm
+        """Train epoch `epoch` (1-based); True when a signal asked to stop mid-epoch.
 
-        state, sampler = self.state, self.data.train_loader.sampler
-        sampler.set_epoch(epoch - 1)  # keeps a resumed position inside this epoch
+        Every ``log_every`` steps a window record goes to metrics.jsonl and to the progress
+        display: step of the epoch, global img/s since the epoch (re)started, loss, lr, ETA, memory.
+        """
+        state, data = self.state, self.data
+        data.train_loader.sampler.set_epoch(epoch - 1)  # keeps a resumed position inside this epoch
         self.mllog.epoch_start(epoch)
-        total = self.data.iters_per_epoch
-        bar = tqdm(total=total, initial=state.epoch_step, desc=f"epoch {epoch}/{self.cfg.epochs}",
-                   unit="step", dynamic_ncols=True, disable=not self.show_progress, leave=False)
+        with Progress(data.iters_per_epoch, f"epoch {epoch}/{self.cfg.epochs}", unit="step",
+                      initial=state.epoch_step, enabled=self.show_progress, rate_unit="img",
+                      min_interval_s=0) as shown:
 
-        def on_window(record: dict) -> None:
-            bar.update(state.epoch_step - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                            img_s=f"{record['img_s']:.0f}")
-            self.folder.log_metrics({"kind": "train", **record})
+            def on_window(record: dict) -> None:
+                images = (state.epoch_step - shown.done) * data.global_batch  # over all ranks
+                shown.update(state.epoch_step, items=images, loss=f"{record['loss']:.3f}",
+                             lr=f"{record['lr']:.2e}")
+                self.folder.log_metrics({"kind": "train", **record})
 
-        stopped = train_one_epoch(self.parts, self.data.train_batches(), state, self.cfg.log_every,
-                                  lambda v: all_reduce_sum(v, self.launch.device), on_window,
-                                  lambda: self.stop_requested, self.cfg.steps_per_epoch,
-                                  self.watchdog.beat)
-        bar.close()
+            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
+                                      lambda v: all_reduce_sum(v, self.launch.device), on_window,
+                                      lambda: self.stop_requested, self.cfg.steps_per_epoch,
+                                      self.watchdog.beat)
         if stopped:
             return True
         self.mllog.epoch_stop(epoch)
