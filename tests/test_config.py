@@ -110,3 +110,12 @@ def test_closed_division_rejects_zero_warmup():
     with pytest.raises(ValueError, match="closed division needs a warmup"):
         resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "closed"})
     resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "open"})
+
+
+def test_unknown_device_is_a_one_line_error_naming_the_flag(capsys, monkeypatch):
+    from ssdbench.cli import main
+
+    monkeypatch.delenv("SSDBENCH_DEBUG", raising=False)
+    assert main(["train", "--device", "tpu0", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--device 'tpu0' is not a device" in err
