@@ -5,7 +5,7 @@ data pipeline, fp32 vs bf16 autocast, NCHW vs channels_last; CPU, and CUDA when 
     python benchmarks/train_step.py --model ssd128_mini --batch-size 16 --steps 10
     python benchmarks/train_step.py --devices cuda --batch-size 114 --steps 50
 
-One step = target encoding + forward + SSD loss + backward + SGD update (`engine.train.train_step`).
+One step = target encoding + forward + SSD loss + backward + SGD update (`train.loop.train_step`).
 "synthetic": the same pre-made batch every step (the network alone, as nanoGPT's bench.py);
 "pipeline": batches from `build_loader` over the embedded synthetic COCO dataset (JPEG decode,
 SSD crop, flip, resize, colour jitter in --workers processes), so the gap is the input cost.
@@ -21,13 +21,16 @@ import itertools
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ssdbench.train.loop import MLPerfSchedule, StepParts, train_step
+from ssdbench.precision import AMP_DTYPES
+from ssdbench.progress import Progress
+from ssdbench.train.loop import StepParts, train_step
+from ssdbench.train.schedule import MLPerfSchedule
 
 FWD_GFLOP = {"ssd300_r34": 31.7, "ssd1200_r34": 433.0, "ssd128_mini": None}  # benchmark.md §1
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}  # H100 SXM dense; override with --peak-tflops
@@ -53,8 +56,7 @@ def make_parts(model_name: str, device: torch.device, precision: str, channels_l
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(1000, 0, 0, ()))
-    amp = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    return StepParts(net, opt, sched, Encoder(model_name), device, None, amp, channels_last)
+    return StepParts(net, opt, sched, Encoder(model_name), device, None, AMP_DTYPES[precision], channels_last)
 
 
 def pipeline_batches(model_name: str, batch: int, workers: int):
@@ -72,7 +74,8 @@ def pipeline_batches(model_name: str, batch: int, workers: int):
 def time_steps(parts: StepParts, batches, warmup: int, steps: int, label: str) -> list[float]:
     sync = torch.cuda.synchronize if parts.device.type == "cuda" else (lambda: None)
     times = []
-    for i in tqdm(range(warmup + steps), desc=label, leave=False, unit="step"):
+    shown = Progress(warmup + steps, label, unit="step", min_interval_s=5.0, stream=sys.stderr)
+    for i in shown.iterate(range(warmup + steps)):
         batch = next(batches)
         sync()
         t0 = time.perf_counter()
@@ -80,6 +83,7 @@ def time_steps(parts: StepParts, batches, warmup: int, steps: int, label: str) -
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+    shown.close()
     return times
 
 

@@ -1,11 +1,10 @@
-"""Training config: presets, precedence, validation, the MLPerf schedule against hand values."""
+"""Training config: presets, precedence, validation, resolution per device (the fast path on CUDA)."""
 
 import json
 
 import pytest
 
-from ssdbench.train.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config
-from ssdbench.train.loop import MLPerfSchedule
+from ssdbench.train.config import PRESETS, SYSTEM_WORLD_SIZES, TrainConfig, resolve_config, resolve_for_device
 
 
 def test_default_preset_depends_on_data():
@@ -87,16 +86,6 @@ def test_division_auto():
     assert TrainConfig(model="ssd128_mini").division("coco2017") == "open"
 
 
-def test_schedule_by_hand():
-    # 10 iterations per epoch, 4 warmup iterations from 0, decay at epochs 2 and 3.
-    s = MLPerfSchedule(iters_per_epoch=10, warmup_iters=4, warmup_factor=0, decay_epochs=(2, 3))
-    assert [s(i) for i in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
-    assert s(19) == 1.0 and s(20) == pytest.approx(0.1) and s(30) == pytest.approx(0.01)
-    # Reference warmup factor f: lr starts at 1 - 2**-f of the base (f = 1: 0.5).
-    half = MLPerfSchedule(10, 4, warmup_factor=1, decay_epochs=())
-    assert [half(i) for i in range(5)] == pytest.approx([0.5, 0.625, 0.75, 0.875, 1.0])
-
-
 def test_warmup_from_epochs_matches_the_reference_formula():
     cfg = resolve_config("mlperf", overrides={"warmup_epochs": 5.0})
     assert cfg.warmup_steps is None
@@ -110,3 +99,41 @@ def test_closed_division_rejects_zero_warmup():
     with pytest.raises(ValueError, match="closed division needs a warmup"):
         resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "closed"})
     resolve_config("mlperf", overrides={"warmup_steps": 0, "submission_division": "open"})
+
+
+# ---------------------------------------------------------------- resolution per device
+def test_gpu_presets_resolve_per_device():
+    cfg = resolve_config("dgxa100_x8")
+    cuda, note = resolve_for_device(cfg, "cuda")
+    assert note is None
+    assert (cuda.step, cuda.cuda_graph, cuda.input_pipeline, cuda.precision, cuda.channels_last) == (
+        "fast", True, "device", "bf16", True)
+    cpu, note = resolve_for_device(cfg, "cpu")
+    assert (cpu.step, cpu.cuda_graph, cpu.input_pipeline, cpu.precision, cpu.channels_last) == (
+        "plain", False, "cpu", "fp32", False)
+    assert note.count("\n") == 0 and "step=plain" in note
+    assert resolve_for_device(cpu, "cpu") == (cpu, None)  # idempotent, no second note
+    demo, note = resolve_for_device(resolve_config("demo"), "cpu")
+    assert note is None and (demo.step, demo.input_pipeline) == ("plain", "cpu")
+
+
+def test_cuda_graph_on_cpu_is_a_one_line_error(capsys, monkeypatch):
+    from ssdbench.cli import main
+
+    monkeypatch.delenv("SSDBENCH_DEBUG", raising=False)
+    assert main(["train", "--cuda-graph", "--device", "cpu", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--cuda-graph needs a CUDA device" in err and "cpu" in err
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_config("mlperf", overrides={"step": "fast", "precision": "fp16"})
+    with pytest.raises(ValueError, match="input_pipeline"):
+        resolve_config("mlperf", overrides={"input_pipeline": "gpu"})
+
+
+def test_unknown_device_is_a_one_line_error_naming_the_flag(capsys, monkeypatch):
+    from ssdbench.cli import main
+
+    monkeypatch.delenv("SSDBENCH_DEBUG", raising=False)
+    assert main(["train", "--device", "tpu0", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--device 'tpu0' is not a device" in err

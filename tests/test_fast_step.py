@@ -1,4 +1,5 @@
-"""FastStep: same parameters as the plain `train_step`, no host sync, one-sort hard negatives."""
+"""FastStep: same parameters as the plain `train_step` (with the same loss function), no host sync,
+one-sort hard negatives."""
 
 import contextlib
 import copy
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 from ssdbench.model.encoder import Encoder
-from ssdbench.model.loss import hard_negative_mask
+from ssdbench.model.loss import hard_negative_mask, ssd_loss
 from ssdbench.model.ssd import build_model
 from ssdbench.train.fast_step import FastStep, make_sgd, no_host_sync
-from ssdbench.train.loop import MLPerfSchedule, StepParts, train_step
+from ssdbench.train.loop import StepParts, train_step
+from ssdbench.train.schedule import MLPerfSchedule
 
 MODEL, CLASSES = "ssd128_mini", 5
 
@@ -32,18 +34,20 @@ def _network() -> torch.nn.Module:
     return build_model(MODEL, num_classes=CLASSES)
 
 
-def _pair(channels_last=False):
-    """(plain StepParts with float-lr SGD, FastStep with fused tensor-lr SGD) on equal weights."""
+def _pair(channels_last=False, **loss):
+    """(plain StepParts with float-lr SGD, FastStep with fused tensor-lr SGD) on equal weights.
+
+    ``loss``: ``loss_fn=...`` for both (default: each one's default, ssd_loss)."""
     net, ref = copy.deepcopy(_network()), copy.deepcopy(_network())
     schedule = MLPerfSchedule(iters_per_epoch=10, warmup_iters=4)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     parts = StepParts(ref, opt_ref, torch.optim.lr_scheduler.LambdaLR(opt_ref, schedule), Encoder(MODEL),
-                      torch.device("cpu"))
+                      torch.device("cpu"), **loss)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_sgd(net.parameters(), 0.01)
     fast = FastStep(net, opt, Encoder(MODEL), "cpu", torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-                    channels_last=channels_last)
+                    channels_last=channels_last, **loss)
     return parts, fast
 
 
@@ -65,6 +69,29 @@ def test_eager_fast_step_matches_plain_step_and_never_syncs():
     # The scheduler wrote the warm-up lr (3/4 of 0.01 after 3 steps) into the same tensor.
     assert fast.optimizer.param_groups[0]["lr"] is lr and abs(float(lr) - 0.0075) < 1e-9
     assert _max_param_diff(parts.model, fast.model) < 1e-6  # fp32: same maths, other kernels
+
+
+def _smooth_loss(locs, scores, loc_targets, labels):
+    """Not the SSD loss: CE over every box + SmoothL1 on positives, no hard-negative mining."""
+    ce = torch.nn.functional.cross_entropy(scores, labels, reduction="none").mean(1)
+    sl1 = torch.nn.functional.smooth_l1_loss(locs.transpose(1, 2), loc_targets, reduction="none").sum(2)
+    return (ce + (sl1 * (labels > 0)).sum(1) / (labels > 0).sum(1).clamp(min=1)).mean()
+
+
+def test_fast_step_trains_on_the_given_loss_function():
+    parts, fast = _pair(loss_fn=_smooth_loss)
+    assert fast.loss_fn is _smooth_loss
+    batch = _batch(5)
+    with torch.no_grad():
+        locs, scores = copy.deepcopy(fast.model)(batch["images"])  # a copy: BN running stats move
+        targets = Encoder(MODEL)(batch["boxes"], batch["labels"])
+        smooth, ssd = _smooth_loss(locs, scores, *targets), ssd_loss(locs, scores, *targets)
+    assert abs(float(smooth) - float(ssd)) > 0.1 * float(ssd)  # the two losses really differ here
+    expected = train_step(parts, batch)
+    with no_host_sync():
+        loss = fast(batch)
+    assert torch.allclose(loss, smooth, rtol=1e-5) and torch.allclose(loss, expected, rtol=1e-5)
+    assert _max_param_diff(parts.model, fast.model) < 1e-6  # the same gradients: the same loss
 
 
 def test_channels_last_and_pre_encoded_targets_give_the_same_step():

@@ -8,21 +8,12 @@ import os
 import warnings
 
 import mlperf_logging
-import pytest
 import yaml
 
+from ssdbench import build_model
 from ssdbench.train.mllog import MLPerfLogger, check_log, checker_failures, ruleset_tensor_names
 
 RULES = os.path.join(os.path.dirname(mlperf_logging.__file__), "compliance_checker", "training_1.1.0")
-
-
-def ssd_model(name: str):
-    try:
-        from ssdbench import build_model
-
-        return build_model(name)
-    except (ImportError, AttributeError):
-        pytest.skip("ssdbench.model.ssd not available")
 
 
 def ruleset_tensors() -> list[str]:
@@ -50,7 +41,7 @@ def simulate_run(path, model_name: str, accuracies: list[float], division: str =
     log.init_start()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        logged = log.setup(cfg_for(model_name, dataset, division), ssd_model(model_name))
+        logged = log.setup(cfg_for(model_name, dataset, division), build_model(model_name))
     log.init_stop()
     log.run_start()
     for i, acc in enumerate(accuracies):
@@ -69,7 +60,7 @@ def simulate_run(path, model_name: str, accuracies: list[float], division: str =
 
 
 def test_tensor_names_match_ruleset():
-    mapping = ruleset_tensor_names(ssd_model("ssd300_r34"))
+    mapping = ruleset_tensor_names(build_model("ssd300_r34"))
     assert sorted(set(mapping.values())) == sorted(ruleset_tensors())
     # spot checks of the mapping documented in mllog.py
     assert mapping["backbone.layer2.0.downsample.0.weight"] == "ssd0_resnetmlperf0_stage2_conv2_weight"

@@ -21,6 +21,7 @@ then:
   ssdbench eval --data ~/.cache/ssdbench/synth-v1 --model ssd128_mini --weights RUN/checkpoints/last.pt
 """
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default runs/demo-<time>)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the demo preset's)")
@@ -42,10 +43,9 @@ def _set_threads(threads: int | None, workers: int) -> None:
     torch.set_num_threads(max(1, threads or cores - workers))
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from ssdbench.cli.train import print_result
+    from ssdbench.dist import pick_device
     from ssdbench.eval.coco import STAT_NAMES
     from ssdbench.infer.draw import contact_sheet, draw_predictions
     from ssdbench.train.build import data_root
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print("COCO evaluation (val):")
     for name, value in zip(STAT_NAMES, stats):
         print(f"  {name:10s} {value:.4f}")
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device, flag="--device")  # the device the run trained on
     pictures = draw_predictions(run_dir / "checkpoints" / "last.pt", data_root(cfg), run_dir,
                                 args.images, args.score_threshold, device)
     print_result(summary)

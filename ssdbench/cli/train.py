@@ -150,12 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _device_type(name: str) -> str:
-    """"cuda" or "cpu" for a --device value, as `launch.pick_device` will choose it."""
-    import torch
+    """"cuda" or "cpu" for a --device value, as `run_training` will choose it (`dist.pick_device`:
+    a name torch does not know, or CUDA where there is none, is a one-line error naming --device)."""
+    from ssdbench.dist import pick_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name).type
+    return pick_device(name, flag="--device").type
 
 
 def print_result(summary: dict) -> None:

@@ -1,4 +1,6 @@
-"""Training and evaluation: the typed config and presets (`config`), the training loop, run and its
-parts (`train`, `session`, `parts`, `fast_step`), distributed launch (`launch`, `distributed`),
-checkpoints and run folders (`checkpoint`, `run_folder`), MLPerf logging (`mllog`), COCO mAP
-(`coco_eval`, `evaluate`), scoring (`score`) and the `train` / `eval` / `demo` commands."""
+"""Training: `config` (the typed config and presets), `trainer` (`run_training`: one run from
+config to summary), `build` (data, network, optimiser, DDP, AMP), `loop` (one step, one epoch),
+`fast_step` (the CUDA fast step), `schedule` (the MLPerf learning-rate schedule), `checkpoint`
+(payload, atomic files, resume), `run_folder` (metrics, plots, summary.json), `sync_bn` (group
+BatchNorm and BN averaging), `mllog` (MLPerf logging and the compliance checker) and `score`
+(the olympic mean of several runs)."""

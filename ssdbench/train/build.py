@@ -1,4 +1,8 @@
-"""Builders for a training run: datasets and loaders, network, optimiser, schedule, AMP, DDP."""
+"""Builders for a training run: datasets and loaders, network, optimiser, schedule, AMP, DDP.
+
+`build_data` gives a `Data` (datasets, loaders, the numbers the schedule and the MLPerf log
+need); `build_parts` gives the `train.loop.StepParts` one step touches and the bare network.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ from pathlib import Path
 import torch
 
 from ssdbench.dist import Launch
+from ssdbench.precision import AMP_DTYPES
 from ssdbench.train.config import TrainConfig
-from ssdbench.train.loop import MLPerfSchedule, StepParts
+from ssdbench.train.loop import StepParts
+from ssdbench.train.schedule import MLPerfSchedule
 from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COCO_CATEGORIES = 80  # benchmark.md §5: COCO 2017 detection categories
 # torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
 # after at least 11 eager iterations on a side stream.
@@ -164,7 +169,8 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
 
         warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
         parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
-                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup)
+                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup,
+                                   loss_fn=parts.loss_fn)
     return parts, net
 
 
@@ -179,35 +185,13 @@ def _optimizer(cfg: TrainConfig, net: torch.nn.Module, launch: Launch) -> torch.
     return torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """`optimizer.load_state_dict` that keeps tensor learning rates in their original tensors.
+def set_determinism(cfg: TrainConfig) -> None:
+    """``--deterministic``: deterministic kernels (bit-reproducible CPU runs); else cuDNN autotuning."""
+    if cfg.deterministic:
+        import os
 
-    Loading replaces each group's ``lr`` with the checkpoint's (a CPU tensor after
-    ``map_location="cpu"``); a fused step and a captured CUDA graph read the original device
-    tensor, so its value is copied in and the original object is put back.
-    """
-    before = [{k: g[k] for k in ("lr", *_KERNEL_FLAGS) if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, old in zip(optimizer.param_groups, before):
-        group.update({k: old[k] for k in _KERNEL_FLAGS if k in old})  # this run's kernel choice
-        lr = old["lr"]
-        if isinstance(lr, torch.Tensor):
-            with torch.no_grad():
-                lr.copy_(torch.as_tensor(group["lr"], dtype=lr.dtype))
-            group["lr"] = lr
-        else:  # a step=fast checkpoint resumed with step=plain
-            group["lr"] = float(group["lr"])
-
-
-_KERNEL_FLAGS = ("fused", "foreach", "capturable")  # how this run steps, not state to restore
-
-
-def summary_line(state, cfg: TrainConfig) -> str:
-    """One line: the MLPerf score of the run."""
-    text = f"time to train {state.train_time_s / 60:.2f} min, {state.epoch} epochs"
-    if state.eval_history:
-        best = state.eval_history[-1]
-        text += f", last mAP {best['map']:.4f} at epoch {best['epoch']}"
-    if cfg.target_map is not None:
-        text += f", target {cfg.target_map} " + ("reached" if state.reached_target else "not reached")
-    return text
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # CUDA determinism needs it
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True

@@ -1,67 +1,63 @@
-"""Training checkpoints: written atomically, found again through a `last` pointer.
+"""Training checkpoints, in one place: what a checkpoint holds, its files, and resuming from it.
 
-Layout under ``<run>/checkpoints/``: ``epoch_0003.pt`` after each epoch, ``step_000123.pt`` when a
+Layout under ``<run>/checkpoints/``: ``epoch_0003.pt`` after each epoch, ``step_0000123.pt`` when a
 run is interrupted mid-epoch (SIGTERM/SIGINT), ``last`` (a text file holding the newest file's
-name) and ``last.pt`` (a symbolic link to it, for ``ssdbench eval --weights``). Each file is first
-written to a temporary name and then renamed (`os.replace`), so a crash never leaves a truncated
-checkpoint and ``last`` always names a complete file.
+name) and ``last.pt`` (a symbolic link to it, for ``ssdbench eval --weights``). Every file is
+written through `ssdbench.io.atomic_write` (a temporary name, then `os.replace`), so a crash never
+leaves a truncated checkpoint and ``last`` always names a complete file. The `KEEP` newest files
+besides the one just written are kept; older ones are deleted.
 
-A checkpoint is a dict: ``model`` (our state dict; `model.weights` reads it), ``optimizer``,
-``scheduler``, ``scaler``, ``state`` (TrainState fields), ``sampler``, ``rng`` (one entry per rank:
-torch, CUDA, numpy and Python generator states), ``config``, ``world_size``.
+A checkpoint is a dict (`training_payload`): ``model`` (the bare network's state dict;
+`model.weights` reads it), ``optimizer``, ``scheduler`` (LambdaLR state), ``scaler`` (GradScaler
+state or None), ``state`` (`train.loop.TrainState` fields), ``sampler`` (`ShardedSampler` state:
+epoch and position), ``rng`` (one entry per rank: torch, CUDA, numpy and Python generator
+states), ``config`` (`TrainConfig.to_dict()`), ``world_size``. `restore_training` puts all of it
+back; `load_optimizer_state` keeps a fast step's device learning-rate tensor while doing so.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ssdbench import dist as D
+from ssdbench.io import atomic_write, atomic_write_text
+from ssdbench.train.config import TrainConfig
+from ssdbench.train.loop import StepParts, TrainState
+
 KEEP = 2  # checkpoint files kept besides the newest (older ones are deleted)
+_KERNEL_FLAGS = ("fused", "foreach", "capturable")  # how this run steps, not state to restore
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _point_last(folder: Path, name: str) -> None:
-    _atomic_write_bytes(folder / "last", lambda p: p.write_text(name + "\n"))
-    link_tmp = folder / f".last.pt.tmp-{os.getpid()}"
-    try:
-        if link_tmp.is_symlink() or link_tmp.exists():
-            link_tmp.unlink()
-        os.symlink(name, link_tmp)
-        os.replace(link_tmp, folder / "last.pt")
-    except OSError:  # file systems without symlinks: the text pointer is enough
-        if link_tmp.is_symlink():
-            link_tmp.unlink()
-
-
-def _prune(folder: Path, keep_name: str) -> None:
-    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime)
-    files = [p for p in files if not p.is_symlink() and p.name != keep_name]
-    for old in files[:-KEEP] if KEEP else files:
-        old.unlink(missing_ok=True)
-
-
+# ---------------------------------------------------------------- files
 def save_checkpoint(folder: str | Path, name: str, payload: dict) -> Path:
-    """Write `payload` to ``folder/name`` atomically and point ``last`` at it."""
+    """Write `payload` to ``folder/name`` atomically, point ``last`` at it, prune old files."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    _atomic_write_bytes(path, lambda p: torch.save(payload, p))
+    path = atomic_write(folder / name, lambda tmp: torch.save(payload, tmp))
     _point_last(folder, name)
     _prune(folder, name)
     return path
+
+
+def _point_last(folder: Path, name: str) -> None:
+    atomic_write_text(folder / "last", name + "\n")
+    try:
+        atomic_write(folder / "last.pt", lambda tmp: os.symlink(name, tmp))
+    except OSError:  # file systems without symlinks: the text pointer is enough
+        pass
+
+
+def _prune(folder: Path, keep_name: str) -> None:
+    """Delete all but the `KEEP` newest checkpoint files besides ``keep_name`` (by mtime)."""
+    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    files = [p for p in files if not p.is_symlink() and p.name != keep_name and not p.name.startswith(".")]
+    for old in files[:-KEEP] if KEEP else files:
+        old.unlink(missing_ok=True)
 
 
 def last_checkpoint(folder: str | Path) -> Path | None:
@@ -82,6 +78,98 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def find_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint a run resumes from, for ``TrainConfig.resume``.
+
+    ``never``: None. ``auto`` or a run folder: the ``last`` checkpoint of ``run_dir`` (None when
+    there is none). Otherwise ``resume`` names a checkpoint file, which must exist.
+    """
+    if resume == "never":
+        return None
+    if resume == "auto" or Path(resume).is_dir():
+        return last_checkpoint(Path(run_dir) / "checkpoints")
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint or run folder at {path}")
+    return path
+
+
+# ---------------------------------------------------------------- payload
+def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, sampler, cfg: TrainConfig,
+                     world_size: int, rngs: list[dict]) -> dict:
+    """The checkpoint dict (keys in the module docstring). ``net``: the bare network (not DDP);
+    ``sampler``: the training `ShardedSampler`, saved at ``state.epoch_step x cfg.batch_size``
+    samples into the epoch; ``rngs``: every rank's `rng_state()`, in rank order."""
+    return {
+        "model": net.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        "state": asdict(state), "sampler": sampler.state_dict(consumed=state.epoch_step * cfg.batch_size),
+        "rng": rngs, "config": cfg.to_dict(), "world_size": world_size,
+    }
+
+
+def save_training(folder: str | Path, name: str, net: torch.nn.Module, parts: StepParts, state: TrainState,
+                  sampler, cfg: TrainConfig, launch: D.Launch) -> Path | None:
+    """Checkpoint the run as ``folder/name``. Collective: every rank calls it and contributes its
+    generator states; rank 0 writes. Returns the file on rank 0, None elsewhere."""
+    rngs = D.all_gather_object(rng_state())
+    if not launch.is_main:
+        return None
+    return save_checkpoint(folder, name, training_payload(net, parts, state, sampler, cfg,
+                                                          launch.world_size, rngs))
+
+
+# ---------------------------------------------------------------- restore
+def resume_state(payload: dict | None) -> TrainState:
+    """The progress counters of a checkpoint (fresh ones without), ``segments`` counting this start."""
+    state = TrainState(**payload["state"]) if payload else TrainState()
+    state.segments += 1
+    return state
+
+
+def restore_training(payload: dict, net: torch.nn.Module, parts: StepParts, sampler, rank: int,
+                     world_size: int, source: str | Path = "checkpoint") -> None:
+    """Put a `training_payload` back: weights, optimizer (tensor lr kept), scheduler, scaler,
+    sampler position and this rank's generator states. ``source`` names the file in errors.
+
+    Raises ValueError when the checkpoint was written with another number of ranks (the sampler
+    shards and per-rank generator states would not match).
+    """
+    if payload.get("world_size") != world_size:
+        raise ValueError(f"checkpoint {source} was written with {payload.get('world_size')} "
+                         f"ranks, this run has {world_size}")
+    net.load_state_dict(payload["model"])
+    load_optimizer_state(parts.optimizer, payload["optimizer"])  # keeps a fast step's device lr tensor
+    parts.scheduler.load_state_dict(payload["scheduler"])
+    if parts.scaler is not None and payload.get("scaler"):
+        parts.scaler.load_state_dict(payload["scaler"])
+    sampler.load_state_dict(payload["sampler"])
+    set_rng_state(payload["rng"][rank])
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict` that keeps tensor learning rates in their original tensors.
+
+    Loading replaces each group's ``lr`` with the checkpoint's (a CPU tensor after
+    ``map_location="cpu"``); a fused step and a captured CUDA graph read the original device
+    tensor, so its value is copied in and the original object is put back. A float lr stays a
+    float (a step=fast checkpoint resumed with step=plain). The kernel flags (`_KERNEL_FLAGS`)
+    stay this run's.
+    """
+    before = [{k: g[k] for k in ("lr", *_KERNEL_FLAGS) if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, old in zip(optimizer.param_groups, before):
+        group.update({k: old[k] for k in _KERNEL_FLAGS if k in old})
+        lr = old["lr"]
+        if isinstance(lr, torch.Tensor):
+            with torch.no_grad():
+                lr.copy_(torch.as_tensor(group["lr"], dtype=lr.dtype))
+            group["lr"] = lr
+        else:
+            group["lr"] = float(group["lr"])
+
+
 def rng_state() -> dict:
     """This process's generator states (torch CPU, CUDA when used, numpy, Python)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -94,6 +182,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned (CUDA states only where CUDA is available)."""
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

@@ -28,7 +28,7 @@ class TrainConfig:
     data: str | None = None  # COCO root (benchmark.md §5 layout); None = the embedded synthetic dataset
     train_split: str = "train"  # benchmark.md §5: train2017
     val_split: str = "val"  # benchmark.md §5: val2017
-    # MLPerf log name (closed division needs "coco2017"). None = detected (`parts.dataset_name`):
+    # MLPerf log name (closed division needs "coco2017"). None = detected (`build.dataset_name`):
     # "coco2017" for COCO's 80 categories in instances_train2017.json, "synthetic" for the
     # embedded dataset, else the data folder's name (open division).
     dataset_name: str | None = None
@@ -49,7 +49,7 @@ class TrainConfig:
     eval_epochs: tuple[int, ...] = ()  # ... and at these epochs; v0.7 NVIDIA: (40, 50, 55) then every 5
     # --- data pipeline ---
     max_samples: int = 1  # benchmark.md §5 random-crop attempts per draw (1 or 50); NVIDIA v0.7 logs 1
-    max_objects: int = 200  # ARCHITECTURE: padded targets per image
+    max_objects: int = 200  # docs/ARCHITECTURE.md "Padded targets": objects per image
     workers: int = 4  # data-loader worker processes per rank
     eval_batch_size: int | None = None  # None = batch_size
     steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke runs); None = full epoch
@@ -63,7 +63,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto (bf16 on CUDA)
     channels_last: bool | None = False  # NHWC (faster tensor-core convolutions); None = on for CUDA
     compile: bool = False  # torch.compile the model (step=fast: encode + forward + loss)
-    # plain = `train.train_step` (float lr, any precision, GradScaler for fp16). fast =
+    # plain = `loop.train_step` (float lr, any precision, GradScaler for fp16). fast =
     # `fast_step.FastStep`: fused SGD with a device-tensor lr and no host sync inside the
     # step (eager on CPU); fp32 or bf16 only (it has no GradScaler). auto = fast on CUDA.
     step: str = "plain"

@@ -1,9 +1,10 @@
 """A static-shape training step for CUDA: bf16 autocast, channels_last, torch.compile, CUDA graphs.
 
-`FastStep` runs the same maths as `engine.train.train_step` (encode targets, forward, SSD loss,
+`FastStep` runs the same maths as `train.loop.train_step` (encode targets, forward, loss,
 backward, SGD, scheduler) but is built for speed on one GPU:
 
-- forward under bf16 autocast (loss in float32, `model.loss.ssd_loss`), channels_last inputs;
+- forward under bf16 autocast (the loss, `model.loss.ssd_loss` unless ``loss_fn`` is given, in
+  float32), channels_last inputs;
 - optional ``torch.compile`` of encode + forward + loss;
 - optional CUDA-graph capture of encode + forward + loss + backward + optimiser step: warm-up on a
   side stream, ``torch.cuda.graph``, static input buffers each batch is copied into;
@@ -11,16 +12,11 @@ backward, SGD, scheduler) but is built for speed on one GPU:
   tensor, so the scheduler updates it in place (``fill_``) and the captured graph reads the new
   value without recapture;
 - no host sync inside the step: the loss comes back as a device tensor (read it every K steps,
-  as `train.train_one_epoch` does per log window). `no_host_sync()` proves it in tests.
+  as `train.loop.train_one_epoch` does per log window). `no_host_sync()` proves it in tests.
 
 Hard-negative mining is `model.loss.hard_negative_mask`, which selects with a single sort plus a
 scatter (the references sort, then argsort the order: two full sorts); tests/test_fast_step.py
 checks it against the two-sort definition on random inputs.
-
-Integration with `engine/train.py` (not edited here): build `FastStep(parts.model,
-parts.optimizer, parts.encoder, parts.device, parts.scheduler, ...)` with an optimiser from
-`make_sgd`, and call ``fast(batch)`` where the loop calls ``train_step(parts, batch)``; both
-return the detached device loss and step the scheduler.
 """
 
 from __future__ import annotations
@@ -28,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssdbench.model.loss import ssd_loss
+from ssdbench.precision import autocast
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
             "unique_dim", "repeat_interleave", "equal", "is_nonzero")
@@ -110,8 +108,10 @@ class FastStep:
     ``batch``: ``images`` (N, 3, S, S) float normalised and either ``boxes`` (N, M, 4) ltrb
     normalised + ``labels`` (N, M) (encoded inside the step) or ``loc_targets`` (N, B, 4) +
     ``box_labels`` (N, B) (already encoded, e.g. by `data.gpu_pipeline.DevicePipeline`).
-    ``model`` and ``optimizer`` as in `train.StepParts` (use `make_sgd` for graphs);
-    ``encoder``: `model.encoder.Encoder`. ``amp_dtype``: None (fp32) or torch.bfloat16 (fp16
+    ``model`` and ``optimizer`` as in `train.loop.StepParts` (use `make_sgd` for graphs);
+    ``encoder``: `model.encoder.Encoder`. ``loss_fn``: ``(locs, scores, loc_targets, box_labels)
+    -> scalar``, as ``StepParts.loss_fn`` (`train.loop.step_function` refuses a fast step whose
+    loss differs from the parts'). ``amp_dtype``: None (fp32) or torch.bfloat16 (fp16
     would need a grad scaler, which this step does not do). ``cuda_graph`` needs CUDA; the graph
     is captured on the first call for that batch's shapes, and a batch of another shape runs
     eagerly on the same parameters, gradients and optimiser state (with a warning).
@@ -119,7 +119,7 @@ class FastStep:
 
     def __init__(self, model, optimizer, encoder, device, scheduler=None, amp_dtype=None,
                  channels_last: bool = False, compile: bool = False, cuda_graph: bool = False,
-                 warmup_steps: int = 3):
+                 warmup_steps: int = 3, loss_fn: Callable = ssd_loss):
         self.device = torch.device(device)
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, got {self.device}")
@@ -128,7 +128,8 @@ class FastStep:
         self.model, self.optimizer, self.encoder = model, optimizer, encoder
         self.scheduler, self.amp_dtype, self.channels_last = scheduler, amp_dtype, channels_last
         self.cuda_graph, self.warmup_steps = cuda_graph, int(warmup_steps)
-        self._loss_fn = torch.compile(self._forward_loss) if compile else self._forward_loss
+        self.loss_fn = loss_fn
+        self._forward = torch.compile(self._forward_loss) if compile else self._forward_loss
         self._graph = self._static = self._static_loss = None
         self._graph_key = None
 
@@ -136,11 +137,9 @@ class FastStep:
     def _forward_loss(self, images, a, b, encoded: bool):
         """(images, boxes, labels) or (images, loc_targets, box_labels) -> float32 loss."""
         loc_targets, box_labels = (a, b) if encoded else self.encoder(a, b)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
+        with autocast(self.device, self.amp_dtype):
             locs, scores = self.model(images)
-        return ssd_loss(locs, scores, loc_targets, box_labels)
+        return self.loss_fn(locs, scores, loc_targets, box_labels)
 
     def _inputs(self, batch: dict):
         encoded = "loc_targets" in batch and "box_labels" in batch
@@ -153,7 +152,7 @@ class FastStep:
 
     def _eager(self, tensors, encoded: bool, set_to_none: bool = True) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=set_to_none)
-        loss = self._loss_fn(*tensors, encoded)
+        loss = self._forward(*tensors, encoded)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -202,7 +201,7 @@ class FastStep:
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph's pool
         with torch.cuda.graph(graph):
-            loss = self._loss_fn(*self._static, encoded)
+            loss = self._forward(*self._static, encoded)
             loss.backward()
             self.optimizer.step()
         self._static_loss = loss.detach()

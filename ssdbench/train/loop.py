@@ -1,13 +1,13 @@
-"""The training loop proper: the MLPerf learning-rate schedule, one step, one epoch.
+"""The training loop proper: one step, one epoch, and the counters a checkpoint saves.
 
-Everything around it (building parts, resume, eval, logs) lives in `engine.session`; this file
+Everything around it (building parts, resume, eval, logs) lives in `train.trainer`; this file
 only moves batches through the network and the optimiser. Batches are dicts with ``images``
 (N, 3, S, S) float, ``boxes`` (N, M, 4) ltrb normalised and ``labels`` (N, M) int64 (0 = padding).
+The learning-rate schedule the scheduler follows is `train.schedule.MLPerfSchedule`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,36 +16,11 @@ import torch
 from torch import nn
 
 from ssdbench.model.loss import ssd_loss
+from ssdbench.precision import autocast
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message names the step."""
-
-
-class MLPerfSchedule:
-    """Learning-rate multiplier at global iteration `it` (0-based), for `LambdaLR`.
-
-    Warmup (reference `lr_warmup`, benchmark.md §6): for it < W, lr = base x (1 - (W - it) / (W x 2^f))
-    with f = warmup_factor (f = 0: linear from 0). Decay: x decay_factor for every boundary b with
-    epoch >= b, epoch = it // iters_per_epoch counted from 0 (so b = 40 starts after 40 completed
-    epochs). A plain object (not a lambda) so that `LambdaLR.state_dict()` can save it.
-    """
-
-    def __init__(self, iters_per_epoch: int, warmup_iters: int, warmup_factor: float = 0.0,
-                 decay_epochs=(40, 50), decay_factor: float = 0.1):
-        self.iters_per_epoch = max(1, int(iters_per_epoch))
-        self.warmup_iters = int(warmup_iters)
-        self.warmup_factor = float(warmup_factor)
-        self.decay_epochs = tuple(int(e) for e in decay_epochs)
-        self.decay_factor = float(decay_factor)
-
-    def __call__(self, it: int) -> float:
-        epoch = it // self.iters_per_epoch
-        factor = self.decay_factor ** sum(epoch >= b for b in self.decay_epochs)
-        w = self.warmup_iters
-        if it < w:
-            factor *= 1.0 - (w - it) / (w * 2.0 ** self.warmup_factor)
-        return factor
 
 
 @dataclass
@@ -61,8 +36,8 @@ class StepParts:
     amp_dtype: torch.dtype | None = None  # None = fp32
     channels_last: bool = False
     loss_fn: Callable = ssd_loss  # (locs, scores, loc_targets, labels) -> scalar, benchmark.md §3
-    # `engine.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
-    # same model, optimizer (tensor lr) and scheduler. None = the plain step.
+    # `train.fast_step.FastStep` (config step=fast): called instead of `train_step`; it owns the
+    # same model, optimizer (tensor lr), scheduler and loss_fn. None = the plain step.
     fast_step: Callable | None = None
 
 
@@ -79,12 +54,6 @@ class TrainState:
     segments: int = 0  # how many times this run was started (1 = never resumed)
 
 
-def _autocast(parts: StepParts):
-    if parts.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=parts.device.type, dtype=parts.amp_dtype)
-
-
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     """One optimiser step on `batch`; returns the detached loss (a device scalar, no host sync)."""
     images = batch["images"].to(parts.device, non_blocking=True)
@@ -93,7 +62,7 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
     boxes = batch["boxes"].to(parts.device, non_blocking=True)
     labels = batch["labels"].to(parts.device, non_blocking=True)
     loc_targets, box_labels = parts.encoder(boxes, labels)  # (N, B, 4), (N, B)
-    with _autocast(parts):
+    with autocast(parts.device, parts.amp_dtype):
         locs, scores = parts.model(images)
     loss = parts.loss_fn(locs, scores, loc_targets, box_labels)  # ssd_loss: float32 under autocast
     parts.optimizer.zero_grad(set_to_none=True)
@@ -106,6 +75,25 @@ def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
         parts.optimizer.step()
     parts.scheduler.step()
     return loss.detach()
+
+
+def step_function(parts: StepParts) -> Callable[[dict], torch.Tensor]:
+    """What `train_one_epoch` calls per batch: ``parts.fast_step``, else `train_step` on `parts`.
+
+    A fast step computes its own loss; one whose ``loss_fn`` is not ``parts.loss_fn`` would
+    silently train on another loss, so it is refused (ValueError).
+    """
+    if parts.fast_step is None:
+        return lambda batch: train_step(parts, batch)
+    fast_loss = getattr(parts.fast_step, "loss_fn", None)
+    if fast_loss != parts.loss_fn:
+        raise ValueError(f"StepParts.loss_fn is {_name(parts.loss_fn)} but the fast step computes "
+                         f"{_name(fast_loss)}; build FastStep(..., loss_fn=parts.loss_fn)")
+    return parts.fast_step
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce) -> tuple[float, bool]:
@@ -137,7 +125,7 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     (all ranks agree through `reduce`) and after every step when running alone.
     """
     parts.model.train()
-    step = parts.fast_step or (lambda b: train_step(parts, b))
+    step = step_function(parts)
     losses, images, t0 = [], 0, time.perf_counter()
     alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
     for batch in loader:

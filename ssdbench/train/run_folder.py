@@ -3,7 +3,9 @@
 ``<run>/config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per step window
 ``{"kind": "train", step, epoch, loss, lr, img_s, time}`` and per evaluation ``{"kind": "eval",
 epoch, map, stats}``), ``plots/{loss,lr,map}.png``, ``checkpoints/``, ``mlperf_log.txt`` and
-``summary.json`` (the MLPerf-style result, read by ``ssdbench score``). Only rank 0 writes.
+``summary.json`` (the MLPerf-style result, read by ``ssdbench score``; keys in
+`train.trainer.Trainer.summary`). Only rank 0 writes. JSON files are written atomically
+(`ssdbench.io.atomic_write_json`); metrics.jsonl is appended to, one line per record.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ssdbench.io import atomic_write_json, atomic_write_text, jsonable
+
 
 def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
+    """``runs/<preset>-YYYYmmdd-HHMMSS`` (local time)."""
     return Path(root) / f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -40,20 +45,21 @@ class RunFolder:
         return self.path / ("mlperf_log.txt" if segment <= 1 else f"mlperf_log.resume{segment - 1}.txt")
 
     def write_json(self, name: str, data: dict) -> Path:
+        """``<run>/name`` as indented JSON, written atomically; returns its path."""
         path = self.path / name
         if self.enabled:
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-            tmp.replace(path)
+            atomic_write_json(path, data)
         return path
 
     def log_metrics(self, record: dict) -> None:
+        """Append ``record`` plus ``time`` (Unix seconds) as one line of metrics.jsonl."""
         if self.enabled:
             record = {**record, "time": round(time.time(), 3)}
             with self.metrics_path.open("a") as f:
-                f.write(json.dumps(record, default=_jsonable) + "\n")
+                f.write(json.dumps(record, default=jsonable) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl, in order ([] when there is none)."""
         if not self.metrics_path.is_file():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
@@ -63,7 +69,7 @@ class RunFolder:
         if not self.enabled or not self.metrics_path.is_file():
             return
         kept = [r for r in self.read_metrics() if r.get("kind") != "train" or r["step"] <= step]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot(self) -> list[Path]:
         """loss.png and lr.png over steps, map.png over epochs; returns the files written."""
@@ -101,10 +107,3 @@ def _plot(path: Path, xs, ys, xlabel: str, ylabel: str, marker: str | None = Non
     plt.close(fig)
     return path
 
-
-def _jsonable(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)

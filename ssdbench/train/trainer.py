@@ -5,6 +5,11 @@ The MLPerf clock (benchmark.md §6): ``run_start`` after the model, data and log
 when an evaluation reaches the target (or the epochs run out); time to train is the wall time in
 between, summed over resumed segments (a resumed run is not a valid MLPerf timing, and its
 summary says so).
+
+The pieces, in order: `open_run` finds the run folder and the checkpoint to resume (before
+anything is built, so a finished run is not built again); `Trainer.__init__` builds everything a
+run segment needs and restores the checkpoint; `Trainer.run` is the epoch loop (train, evaluate
+at eval epochs, checkpoint after every epoch); `Trainer.summary` is the result.
 """
 
 from __future__ import annotations
@@ -13,19 +18,22 @@ import json
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ssdbench import dist as D
 from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, shutdown
-from ssdbench.train.build import build_data, build_parts, load_optimizer_state, summary_line
+from ssdbench.progress import Progress
+from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
+    find_resume,
     last_checkpoint,
     load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+    restore_training,
+    resume_state,
+    save_training,
 )
 from ssdbench.train.config import TrainConfig, resolve_for_device
 from ssdbench.train.loop import NonFiniteLossError, TrainState, train_one_epoch
@@ -34,18 +42,50 @@ from ssdbench.train.sync_bn import average_bn_stats
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train with `cfg` under the current launcher; returns the summary (see `Session.summary`)."""
+    """Train with `cfg` under the current launcher; returns the summary (see `Trainer.summary`).
+
+    ``progress``: show training progress on rank 0 (`ssdbench.progress.Progress`: a bar on a
+    terminal, a plain line per metrics window otherwise). A run folder whose run already finished
+    is not trained again: its summary.json is returned.
+    """
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
         cfg, note = resolve_for_device(cfg, launch.device.type)  # "auto" step/pipeline/precision
         if note and launch.is_main:
             print(note, flush=True)
-        return Session(cfg, launch, progress).run()
+        start = open_run(cfg, launch)
+        if start.finished(cfg):
+            return _finished_summary(start, launch)
+        return Trainer(cfg, launch, progress, start).run()
     finally:
         shutdown()
 
 
-def _resolve_run_dir(cfg: TrainConfig) -> Path:
+# ---------------------------------------------------------------- where a run segment starts
+@dataclass
+class RunStart:
+    """A run segment's folder, the checkpoint it resumes (None: a fresh run) and its counters."""
+
+    folder: RunFolder
+    checkpoint: Path | None
+    payload: dict | None  # the loaded checkpoint (`checkpoint.training_payload`)
+    state: TrainState  # the checkpoint's counters, ``segments`` including this start
+
+    def finished(self, cfg: TrainConfig) -> bool:
+        """A resumed run that already reached the target or its last epoch."""
+        return self.payload is not None and (self.state.reached_target or self.state.epoch >= cfg.epochs)
+
+
+def open_run(cfg: TrainConfig, launch: Launch) -> RunStart:
+    """Rank 0 chooses the run folder and the checkpoint; every rank gets the same and loads it."""
+    run_dir = D.broadcast_object(str(_run_dir(cfg)) if launch.is_main else None)
+    folder = RunFolder(run_dir, enabled=launch.is_main)
+    resume = D.broadcast_object(find_resume(cfg.resume, run_dir) if launch.is_main else None)
+    payload = load_checkpoint(resume) if resume else None
+    return RunStart(folder, resume, payload, resume_state(payload))
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
     """`--out`, else the run folder named by `--resume DIR`, else runs/<preset>-<timestamp>."""
     if cfg.out:
         return Path(cfg.out)
@@ -54,100 +94,81 @@ def _resolve_run_dir(cfg: TrainConfig) -> Path:
     return default_run_dir(cfg.preset)
 
 
-def _find_resume(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto" or Path(cfg.resume).is_dir():
-        return last_checkpoint(run_dir / "checkpoints")
-    path = Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint or run folder at {path}")
-    return path
+def _finished_summary(start: RunStart, launch: Launch) -> dict:
+    if not launch.is_main:
+        return {}
+    print(f"run in {start.folder.path} is already finished; see summary.json (use another --out)", flush=True)
+    return json.loads((start.folder.path / "summary.json").read_text())
 
 
-class Session:
-    """State of one run segment on one rank (see `run_training`)."""
+# ---------------------------------------------------------------- the run
+class Trainer:
+    """One run segment on one rank: `__init__` builds and restores everything, `run` trains.
 
-    def __init__(self, cfg: TrainConfig, launch: Launch, progress: bool = True):
-        self.cfg, self.launch, self.progress = cfg, launch, progress and launch.is_main
-        run_dir = D.broadcast_object(str(_resolve_run_dir(cfg)) if launch.is_main else None)
-        self.folder = RunFolder(run_dir, enabled=launch.is_main)
-        resume = D.broadcast_object(_find_resume(cfg, Path(run_dir)) if launch.is_main else None)
-        self.ckpt = load_checkpoint(resume) if resume else None
-        self.resume_path = resume
-        self.state = TrainState(**self.ckpt["state"]) if self.ckpt else TrainState()
-        self.state.segments += 1
+    ``start``: from `open_run` (default: opened here). Attributes: ``cfg``, ``launch``,
+    ``folder`` (`RunFolder`), ``state`` (`TrainState`), ``mllog``, ``data`` (`build.Data`),
+    ``parts`` (`loop.StepParts`), ``net`` (the bare network), ``division`` (as logged),
+    ``watchdog`` and ``stop_requested`` (set by SIGTERM/SIGINT; polled at step boundaries).
+    """
+
+    def __init__(self, cfg: TrainConfig, launch: Launch, progress: bool = True, start: RunStart | None = None):
+        from ssdbench.train.mllog import MLPerfLogger
+
+        start = start or open_run(cfg, launch)
+        self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
+        self.folder, self.state = start.folder, start.state
+        if start.payload is None and self.folder.metrics_path.exists():
+            raise ValueError(f"run folder {self.folder.path} already holds a run without a checkpoint; "
+                             "choose another --out")
+        self.mllog = MLPerfLogger(self.folder.mlperf_log_path(self.state.segments), launch.rank)
+        self.mllog.init_start()
+        set_determinism(cfg)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+        self.data = build_data(cfg, launch)
+        self.parts, self.net = build_parts(cfg, launch, self.data.num_classes, self.data.iters_per_epoch,
+                                           self.data.warmup_iters)
+        torch.manual_seed(cfg.seed + launch.rank)  # per-rank seeds (benchmark.md §6)
+        if start.payload is not None:
+            self._resume(start)
+        if launch.is_main:
+            cfg.save(self.folder.path / "config.json")
+        self.division = self.mllog.setup(mllog_config(cfg, self.data, launch.world_size), self.net)
         self.stop_requested = False
         self.watchdog = Watchdog(0 if launch.world_size == 1 else cfg.dist_timeout_s, launch.rank)
+
+    def _resume(self, start: RunStart) -> None:
+        restore_training(start.payload, self.net, self.parts, self.data.train_loader.sampler,
+                         self.launch.rank, self.launch.world_size, start.checkpoint)
+        self.folder.truncate_metrics_after(self.state.step)
+        self.say(f"resuming {start.checkpoint}: epoch {self.state.epoch} done, step {self.state.step}")
 
     def say(self, message: str) -> None:
         if self.launch.is_main:
             print(message, flush=True)
 
-    # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
-        from ssdbench.train.mllog import MLPerfLogger
+    def run(self) -> dict:
+        """Train to the target or the last epoch, or until a signal; returns `summary(status)`.
 
-        cfg, launch = self.cfg, self.launch
-        if self.ckpt is None and self.state.segments == 1 and self.folder.metrics_path.exists():
-            raise ValueError(f"run folder {self.folder.path} already holds a run without a checkpoint; "
-                             "choose another --out")
-        self.mllog = MLPerfLogger(self.folder.mlperf_log_path(self.state.segments), launch.rank)
-        self.mllog.init_start()
-        _set_determinism(cfg)
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        self.data = build_data(cfg, launch)
-        self.parts, self.net = build_parts(cfg, launch, self.data.num_classes, self.data.iters_per_epoch,
-                                            self.data.warmup_iters)
-        torch.manual_seed(cfg.seed + launch.rank)  # per-rank seeds (benchmark.md §6)
-        if self.ckpt is not None:
-            self._restore(self.ckpt)
-        cfg.save(self.folder.path / "config.json") if launch.is_main else None
-        self.division = self.mllog.setup(self._mllog_config(), self.net)
-
-    def _mllog_config(self) -> dict:
-        cfg, data = self.cfg, self.data
-        return {
-            "model": cfg.model, "dataset": data.name, "global_batch_size": data.global_batch,
-            "base_lr": cfg.base_lr(self.launch.world_size), "weight_decay": cfg.weight_decay,
-            "warmup_steps": data.warmup_iters, "warmup_factor": cfg.warmup_factor,
-            "decay_epochs": list(cfg.decay_epochs), "bn_span": cfg.bn_span, "max_samples": cfg.max_samples,
-            "seed": cfg.seed, "train_samples": len(data.train_set), "eval_samples": len(data.val_set),
-            "submission_org": cfg.submission_org, "submission_platform": cfg.submission_platform,
-            "submission_status": cfg.submission_status, "submission_benchmark": cfg.submission_benchmark,
-            "submission_division": cfg.division(data.name),
-        }
-
-    def _restore(self, ckpt: dict) -> None:
-        if ckpt.get("world_size") != self.launch.world_size:
-            raise ValueError(f"checkpoint {self.resume_path} was written with {ckpt.get('world_size')} "
-                             f"ranks, this run has {self.launch.world_size}")
-        p = self.parts
-        self.net.load_state_dict(ckpt["model"])
-        load_optimizer_state(p.optimizer, ckpt["optimizer"])  # keeps a fast step's device lr tensor
-        p.scheduler.load_state_dict(ckpt["scheduler"])
-        if p.scaler is not None and ckpt.get("scaler"):
-            p.scaler.load_state_dict(ckpt["scaler"])
-        self.data.train_loader.sampler.load_state_dict(ckpt["sampler"])
-        set_rng_state(ckpt["rng"][self.launch.rank])
-        self.folder.truncate_metrics_after(self.state.step)
-        self.say(f"resuming {self.resume_path}: epoch {self.state.epoch} done, step {self.state.step}")
-
-    # ------------------------------------------------------------------ checkpoints and signals
-    def save(self, name: str) -> None:
-        sampler = self.data.train_loader.sampler
-        consumed = self.state.epoch_step * self.cfg.batch_size
-        rngs = D.all_gather_object(rng_state())
-        if not self.launch.is_main:
-            return
-        p = self.parts
-        payload = {
-            "model": self.net.state_dict(), "optimizer": p.optimizer.state_dict(),
-            "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict() if p.scaler else None,
-            "state": vars(self.state), "sampler": sampler.state_dict(consumed=consumed), "rng": rngs,
-            "config": self.cfg.to_dict(), "world_size": self.launch.world_size,
-        }
-        save_checkpoint(self.folder.checkpoints, name, payload)
+        status: "success" (target reached), "finished" (epochs ran out), "interrupted" (a signal;
+        a mid-epoch checkpoint was written). A non-finite loss raises ValueError ("diverged").
+        """
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.watchdog.start()
+        self.mllog.init_stop()
+        self.mllog.run_start()
+        t_start, status = time.perf_counter(), "running"
+        try:
+            status = self._epochs()
+        except NonFiniteLossError as exc:
+            status = "diverged"
+            last = last_checkpoint(self.folder.checkpoints)
+            self.say(f"error: {exc}" + (f" (last good checkpoint: {last})" if last else ""))
+            raise ValueError(str(exc)) from None
+        finally:
+            self.watchdog.stop()
+            self._finish(status, time.perf_counter() - t_start)
+        return self.summary(status)
 
     def _on_signal(self, signum, _frame) -> None:
         # Slurm preemption sends SIGTERM: finish the step, checkpoint, exit. A second signal kills.
@@ -156,34 +177,12 @@ class Session:
         print(f"rank {self.launch.rank}: {signal.Signals(signum).name} received; checkpointing at the "
               "next step boundary (send again to exit now)", file=sys.stderr, flush=True)
 
-    # ------------------------------------------------------------------ the run
-    def finished(self) -> bool:
-        return self.state.reached_target or self.state.epoch >= self.cfg.epochs
-
-    def run(self) -> dict:
-        if self.ckpt is not None and self.finished():
-            self.say(f"run in {self.folder.path} is already finished; see summary.json (use another --out)")
-            return json.loads((self.folder.path / "summary.json").read_text()) if self.launch.is_main else {}
-        self.setup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        self.watchdog.start()
-        self.mllog.init_stop()
-        self.mllog.run_start()
-        self.t_start = time.perf_counter()
-        status = "running"
-        try:
-            status = self._epochs()
-        except NonFiniteLossError as exc:
-            status = "diverged"
-            self.say(f"error: {exc}" + (f" ({self._last_name()})" if self._last_name() else ""))
-            raise ValueError(str(exc)) from None
-        finally:
-            self.watchdog.stop()
-            self._finish(status)
-        return self.summary(status)
+    def _save(self, name: str) -> None:
+        save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
+                      self.data.train_loader.sampler, self.cfg, self.launch)
 
     def _epochs(self) -> str:
+        """Blocks of epochs ending at an eval epoch (MLPerf block_start/stop); a checkpoint per epoch."""
         cfg, state = self.cfg, self.state
         while state.epoch < cfg.epochs and not state.reached_target:
             first = state.epoch + 1  # MLPerf epoch numbers count from 1
@@ -191,38 +190,39 @@ class Session:
             self.mllog.block_start(first, block_end - first + 1)
             for epoch in range(first, block_end + 1):
                 if self._train_epoch(epoch):
-                    self.save(f"step_{state.step:07d}.pt")
+                    self._save(f"step_{state.step:07d}.pt")
                     self.say(f"stopped at step {state.step}; resume with the same command or --resume")
                     return "interrupted"
                 if epoch == block_end:
                     self.mllog.block_stop(first)
                     self._evaluate(epoch)
                 with self.watchdog.paused():
-                    self.save(f"epoch_{epoch:04d}.pt")  # every epoch, after its eval if any
+                    self._save(f"epoch_{epoch:04d}.pt")  # every epoch, after its eval if any
         return "success" if state.reached_target else "finished"
 
     def _train_epoch(self, epoch: int) -> bool:
-        """Train epoch `epoch` (1-based); True when a signal asked to stop mid-epoch."""
-        from tqdm import tqdm
+        """Train epoch `epoch` (1-based); True when a signal asked to stop mid-epoch.
 
-        state, sampler = self.state, self.data.train_loader.sampler
-        sampler.set_epoch(epoch - 1)  # keeps a resumed position inside this epoch
+        Every ``log_every`` steps a window record goes to metrics.jsonl and to the progress
+        display: step of the epoch, global img/s since the epoch (re)started, loss, lr, ETA, memory.
+        """
+        state, data = self.state, self.data
+        data.train_loader.sampler.set_epoch(epoch - 1)  # keeps a resumed position inside this epoch
         self.mllog.epoch_start(epoch)
-        total = self.data.iters_per_epoch
-        bar = tqdm(total=total, initial=state.epoch_step, desc=f"epoch {epoch}/{self.cfg.epochs}",
-                   unit="step", dynamic_ncols=True, disable=not self.progress, leave=False)
+        with Progress(data.iters_per_epoch, f"epoch {epoch}/{self.cfg.epochs}", unit="step",
+                      initial=state.epoch_step, enabled=self.show_progress, rate_unit="img",
+                      min_interval_s=0) as shown:
 
-        def on_window(record: dict) -> None:
-            bar.update(state.epoch_step - bar.n)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                            img_s=f"{record['img_s']:.0f}")
-            self.folder.log_metrics({"kind": "train", **record})
+            def on_window(record: dict) -> None:
+                images = (state.epoch_step - shown.done) * data.global_batch  # over all ranks
+                shown.update(state.epoch_step, items=images, loss=f"{record['loss']:.3f}",
+                             lr=f"{record['lr']:.2e}")
+                self.folder.log_metrics({"kind": "train", **record})
 
-        stopped = train_one_epoch(self.parts, self.data.train_batches(), state, self.cfg.log_every,
-                                  lambda v: all_reduce_sum(v, self.launch.device), on_window,
-                                  lambda: self.stop_requested, self.cfg.steps_per_epoch,
-                                  self.watchdog.beat)
-        bar.close()
+            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
+                                      lambda v: all_reduce_sum(v, self.launch.device), on_window,
+                                      lambda: self.stop_requested, self.cfg.steps_per_epoch,
+                                      self.watchdog.beat)
         if stopped:
             return True
         self.mllog.epoch_stop(epoch)
@@ -230,13 +230,14 @@ class Session:
         return False
 
     def _evaluate(self, epoch: int) -> None:
+        """COCO mAP on the validation set after averaging BN statistics; sets ``reached_target``."""
         from ssdbench.eval.evaluate import evaluate
 
         self.mllog.eval_start(epoch)
         with self.watchdog.paused():
             average_bn_stats(self.net, self.launch.world_size)  # benchmark.md §6
             stats, _ = evaluate(self.net, self.data.val_loader, self.data.val_set, self.launch.device,
-                                distributed=self.launch.distributed, progress=self.progress,
+                                distributed=self.launch.distributed, progress=self.show_progress,
                                 autocast_dtype=self.parts.amp_dtype)
         value = float(stats[0])
         self.mllog.eval_accuracy(value, epoch)
@@ -247,12 +248,9 @@ class Session:
         self.state.reached_target = target is not None and value >= target
         self.say(f"epoch {epoch}: mAP {value:.4f}" + (f" (target {target})" if target is not None else ""))
 
-    def _last_name(self) -> str | None:
-        path = last_checkpoint(self.folder.checkpoints)
-        return f"last good checkpoint: {path}" if path else None
-
-    def _finish(self, status: str) -> None:
-        self.state.train_time_s += time.perf_counter() - self.t_start
+    def _finish(self, status: str, elapsed_s: float) -> None:
+        """Stop the MLPerf clock, close the log; rank 0 writes summary.json and the plots."""
+        self.state.train_time_s += elapsed_s
         if status != "interrupted":
             self.mllog.run_stop(status == "success")
         self.mllog.close()
@@ -261,7 +259,7 @@ class Session:
             self.folder.plot()
 
     def summary(self, status: str) -> dict:
-        """The result as MLPerf scores it (read by `ssdbench score`)."""
+        """The result as MLPerf scores it (summary.json, read by `ssdbench score`)."""
         s, cfg = self.state, self.cfg
         return {
             "status": status, "reached_target": s.reached_target, "target_map": cfg.target_map,
@@ -269,19 +267,33 @@ class Session:
             "eval_history": s.eval_history, "final_map": s.eval_history[-1]["map"] if s.eval_history else None,
             "model": cfg.model, "preset": cfg.preset, "dataset": self.data.name,
             "world_size": self.launch.world_size, "global_batch_size": self.data.global_batch,
-            "division": getattr(self, "division", None), "resumed": s.segments > 1,
+            "division": self.division, "resumed": s.segments > 1,
             "segments": s.segments, "run_dir": str(self.folder.path),
             "mlperf_log": str(self.folder.mlperf_log_path(s.segments)),
             "summary": summary_line(s, cfg),
         }
 
 
-def _set_determinism(cfg: TrainConfig) -> None:
-    if cfg.deterministic:
-        import os
+def summary_line(state: TrainState, cfg: TrainConfig) -> str:
+    """One line: the MLPerf score of the run."""
+    text = f"time to train {state.train_time_s / 60:.2f} min, {state.epoch} epochs"
+    if state.eval_history:
+        best = state.eval_history[-1]
+        text += f", last mAP {best['map']:.4f} at epoch {best['epoch']}"
+    if cfg.target_map is not None:
+        text += f", target {cfg.target_map} " + ("reached" if state.reached_target else "not reached")
+    return text
 
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # CUDA determinism needs it
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+
+def mllog_config(cfg: TrainConfig, data: Data, world_size: int) -> dict:
+    """The run facts `MLPerfLogger.setup` logs (benchmark.md §6 "Logs": the keys the checker reads)."""
+    return {
+        "model": cfg.model, "dataset": data.name, "global_batch_size": data.global_batch,
+        "base_lr": cfg.base_lr(world_size), "weight_decay": cfg.weight_decay,
+        "warmup_steps": data.warmup_iters, "warmup_factor": cfg.warmup_factor,
+        "decay_epochs": list(cfg.decay_epochs), "bn_span": cfg.bn_span, "max_samples": cfg.max_samples,
+        "seed": cfg.seed, "train_samples": len(data.train_set), "eval_samples": len(data.val_set),
+        "submission_org": cfg.submission_org, "submission_platform": cfg.submission_platform,
+        "submission_status": cfg.submission_status, "submission_benchmark": cfg.submission_benchmark,
+        "submission_division": cfg.division(data.name),
+    }
