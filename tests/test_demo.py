@@ -22,6 +22,7 @@ ENV.pop("SSDBENCH_PROGRESS", None)  # the default: plain lines, since stdout is 
 # A training progress line where the output is not a terminal (`ssdbench.progress.Progress`).
 PROGRESS_LINE = re.compile(r"epoch (\d+)/(\d+) \| step (\d+)/(\d+) \(\d+%\) \| [\d.]+ img/s \| loss [\d.]+ "
                            r"\| lr [\d.]+e[+-]\d+ \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
+EVAL_LINE = re.compile(r"eval \| batch (\d+)/\1 \(100%\) \| [\d.]+ img/s \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
 
 
 def test_demo_end_to_end(tmp_path):
@@ -39,8 +40,10 @@ def test_demo_end_to_end(tmp_path):
         assert (out / name).exists(), name
     assert len(list((out / "predictions").glob("*.png"))) == 2
     assert "AP50" in proc.stdout and "time to train" in proc.stdout
-    progress = [PROGRESS_LINE.fullmatch(line) for line in proc.stdout.splitlines() if " | " in line]
+    lines = proc.stdout.splitlines()
+    progress = [PROGRESS_LINE.fullmatch(line) for line in lines if line.startswith("epoch ") and " | " in line]
     assert progress and all(progress), proc.stdout[-3000:]
+    assert any(EVAL_LINE.fullmatch(line) for line in lines), proc.stdout[-3000:]  # evaluation shows progress too
     assert {m.group(1) for m in progress} == {str(e) for e in range(1, DEMO_EPOCHS + 1)}  # every epoch
     assert "\r" not in proc.stdout  # no bar redraws in a log
     ok, output = check_log(out / "mlperf_log.txt")

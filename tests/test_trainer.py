@@ -140,7 +140,7 @@ def test_fast_device_run_stopped_mid_epoch_resumes_identically(device_run, data,
     capsys.readouterr()
     summary = run_training(cfg, progress=True)  # the same config continues the run
     assert summary["resumed"] and summary["steps"] == total
-    lines = [line for line in capsys.readouterr().out.splitlines() if " | " in line]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ") and " | " in line]
     assert lines and all(PROGRESS_LINE.fullmatch(line) for line in lines), lines
     shown = [tuple(int(g) for g in PROGRESS_LINE.fullmatch(line).groups()) for line in lines]
     per_epoch = total // DEVICE_EPOCHS
