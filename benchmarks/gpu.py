@@ -5,7 +5,7 @@
 
 Sections (each checks every variant against fp32 eager on the same input before timing it):
 1. train: ssd300_r34 images/s on synthetic in-memory inputs, fp32/bf16 x channels_last off/on x
-   eager/compile/CUDA graph (`engine.fast_step.FastStep`), with MFU = img/s x 3 x forward FLOPs /
+   eager/compile/CUDA graph (`train.fast_step.FastStep`), with MFU = img/s x 3 x forward FLOPs /
    peak (forward 31.7 GFLOP per image, benchmark.md §1; x3 for forward + backward; H100 SXM dense bf16
    peak 989 TFLOP/s, used for every precision).
 2. pipeline: the real input path on COCO-size synthetic JPEGs (`data.synth.make_synthetic_coco`):
