@@ -8,6 +8,10 @@ Every package imports it from here, so nothing imports upward from the command l
 
 from __future__ import annotations
 
+# Exit status of a run stopped by SIGTERM/SIGINT after it wrote its checkpoint: non-zero, so a
+# scheduler requeues it (sysexits.h EX_TEMPFAIL, "temporary failure; retry later").
+PREEMPTED_EXIT = 75
+
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
