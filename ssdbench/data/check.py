@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ from pathlib import Path
 from PIL import Image
 
 from ssdbench.data.coco import annotation_path
+from ssdbench.data.decode import ImageTooLargeError, check_image_size
 from ssdbench.data.pool import pool_map, process_pool
 from ssdbench.progress import Progress
 
 FIRST_OFFENDERS = 5
 BOX_TOLERANCE_PX = 1.0  # boxes may exceed the image by this much (rounding in real COCO files)
-ERRORS = {"malformed_json", "missing_file", "unreadable_file", "corrupt_image", "size_mismatch",
+ERRORS = {"malformed_json", "missing_file", "unreadable_file", "corrupt_image", "image_too_large",
+          "non_finite_box", "size_mismatch",
           "unknown_category", "unknown_image", "duplicate_image_id", "duplicate_annotation_id",
           "duplicate_category_id", "malformed_annotation"}
 # everything else (degenerate_box, box_outside_image, grayscale, cmyk, alpha, palette, not_jpeg,
@@ -94,6 +97,12 @@ def inspect_image(path: str) -> list[tuple[str, str]]:
     except OSError as exc:
         return [("unreadable_file", exc.strerror or str(exc))]
     try:
+        check_image_size(data)  # from the header, before Pillow allocates the pixels
+    except ImageTooLargeError as exc:
+        return [("image_too_large", str(exc))]
+    except ValueError as exc:
+        return [("corrupt_image", str(exc))]
+    try:
         with Image.open(io.BytesIO(data)) as img:
             mode, fmt = img.mode, img.format
             img.load()  # full decode: truncation raises here
@@ -159,6 +168,9 @@ def _check_boxes(report: CheckReport, split: str, data: dict, images: dict[int, 
             report.add(split, "malformed_annotation", f"annotation {aid} (bbox {box!r})")
             continue
         x, y, w, h = box
+        if not all(math.isfinite(v) for v in box):  # NaN passes every `<=` test below
+            report.add(split, "non_finite_box", f"annotation {aid} (bbox {box!r})")
+            continue
         if w <= 0 or h <= 0:
             report.add(split, "degenerate_box", f"annotation {aid} (w={w}, h={h})")
             continue

@@ -15,13 +15,16 @@ the MLPerf training reference keeps them as ordinary boxes. A crowd box covers a
 COCO eval reads crowd regions from the ground-truth file and treats them as ignore regions. Images
 whose annotations are all crowd boxes are kept (they count among the 117,266) with empty targets.
 
-Boxes with non-positive width or height are skipped with one aggregated warning naming the
-annotation ids. An unknown category id is an error (ValueError naming the annotation).
+Boxes with non-positive width or height, and boxes with a NaN or infinite coordinate, are skipped
+with one aggregated warning per kind naming the annotation ids; evaluation drops the same boxes
+from the ground truth (`ssdbench.eval.coco`), so training and scoring see the same objects. An
+unknown category id is an error (ValueError naming the annotation).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -45,6 +48,21 @@ class BadSampleError(ValueError):
 
     def __str__(self) -> str:
         return f"bad sample: image {self.image_id} ({self.path}): {self.reason}"
+
+
+def name_ids(ids: list) -> str:
+    """The first `_MAX_NAMED` ids, comma-separated, and how many more: "3, 7 and 12 more"."""
+    more = f" and {len(ids) - _MAX_NAMED} more" if len(ids) > _MAX_NAMED else ""
+    return ", ".join(map(str, ids[:_MAX_NAMED])) + more
+
+
+def finite_bbox(ann) -> bool:
+    """False when the annotation's ``bbox`` holds a NaN or infinite number (JSON allows both);
+    True otherwise, also for a malformed bbox (reported by the reader and by `data check`)."""
+    try:
+        return all(math.isfinite(float(v)) for v in ann["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return True
 
 
 def annotation_path(root: str | Path, split: str) -> Path:
@@ -118,12 +136,15 @@ class CocoDetection:
         """Per image id: boxes float32 (n, 4) ltrb pixels and labels int64 (n,), crowd excluded."""
         boxes: dict[int, list] = {}
         labels: dict[int, list] = {}
-        degenerate = []
+        degenerate, non_finite = [], []
         for ann in anns:
             image_id = self._check_annotation(ann)
             boxes.setdefault(image_id, [])  # any annotation keeps the image (reference rule)
             labels.setdefault(image_id, [])
             x, y, w, h = self._bbox(ann)
+            if not all(map(math.isfinite, (x, y, w, h))):  # before `w <= 0`, which NaN passes
+                non_finite.append(ann.get("id"))
+                continue
             if w <= 0 or h <= 0:
                 degenerate.append(ann["id"])
                 continue
@@ -131,14 +152,10 @@ class CocoDetection:
                 continue  # ignore regions for COCO eval, never training targets (module doc)
             boxes[image_id].append((x, y, x + w, y + h))
             labels[image_id].append(self.cat_id_to_label[ann["category_id"]])
-        if degenerate:
-            named = ", ".join(map(str, degenerate[:_MAX_NAMED]))
-            more = f" and {len(degenerate) - _MAX_NAMED} more" if len(degenerate) > _MAX_NAMED else ""
-            warnings.warn(
-                f"{self.ann_file.name}: skipped {len(degenerate)} box(es) with non-positive "
-                f"width/height: annotation ids {named}{more}",
-                stacklevel=3,
-            )
+        for skipped, why in ((non_finite, "a NaN or infinite coordinate"), (degenerate, "non-positive width/height")):
+            if skipped:
+                warnings.warn(f"{self.ann_file.name}: skipped {len(skipped)} box(es) with {why}: "
+                              f"annotation ids {name_ids(skipped)}", stacklevel=3)
         as_boxes = {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in boxes.items()}
         as_labels = {k: np.asarray(v, np.int64).reshape(-1) for k, v in labels.items()}
         return as_boxes, as_labels

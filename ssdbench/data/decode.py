@@ -5,11 +5,19 @@ Two decoders: Pillow (any format) and simplejpeg (libjpeg-turbo, JPEG only, fast
 Pillow for everything else. Every result is 3-channel RGB: grayscale, CMYK, palette and alpha
 images are converted (alpha is dropped, as COCO's loaders do with ``.convert("RGB")``).
 Corrupt or truncated data raises ``ValueError`` with the decoder's reason.
+
+Before any decoder allocates, the size is read from the header (`image_size`) and checked against
+`max_image_pixels` (``$SSDBENCH_MAX_IMAGE_PIXELS``, default Pillow's decompression-bomb limit): a
+JPEG whose header claims 65000x65000 would otherwise make libjpeg-turbo ask for 11.8 GiB. Such an
+image, and one whose decode runs out of memory, raises ValueError like any corrupt file (the
+loaders skip it as a bad sample, naming it).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -21,6 +29,57 @@ except ImportError:  # pragma: no cover - simplejpeg is a declared dependency
 
 DECODERS = ("auto", "pillow", "simplejpeg")
 _JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_PIXELS_ENV = "SSDBENCH_MAX_IMAGE_PIXELS"
+
+
+class ImageTooLargeError(ValueError):
+    """The header claims more pixels than `max_image_pixels`: the image is not decoded."""
+
+
+def max_image_pixels() -> int:
+    """Largest width x height decoded: ``$SSDBENCH_MAX_IMAGE_PIXELS`` (a positive integer), else
+    Pillow's `PIL.Image.MAX_IMAGE_PIXELS` (89,478,485: 256 MiB of RGB; COCO's largest is 640x640)."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return int(Image.MAX_IMAGE_PIXELS or 2**62)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a positive integer, got {text!r}")
+    return value
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header only: no pixel buffer is allocated. ValueError when
+    the header is unreadable or claims more than twice Pillow's limit (Pillow refuses to open it)."""
+    if simplejpeg is not None and is_jpeg(data):
+        try:
+            height, width = simplejpeg.decode_jpeg_header(data)[:2]
+            return int(width), int(height)
+        except ValueError:
+            pass  # Pillow reads some headers libjpeg-turbo rejects; it decides below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot decode image: {exc}") from None
+
+
+def check_image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the header; ImageTooLargeError (a ValueError) when width x height
+    exceeds `max_image_pixels`, ValueError when the header is unreadable."""
+    width, height = image_size(data)
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise ImageTooLargeError(f"image too large: the header says {width}x{height} = {width * height:,} pixels, "
+                         f"over the limit of {limit:,} ({MAX_PIXELS_ENV}); not decoded")
+    return width, height
 
 
 def available_decoders() -> list[str]:
@@ -81,6 +140,14 @@ def decode_image(data: bytes, decoder: str = "auto") -> np.ndarray:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
     if not data:
         raise ValueError("cannot decode image: empty data")
+    check_image_size(data)  # before any decoder allocates (module doc)
+    try:
+        return _decode(data, decoder)
+    except MemoryError:
+        raise ValueError("cannot decode image: out of memory") from None
+
+
+def _decode(data: bytes, decoder: str) -> np.ndarray:
     if decoder == "pillow":
         return decode_pillow(data)
     if decoder == "simplejpeg":

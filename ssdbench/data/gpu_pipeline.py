@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, plan_sample, sample_rng
 from ssdbench.data.coco import normalized_targets
-from ssdbench.data.decode import decode_image
+from ssdbench.data.decode import check_image_size, decode_image
 from ssdbench.data.jitter import jitter_normalize, to_device
 from ssdbench.data.loader import batch_info, epoch_sampler, pad_targets
 
@@ -64,7 +64,8 @@ class JpegBytesDataset(Dataset):
     ``data`` uint8 (L,) tensor of file bytes, ``boxes`` float32 (n, 4) ltrb normalised with the
     annotated size and clipped (boxes wholly outside dropped: `coco.normalized_targets`),
     ``labels`` int64 (n,), ``image_id``, ``orig_size`` (h, w), ``key`` (epoch, index); or None
-    (after a warning naming the image) when the file cannot be read.
+    (after a warning naming the image) when the file cannot be read or its header claims more
+    pixels than `decode.max_image_pixels` (checked here, before nvjpeg allocates).
     """
 
     def __init__(self, dataset, max_objects: int = 200):
@@ -77,8 +78,10 @@ class JpegBytesDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         info, path = self.dataset.image_info(index), self.dataset.image_path(index)
         try:
-            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-        except OSError as exc:
+            raw = np.fromfile(path, dtype=np.uint8)
+            check_image_size(raw.tobytes())
+            data = torch.from_numpy(raw)
+        except (OSError, ValueError) as exc:
             warnings.warn(f"skipping bad sample: image {info['id']} ({path}): {exc}", RuntimeWarning, stacklevel=2)
             return None
         h, w = int(info["height"]), int(info["width"])

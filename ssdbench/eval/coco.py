@@ -13,6 +13,7 @@ import copy
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -94,17 +95,32 @@ def _category(label_to_cat_id, label: int, image_id: int) -> int:
 
 
 def _load_dataset_dict(gt: Any) -> dict:
-    """Annotation json path, dict, or a loaded COCO object (either backend) -> the dataset dict."""
+    """Annotation json path, dict, or a loaded COCO object (either backend) -> the dataset dict,
+    without boxes that have a NaN or infinite coordinate (dropped with a warning naming them)."""
     if isinstance(gt, (str, os.PathLike)):
         if not os.path.isfile(gt):
             raise FileNotFoundError(f"annotation file not found: {gt}")
         with open(gt, "rb") as f:
-            return json.load(f)
+            return _finite_boxes_only(json.load(f), str(gt))
     if isinstance(gt, dict):
-        return gt
+        return _finite_boxes_only(gt, "ground truth")
     if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):
-        return gt.dataset
+        return _finite_boxes_only(gt.dataset, "ground truth")
     raise ValueError(f"gt must be an annotation json path, a dict or a COCO object, not {type(gt).__name__}")
+
+
+def _finite_boxes_only(data: dict, origin: str) -> dict:
+    """``data`` without the annotations whose bbox is not finite: the training reader skips the
+    same ones (`data.coco`), so a NaN box is no target there and no ground truth here."""
+    from ssdbench.data.coco import finite_bbox, name_ids
+
+    anns = data.get("annotations") or []
+    bad = [a for a in anns if not finite_bbox(a)]
+    if not bad:
+        return data
+    warnings.warn(f"{os.path.basename(origin)}: skipped {len(bad)} ground-truth box(es) with a NaN or infinite "
+                  f"coordinate: annotation ids {name_ids([a.get('id') for a in bad])}", stacklevel=3)
+    return {**data, "annotations": [a for a in anns if finite_bbox(a)]}
 
 
 def _coco_api(backend: str):
