@@ -291,7 +291,7 @@ def test_unknown_layout_missing_file_and_junk(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_model("ssd128_mini", weights=tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a readable PyTorch weight file"):
+    with pytest.raises(ValueError, match="junk.pt: not a PyTorch weight file: neither a zip archive nor a pickle"):
         build_model("ssd128_mini", weights=tmp_path / "junk.pt")
 
 

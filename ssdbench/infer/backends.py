@@ -267,10 +267,11 @@ def make_backend(
     compile_backend="inductor",
     onnx_postprocess="outside",
     model: nn.Module | None = None,
+    allow_pickle: bool = False,
 ) -> Backend:
     """Build a backend by name ("eager", "compile", "onnxruntime") for `model_name`.
 
-    `weights` as for `build_model` (None: random init); `model` reuses an already built network
+    `weights` and `allow_pickle` as for `build_model` (None: random init); `model` reuses an already built network
     instead. For onnxruntime, `onnx_path` is used as is (its graph decides space-to-depth and where
     post-processing runs); without it the model is exported into the cache first.
     """
@@ -281,7 +282,7 @@ def make_backend(
     if name == "onnxruntime" and onnx_path is not None:
         return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
     if model is None:
-        model = build_model(model_name, weights=weights, num_classes=num_classes)
+        model = build_model(model_name, weights=weights, num_classes=num_classes, allow_pickle=allow_pickle)
     model = model.eval()
     if name == "eager":
         return EagerBackend(model, model_name, device, dtype, channels_last, space_to_depth)

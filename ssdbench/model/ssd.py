@@ -177,19 +177,20 @@ def build_model(
     MLPerf inference/training references, torchvision's resnet34 for the trunk only; the pickled
     ``resnet34-ssd1200.pytorch`` only with ``allow_pickle=True``). When `num_classes` is None and
     the weights carry class heads, the class count is taken from them (default 81 otherwise).
-    `backbone_weights`: torchvision ImageNet resnet34 file loaded into the trunk (benchmark.md §6).
+    `backbone_weights`: torchvision ImageNet resnet34 file loaded into the trunk (benchmark.md §6);
+    ``allow_pickle`` applies to it too.
     """
     from ssdbench.model.weights import infer_num_classes, load_backbone, load_state, read_state_dict
 
     state = None
     if weights is not None:
-        state = read_state_dict(weights, allow_pickle=allow_pickle)
+        state = read_state_dict(weights, allow_pickle=allow_pickle, model_name=name)
         if num_classes is None:
             num_classes = infer_num_classes(state, get_spec(name))
     model = SSD(get_spec(name, num_classes))
     check_shapes(model)
     if backbone_weights is not None:
-        load_backbone(model, backbone_weights)
+        load_backbone(model, backbone_weights, allow_pickle)
     if state is not None:
         load_state(model, state, str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict")
     return model

@@ -16,6 +16,11 @@ Layouts recognised by their keys (after stripping DDP ``module.`` / torch.compil
   loads into the trunk only; ``layer4`` and ``fc`` are ignored.
 - The official ``resnet34-ssd1200.pytorch`` is a pickled whole module: read only when the caller
   passes ``allow_pickle=True`` (unpickling runs code from the file), then converted as ``mlperf``.
+
+A file that is no weight file at all (random bytes, an empty file, a truncated zip archive) raises
+`WeightsError` (a ValueError) in one line naming the file and what it is not; so does a checkpoint
+that records another model than the one asked for (`read_state_dict` with ``model_name``):
+SSD300 and SSD1200 share every parameter shape, so the shapes alone would let it through.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _TORCHVISION_IGNORED = ("layer4.", "fc.")
 _OPTIONAL_SUFFIX = "num_batches_tracked"  # absent from pre-0.4.1 files such as resnet34-333f7ec4.pth
 _SHOW = 5  # keys listed per category in error messages
+
+class WeightsError(ValueError):
+    """A weight file that cannot be used; the message names the file and why (one line)."""
+
 
 PICKLE_HINT = (
     "unpickling runs code stored in the file; if you trust it, pass allow_pickle=True "
@@ -87,36 +96,74 @@ def _unwrap(obj, origin: str) -> dict[str, torch.Tensor]:
     raise ValueError(f"{origin}: holds a {type(obj).__name__}, not a state dict or checkpoint")
 
 
-def read_state_dict(source, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(source, allow_pickle: bool = False, model_name: str | None = None) -> dict[str, torch.Tensor]:
     """A weight file (path) or an in-memory object -> flat state dict, wrapper prefixes stripped.
 
     Files are read with ``weights_only=True``. A file that needs full unpickling (a pickled
-    module) raises ValueError unless `allow_pickle` is True.
+    module) raises ValueError unless `allow_pickle` is True. ``model_name``: the network the
+    weights are for; a checkpoint recording another (``config["model"]``) raises WeightsError.
     """
     if isinstance(source, (str, os.PathLike)):
         obj, origin = _load_file(Path(source), allow_pickle), str(source)
     else:
         obj, origin = source, "weights"
+    recorded = _recorded_model(obj)
+    if model_name is not None and recorded is not None and recorded != model_name:
+        raise WeightsError(f"{origin} is a checkpoint of model {recorded}, not {model_name} "
+                           f"(leave --model out, or pass --model {recorded})")
     return _strip_wrappers(_unwrap(obj, origin))
+
+
+def _recorded_model(obj) -> str | None:
+    """``config["model"]`` of one of our training checkpoints, else None."""
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    name = config.get("model") if isinstance(config, Mapping) else None
+    return name if isinstance(name, str) else None
 
 
 def _load_file(path: Path, allow_pickle: bool):
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: said below
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not allow_pickle:
-            raise ValueError(f"{path}: {_weights_only_reason(str(exc))}") from exc
-    except (RuntimeError, EOFError) as exc:  # truncated file, foreign zip, empty file
-        first = (str(exc).strip().splitlines() or ["empty file"])[0]
-        raise ValueError(f"{path}: not a readable PyTorch weight file ({first})") from exc
-    with warnings.catch_warnings():
-        # Legacy files compare each module's saved source with ours; only the tensors matter here.
-        warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
-        warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StandInPickle)
+            raise WeightsError(f"{path}: {_weights_only_reason(path, str(exc))}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:  # truncated zip, foreign zip, empty file
+        raise WeightsError(f"{path}: {unreadable_reason(path, exc)}") from None
+    try:
+        with warnings.catch_warnings():
+            # Legacy files compare each module's saved source with ours; only the tensors matter here.
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StandInPickle)
+    except Exception as exc:  # noqa: BLE001 - whatever a foreign pickle raises, the file is unusable
+        raise WeightsError(f"{path}: {unreadable_reason(path, exc)}") from None
+
+
+def unreadable_reason(path: str | Path, exc: BaseException) -> str:
+    """What an unreadable file is not, from its first bytes, and torch's reason in brief."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    reason = _first_sentence(str(exc)) or type(exc).__name__
+    if not head:
+        return "empty file, not a PyTorch weight file"
+    if head.startswith(b"PK"):
+        return f"damaged PyTorch zip archive, truncated or corrupted ({reason})"
+    if head[:1] == b"\x80":  # the PROTO opcode: a pickle, but not one torch can read
+        return f"not a PyTorch weight file: a pickle torch cannot read ({reason})"
+    return f"not a PyTorch weight file: neither a zip archive nor a pickle ({reason})"
+
+
+def _first_sentence(message: str) -> str:
+    """The first line of ``message`` up to its first full stop (torch's messages run on)."""
+    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "")
+    return line.split(". ")[0].rstrip(".")
 
 
 def checkpoint_model_name(source) -> str | None:
@@ -128,12 +175,9 @@ def checkpoint_model_name(source) -> str | None:
     if source is None or not Path(source).is_file():
         return None
     try:
-        obj = _load_file(Path(source), allow_pickle=False)
+        return _recorded_model(_load_file(Path(source), allow_pickle=False))
     except ValueError:
         return None
-    config = obj.get("config") if isinstance(obj, dict) else None
-    name = config.get("model") if isinstance(config, dict) else None
-    return name if isinstance(name, str) else None
 
 
 def numpy_safe_globals() -> list:
@@ -150,7 +194,7 @@ def numpy_safe_globals() -> list:
     return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
-def _weights_only_reason(message: str) -> str:
+def _weights_only_reason(path: Path, message: str) -> str:
     """One line from torch's long weights_only failure message."""
     found = re.search(r"GLOBAL (\S+)", message)
     if found:
@@ -158,7 +202,7 @@ def _weights_only_reason(message: str) -> str:
                 f"resnet34-ssd1200.pytorch), not only tensors; {PICKLE_HINT}")
     detail = [line.strip() for line in message.splitlines() if line.strip()]
     detail = next((d for d in detail if "operand" in d or "load key" in d), detail[-1] if detail else "")
-    return f"not a readable PyTorch weight file ({detail})"
+    return unreadable_reason(path, ValueError(detail))
 
 
 class _StandIn(nn.Module):
@@ -285,9 +329,9 @@ def load_weights(model: nn.Module, source, allow_pickle: bool = False) -> str:
     return load_state(model, read_state_dict(source, allow_pickle=allow_pickle), _name(source))
 
 
-def load_backbone(model: nn.Module, source) -> None:
+def load_backbone(model: nn.Module, source, allow_pickle: bool = False) -> None:
     """Load torchvision ImageNet resnet34 weights (``resnet34-333f7ec4.pth``) into ``model.backbone``."""
-    state = read_state_dict(source)
+    state = read_state_dict(source, allow_pickle=allow_pickle)
     layout = detect_layout(state)
     if layout != "torchvision":
         raise ValueError(f"{_name(source)}: backbone weights must be a torchvision resnet34 state dict, "
