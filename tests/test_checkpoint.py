@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from ssdbench.data.loader import ShardedSampler
+from ssdbench.io import WriteError
 from ssdbench.train import checkpoint as C
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.fast_step import make_sgd
 from ssdbench.train.loop import StepParts, TrainState
 from ssdbench.train.schedule import MLPerfSchedule
 
+TRAINING = {"model": {}, "state": {}, "sampler": {}, "rng": []}  # the keys a resume needs
 PAYLOAD_KEYS = {"model", "optimizer", "scheduler", "scaler", "state", "sampler", "rng", "config", "world_size"}
 
 
@@ -29,13 +31,12 @@ def test_checkpoint_files_are_atomic_and_pointed(tmp_path):
 def test_a_failed_write_keeps_the_last_checkpoint_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     C.save_checkpoint(tmp_path, "epoch_0001.pt", {"i": torch.tensor(1)})
 
-    def half_written(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 truncated")  # a partial file, then the disk fills up
-        raise OSError("No space left on device")
+    def half_written(obj, f):
+        f.write(b"PK\x03\x04 truncated")  # a partial file, then the disk fills up
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_written)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=r"cannot write .*epoch_0002.pt: No space left on device"):
         C.save_checkpoint(tmp_path, "epoch_0002.pt", {"i": torch.tensor(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt", "last", "last.pt"]
     assert C.last_checkpoint(tmp_path).name == "epoch_0001.pt"
@@ -56,11 +57,11 @@ def test_last_checkpoint_and_find_resume(tmp_path):
     run = tmp_path / "run"
     folder = run / "checkpoints"
     assert C.last_checkpoint(folder) is None and C.find_resume("auto", run) is None
-    C.save_checkpoint(folder, "epoch_0001.pt", {})
-    assert C.find_resume("auto", run) == folder / "epoch_0001.pt"
-    assert C.find_resume(str(run), run) == folder / "epoch_0001.pt"  # --resume RUN_DIR
+    C.save_checkpoint(folder, "epoch_0001.pt", TRAINING)
+    assert C.find_resume("auto", run)[0] == folder / "epoch_0001.pt"
+    assert C.find_resume(str(run), run)[0] == folder / "epoch_0001.pt"  # --resume RUN_DIR
     assert C.find_resume("never", run) is None
-    assert C.find_resume(str(folder / "epoch_0001.pt"), tmp_path) == folder / "epoch_0001.pt"
+    assert C.find_resume(str(folder / "epoch_0001.pt"), tmp_path)[0] == folder / "epoch_0001.pt"
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint or run folder at .*nope.pt"):
         C.find_resume(str(tmp_path / "nope.pt"), run)
     (folder / "epoch_0001.pt").unlink()  # `last` names a file that is gone: nothing to resume

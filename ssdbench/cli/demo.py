@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
+
+from ssdbench.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SEED
+from ssdbench.errors import PREEMPTED_EXIT
 
 EPILOG = """examples:
   ssdbench demo                         # about 5 minutes on 2 CPU cores
@@ -24,15 +28,15 @@ then:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    parser.add_argument("--epochs", type=int, help="epochs (default: the demo preset's)")
-    parser.add_argument("--batch-size", type=int, help="images per step")
-    parser.add_argument("--workers", type=int, help="data-loader worker processes")
+    parser.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default: the demo preset's)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, help="images per step")
+    parser.add_argument("--workers", type=NON_NEGATIVE_INT, help="data-loader worker processes")
     parser.add_argument("--device", help="auto, cpu, cuda")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--seed", type=SEED, help="random seed")
+    parser.add_argument("--threads", type=POSITIVE_INT,
                         help="torch compute threads (default: CPU cores minus data workers, at least 1)")
-    parser.add_argument("--images", type=int, default=6, help="validation images to draw predictions on")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="draw detections above this score")
+    parser.add_argument("--images", type=NON_NEGATIVE_INT, default=6, help="validation images to draw predictions on")
+    parser.add_argument("--score-threshold", type=FRACTION, default=0.3, help="draw detections above this score")
 
 
 def _set_threads(threads: int | None, workers: int) -> None:
@@ -61,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"ssdbench demo: training {cfg.model} on the embedded synthetic dataset "
           f"({cfg.epochs} epochs, batch {cfg.batch_size}, {torch.get_num_threads()} threads)", flush=True)
     summary = run_training(cfg)
-    if not summary or summary.get("status") == "interrupted":
+    if summary.get("status") == "interrupted":  # checkpointed: the same command resumes
+        print("ssdbench demo: preempted (exit status 75); the same command resumes", file=sys.stderr)
+        return PREEMPTED_EXIT
+    if not summary:
         return 0
     run_dir = Path(summary["run_dir"])
     stats = summary["eval_history"][-1]["stats"] if summary["eval_history"] else []

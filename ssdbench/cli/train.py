@@ -7,8 +7,9 @@ saved as config.json in the run folder.
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ssdbench.train.config import PRESETS, resolve_config, resolve_for_device
+from ssdbench.train.config import PRESETS, RANGES, resolve_config, resolve_for_device
 
 EPILOG = """presets:
   demo           ssd128_mini on the embedded synthetic dataset (default without --data)
@@ -37,6 +38,8 @@ fast path: on CUDA the mlperf, dgx* and modelzoo presets train with --step fast 
   GPU), bf16 and channels_last; on CPU they fall back to the plain step and the CPU loader.
 
 resume: re-run the same command with the same --out (or pass --resume [RUN_DIR|CHECKPOINT]).
+  A checkpoint trained with other settings is refused, naming them; --accept-changes applies
+  them from the resumed step on. SIGTERM (Slurm preemption) checkpoints and exits with status 75.
 """
 
 # flag -> (config field, type, help). Booleans are store_true flags (with --no-X to turn off).
@@ -80,6 +83,7 @@ _BOOL_FLAGS = {
     "--compile": ("compile", "torch.compile the model"),
     "--cuda-graph": ("cuda_graph", "capture the fast step as one CUDA graph (CUDA, --step fast)"),
     "--deterministic": ("deterministic", "deterministic kernels (bit-reproducible CPU runs)"),
+    "--allow-pickle": ("allow_pickle", "read a pickled --backbone-weights file (runs its code; trusted files only)"),
 }
 
 
@@ -89,10 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="continue a run: its folder or a checkpoint (no value: the newest run of the preset)")
     parser.add_argument("--no-resume", action="store_true", help="start fresh even if --out holds a checkpoint")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="resume a checkpoint trained with other settings and apply the new ones")
     parser.add_argument("--v07-eval", action="store_true", help="NVIDIA v0.7 eval schedule: 40, 50, 55, then every 5")
-    for flag, (_field, kind, text) in _VALUE_FLAGS.items():
+    for flag, (field_name, kind, text) in _VALUE_FLAGS.items():
         nargs = "+" if flag in ("--decay-epochs", "--eval-epochs") else None
-        parser.add_argument(flag, type=kind, nargs=nargs, help=text)
+        # numbers are parsed and range-checked by the config key's rule (`config.RANGES`)
+        parser.add_argument(flag, type=RANGES.get(field_name, kind), nargs=nargs, help=text)
     for flag, (field_name, text) in _BOOL_FLAGS.items():
         parser.add_argument(flag, dest=field_name, action=argparse.BooleanOptionalAction, default=None, help=text)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -133,6 +140,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
+    from ssdbench.errors import PREEMPTED_EXIT
     from ssdbench.train.trainer import run_training
 
     cfg = config_from_args(args)
@@ -143,10 +151,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"ssdbench train: preset {cfg.preset}, resolved config:\n{cfg.describe()}", flush=True)
     if args.print_config:
         return 0
-    summary = run_training(cfg)
+    summary = run_training(cfg, accept_changes=args.accept_changes)
     if D.env_rank() == 0 and summary:
         print_result(summary)
-    return 0 if summary.get("status") in ("success", "finished", "interrupted", None) else 1
+    if summary.get("status") == "interrupted":  # a checkpoint was written: a scheduler requeues
+        print("ssdbench train: preempted (exit status 75); the same command resumes", file=sys.stderr)
+        return PREEMPTED_EXIT
+    return 0 if summary.get("status") in ("success", "finished", None) else 1
 
 
 def _device_type(name: str) -> str:

@@ -133,7 +133,8 @@ def build_network(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     if cfg.backbone_weights is None and cfg.model != "ssd128_mini":
         warnings.warn("no --backbone-weights: training from a random trunk; the MLPerf quality target "
                       "(0.23 mAP) assumes torchvision's ImageNet resnet34 (benchmark.md §6)", stacklevel=2)
-    return build_model(cfg.model, num_classes=num_classes, backbone_weights=cfg.backbone_weights)
+    return build_model(cfg.model, num_classes=num_classes, backbone_weights=cfg.backbone_weights,
+                       allow_pickle=cfg.allow_pickle)
 
 
 def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,

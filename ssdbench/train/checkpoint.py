@@ -3,9 +3,15 @@
 Layout under ``<run>/checkpoints/``: ``epoch_0003.pt`` after each epoch, ``step_0000123.pt`` when a
 run is interrupted mid-epoch (SIGTERM/SIGINT), ``last`` (a text file holding the newest file's
 name) and ``last.pt`` (a symbolic link to it, for ``ssdbench eval --weights``). Every file is
-written through `ssdbench.io.atomic_write` (a temporary name, then `os.replace`), so a crash never
-leaves a truncated checkpoint and ``last`` always names a complete file. The `KEEP` newest files
-besides the one just written are kept; older ones are deleted.
+written through `ssdbench.io.atomic_write` (a temporary name, flushed to disk, then `os.replace`), so
+a crash never leaves a truncated checkpoint and ``last`` always names a complete file; a failed
+write (full disk) raises `ssdbench.io.WriteError` naming the file and the cause, removes the
+temporary file and leaves the previous checkpoints and ``last`` as they were. The `KEEP` newest
+files besides the one just written are kept; older ones are deleted.
+
+Resuming (`find_resume`) takes the file ``last`` names, else the newest checkpoint file, and if
+that one does not load (damaged on disk, copied half), says so by name and falls back to the
+next newest: a run folder whose ``last`` pointer was deleted still resumes.
 
 A checkpoint is a dict (`training_payload`): ``model`` (the bare network's state dict;
 `model.weights` reads it), ``optimizer``, ``scheduler`` (LambdaLR state), ``scaler`` (GradScaler
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import torch
 
 from ssdbench import dist as D
 from ssdbench.io import atomic_write, atomic_write_text
+from ssdbench.model.weights import unreadable_reason
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts, TrainState
 
@@ -38,10 +46,35 @@ _KERNEL_FLAGS = ("fused", "foreach", "capturable")  # how this run steps, not st
 def save_checkpoint(folder: str | Path, name: str, payload: dict) -> Path:
     """Write `payload` to ``folder/name`` atomically, point ``last`` at it, prune old files."""
     folder = Path(folder)
-    path = atomic_write(folder / name, lambda tmp: torch.save(payload, tmp))
+    path = atomic_write(folder / name, lambda tmp: _write_payload(payload, tmp))
     _point_last(folder, name)
     _prune(folder, name)
     return path
+
+
+def _write_payload(payload: dict, tmp: Path) -> None:
+    """torch.save into ``tmp`` and flush it to disk. torch reports a failed write as RuntimeError
+    ("unexpected pos ..."); the OSError behind it (ENOSPC, EFBIG, EROFS) is raised instead."""
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(payload, f)
+        except RuntimeError as exc:
+            cause = _os_error(exc)
+            if cause is None:
+                raise
+            raise cause from None
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The first OSError in ``exc``'s chain of causes, or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _point_last(folder: Path, name: str) -> None:
@@ -69,29 +102,70 @@ def last_checkpoint(folder: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The checkpoint files of ``folder``, the one ``last`` names first, then newest first."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.glob("*.pt") if p.is_file() and not p.is_symlink()
+                    and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime, reverse=True)
+    last = last_checkpoint(folder)
+    return ([last] if last in files else []) + [p for p in files if p != last]
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by `save_checkpoint` (tensors and plain Python objects only)."""
+    """Read a checkpoint written by `save_checkpoint` (tensors and plain Python objects only);
+    ValueError naming the file when it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # Only tensors and plain Python values inside: safe to read with weights_only=True.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # only tensors and plain Python values inside: safe to read with weights_only=True
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        raise ValueError(f"checkpoint {path}: {unreadable_reason(path, exc)}") from None
 
 
-def find_resume(resume: str, run_dir: str | Path) -> Path | None:
-    """The checkpoint a run resumes from, for ``TrainConfig.resume``.
+def load_training_checkpoint(path: str | Path) -> dict:
+    """`load_checkpoint` of a file to resume: ValueError also when it is no training checkpoint."""
+    payload = load_checkpoint(path)
+    missing = [k for k in ("model", "state", "sampler", "rng") if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a training checkpoint of ssdbench (no {', '.join(missing)})")
+    return payload
 
-    ``never``: None. ``auto`` or a run folder: the ``last`` checkpoint of ``run_dir`` (None when
-    there is none). Otherwise ``resume`` names a checkpoint file, which must exist.
+
+def find_resume(resume: str, run_dir: str | Path) -> tuple[Path, dict] | None:
+    """(checkpoint file, its payload) a run resumes from, for ``TrainConfig.resume``; None: fresh.
+
+    ``never``: None. ``auto`` or a run folder: the newest checkpoint of ``run_dir`` that loads
+    (`checkpoint_files` order; a damaged one is named on stderr and skipped; ValueError when
+    checkpoint files exist and none loads). Otherwise ``resume`` names a checkpoint file, which
+    must exist and load.
     """
     if resume == "never":
         return None
     if resume == "auto" or Path(resume).is_dir():
-        return last_checkpoint(Path(run_dir) / "checkpoints")
+        return _newest_good(Path(run_dir) / "checkpoints")
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint or run folder at {path}")
-    return path
+    return path, load_training_checkpoint(path)
+
+
+def _newest_good(folder: Path) -> tuple[Path, dict] | None:
+    files, damaged = checkpoint_files(folder), []
+    for path in files:
+        try:
+            payload = load_training_checkpoint(path)
+        except ValueError as exc:
+            damaged.append(str(exc))
+            print(f"warning: {exc}; trying the previous checkpoint", file=sys.stderr, flush=True)
+            continue
+        if damaged:
+            print(f"resuming from {path.name}, the newest checkpoint that loads", file=sys.stderr, flush=True)
+        return path, payload
+    if damaged:
+        raise ValueError(f"no checkpoint of {folder} loads ({len(damaged)} damaged: {damaged[0]}); "
+                         "start over with --no-resume or another --out")
+    return None
 
 
 # ---------------------------------------------------------------- payload

@@ -110,7 +110,7 @@ def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce
     if bad_any:
         where = (f"step {first_step + bad_local} (loss {values[bad_local].item()})" if bad_local >= 0
                  else f"a step in {first_step}..{first_step + len(values) - 1} on another rank")
-        raise NonFiniteLossError(f"non-finite loss at {where}; stopping, the last good checkpoint is kept")
+        raise NonFiniteLossError(f"non-finite loss at {where}; stopping")
     return total / max(count, 1.0), stop_any > 0
 
 

@@ -136,6 +136,19 @@ _HYPERPARAMETERS = {
 }
 
 
+class _FileHandler(logging.FileHandler):
+    """A log line that cannot be written (full disk) fails the run with one line naming the file,
+    instead of `logging` printing a traceback and going on with a hole in the MLPerf log."""
+
+    def handleError(self, record) -> None:
+        from ssdbench.io import WriteError
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            raise WriteError(self.baseFilename, exc) from exc
+        super().handleError(record)
+
+
 class MLPerfLogger:
     """`:::MLLOG` lines to ``path`` (stdout when None), written by rank 0 only.
 
@@ -149,7 +162,7 @@ class MLPerfLogger:
         self._logger.propagate = False
         self._logger.setLevel(logging.INFO)
         if self.enabled:
-            handler = logging.FileHandler(self.path, mode="a") if self.path else logging.StreamHandler(sys.stdout)
+            handler = _FileHandler(self.path, mode="a") if self.path else logging.StreamHandler(sys.stdout)
             self._logger.addHandler(handler)
         # stack offset 3: the caller of our public method, not this module (file/lineno metadata)
         self._mllog = mllog.MLLogger(logger=self._logger, default_stack_offset=3)

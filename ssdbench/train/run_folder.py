@@ -15,7 +15,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ssdbench.io import atomic_write_json, atomic_write_text, jsonable
+from ssdbench.io import WriteError, atomic_write_json, atomic_write_text, jsonable
 
 
 def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
@@ -55,8 +55,11 @@ class RunFolder:
         """Append ``record`` plus ``time`` (Unix seconds) as one line of metrics.jsonl."""
         if self.enabled:
             record = {**record, "time": round(time.time(), 3)}
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(record, default=jsonable) + "\n")
+            try:
+                with self.metrics_path.open("a") as f:
+                    f.write(json.dumps(record, default=jsonable) + "\n")
+            except OSError as exc:  # full disk, read-only folder: one line naming the file
+                raise WriteError(self.metrics_path, exc) from exc
 
     def read_metrics(self) -> list[dict]:
         """Every record of metrics.jsonl, in order ([] when there is none)."""
@@ -64,11 +67,14 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
-    def truncate_metrics_after(self, step: int) -> None:
-        """On resume, drop windows logged after the checkpoint's step (they are trained again)."""
+    def truncate_metrics_after(self, step: int, epoch: int | None = None) -> None:
+        """On resume, drop windows logged after the checkpoint's step and evaluations after its
+        ``epoch`` (completed epochs): both are run again, and must not appear twice."""
         if not self.enabled or not self.metrics_path.is_file():
             return
-        kept = [r for r in self.read_metrics() if r.get("kind") != "train" or r["step"] <= step]
+        kept = [r for r in self.read_metrics()
+                if not (r.get("kind") == "train" and r["step"] > step)
+                and not (r.get("kind") == "eval" and epoch is not None and r["epoch"] > epoch)]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot(self) -> list[Path]:

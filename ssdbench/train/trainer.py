@@ -6,10 +6,13 @@ when an evaluation reaches the target (or the epochs run out); time to train is 
 between, summed over resumed segments (a resumed run is not a valid MLPerf timing, and its
 summary says so).
 
-The pieces, in order: `open_run` finds the run folder and the checkpoint to resume (before
-anything is built, so a finished run is not built again); `Trainer.__init__` builds everything a
-run segment needs and restores the checkpoint; `Trainer.run` is the epoch loop (train, evaluate
-at eval epochs, checkpoint after every epoch); `Trainer.summary` is the result.
+The pieces, in order: `open_run` locks the run folder (`ssdbench.io.FolderLock`: a second run
+into it fails at once, naming the first), finds the checkpoint to resume and compares its config
+with this one (`train.resume`), all before anything is built, so a finished run is not built
+again; `Trainer.__init__` builds everything a run segment needs and restores the checkpoint;
+`Trainer.run` is the epoch loop (train, evaluate at eval epochs, checkpoint after every epoch);
+`Trainer.summary` is the result. A run stopped by SIGTERM/SIGINT checkpoints and ends with
+status "interrupted" (the command exits with `errors.PREEMPTED_EXIT`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 import torch
 
 from ssdbench import dist as D
+from ssdbench.checks import output_folder
 from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, shutdown
+from ssdbench.errors import CliError
+from ssdbench.io import FolderLock
 from ssdbench.progress import Progress
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
@@ -37,27 +43,38 @@ from ssdbench.train.checkpoint import (
 )
 from ssdbench.train.config import TrainConfig, resolve_for_device
 from ssdbench.train.loop import NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench.train.resume import (
+    check_changes,
+    describe_changes,
+    hyperparameters,
+    restore_hyperparameters,
+    resume_changes,
+)
 from ssdbench.train.run_folder import RunFolder, default_run_dir
 from ssdbench.train.sync_bn import average_bn_stats
 
 
-def run_training(cfg: TrainConfig, progress: bool = True) -> dict:
+def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool = False) -> dict:
     """Train with `cfg` under the current launcher; returns the summary (see `Trainer.summary`).
 
     ``progress``: show training progress on rank 0 (`ssdbench.progress.Progress`: a bar on a
     terminal, a plain line per metrics window otherwise). A run folder whose run already finished
-    is not trained again: its summary.json is returned.
+    is not trained again: its summary.json is returned. ``accept_changes``: resume a checkpoint
+    whose config differs from ``cfg`` and apply the differences (`train.resume`).
     """
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
+    start = None
     try:
         cfg, note = resolve_for_device(cfg, launch.device.type)  # "auto" step/pipeline/precision
         if note and launch.is_main:
             print(note, flush=True)
-        start = open_run(cfg, launch)
+        start = open_run(cfg, launch, accept_changes)
         if start.finished(cfg):
             return _finished_summary(start, launch)
         return Trainer(cfg, launch, progress, start).run()
     finally:
+        if start is not None:
+            start.release()
         shutdown()
 
 
@@ -70,19 +87,52 @@ class RunStart:
     checkpoint: Path | None
     payload: dict | None  # the loaded checkpoint (`checkpoint.training_payload`)
     state: TrainState  # the checkpoint's counters, ``segments`` including this start
+    changes: dict | None = None  # accepted config changes {key: (old, new)} (`train.resume`)
+    lock: FolderLock | None = None  # held by rank 0 while the run writes the folder
 
     def finished(self, cfg: TrainConfig) -> bool:
         """A resumed run that already reached the target or its last epoch."""
         return self.payload is not None and (self.state.reached_target or self.state.epoch >= cfg.epochs)
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
-def open_run(cfg: TrainConfig, launch: Launch) -> RunStart:
-    """Rank 0 chooses the run folder and the checkpoint; every rank gets the same and loads it."""
+
+_ERRORS = {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}
+
+
+def open_run(cfg: TrainConfig, launch: Launch, accept_changes: bool = False) -> RunStart:
+    """Rank 0 chooses and locks the run folder and finds the checkpoint; every rank gets the same
+    and loads it. Refuses (ValueError) a checkpoint whose config differs, unless accepted."""
     run_dir = D.broadcast_object(str(_run_dir(cfg)) if launch.is_main else None)
-    folder = RunFolder(run_dir, enabled=launch.is_main)
-    resume = D.broadcast_object(find_resume(cfg.resume, run_dir) if launch.is_main else None)
-    payload = load_checkpoint(resume) if resume else None
-    return RunStart(folder, resume, payload, resume_state(payload))
+    lock, found, shared = None, None, {}
+    if launch.is_main:
+        try:
+            lock = FolderLock(output_folder(run_dir, "--out")).acquire()
+            found = find_resume(cfg.resume, run_dir)  # (path, payload): the newest one that loads
+            shared = {"path": str(found[0]) if found else None}
+        except (CliError, FileNotFoundError, ValueError) as exc:
+            if lock is not None:
+                lock.release()
+            shared = {"error": (type(exc).__name__, str(exc))}
+            if D.get_world_size() == 1:
+                raise
+    shared = D.broadcast_object(shared)  # every rank fails alike, none waits for the others
+    if "error" in shared:
+        kind, message = shared["error"]
+        raise _ERRORS.get(kind, CliError)(message)
+    resume = Path(shared["path"]) if shared["path"] else None
+    payload = found[1] if found else (load_checkpoint(resume) if resume else None)
+    changes = resume_changes(payload.get("config", {}), cfg) if payload else {}
+    try:
+        check_changes(changes, accept_changes, resume)
+    except ValueError:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunStart(RunFolder(run_dir, enabled=launch.is_main), resume, payload, resume_state(payload),
+                    changes or None, lock)
 
 
 def _run_dir(cfg: TrainConfig) -> Path:
@@ -116,7 +166,7 @@ class Trainer:
 
         start = start or open_run(cfg, launch)
         self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
-        self.folder, self.state = start.folder, start.state
+        self.folder, self.state, self.lock = start.folder, start.state, start.lock
         if start.payload is None and self.folder.metrics_path.exists():
             raise ValueError(f"run folder {self.folder.path} already holds a run without a checkpoint; "
                              "choose another --out")
@@ -131,16 +181,23 @@ class Trainer:
         if start.payload is not None:
             self._resume(start)
         if launch.is_main:
-            cfg.save(self.folder.path / "config.json")
+            self.folder.write_json("config.json", cfg.to_dict())  # what runs from here on
         self.division = self.mllog.setup(mllog_config(cfg, self.data, launch.world_size), self.net)
         self.stop_requested = False
         self.watchdog = Watchdog(0 if launch.world_size == 1 else cfg.dist_timeout_s, launch.rank)
 
     def _resume(self, start: RunStart) -> None:
+        fresh = hyperparameters(self.parts) if start.changes else None  # this config's values
         restore_training(start.payload, self.net, self.parts, self.data.train_loader.sampler,
                          self.launch.rank, self.launch.world_size, start.checkpoint)
-        self.folder.truncate_metrics_after(self.state.step)
+        self.folder.truncate_metrics_after(self.state.step, self.state.epoch)
         self.say(f"resuming {start.checkpoint}: epoch {self.state.epoch} done, step {self.state.step}")
+        if fresh is not None:  # accepted changes, applied truthfully (`train.resume`)
+            rates = restore_hyperparameters(self.parts, fresh)
+            self.folder.log_metrics({"kind": "resume", "step": self.state.step,
+                                     "changes": {k: list(v) for k, v in start.changes.items()}})
+            self.say(f"applying changed settings from step {self.state.step} on: "
+                     f"{describe_changes(start.changes)} (lr now {rates[0]:.3g})")
 
     def say(self, message: str) -> None:
         if self.launch.is_main:
@@ -163,11 +220,16 @@ class Trainer:
         except NonFiniteLossError as exc:
             status = "diverged"
             last = last_checkpoint(self.folder.checkpoints)
-            self.say(f"error: {exc}" + (f" (last good checkpoint: {last})" if last else ""))
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"{exc}; " + (f"last good checkpoint: {last}" if last else
+                                           "no checkpoint was written")) from None
+        except BaseException:
+            status = "failed"
+            raise
         finally:
             self.watchdog.stop()
-            self._finish(status, time.perf_counter() - t_start)
+            self._finish(status, time.perf_counter() - t_start, failing=sys.exc_info()[0] is not None)
+            if self.lock is not None:
+                self.lock.release()
         return self.summary(status)
 
     def _on_signal(self, signum, _frame) -> None:
@@ -177,9 +239,9 @@ class Trainer:
         print(f"rank {self.launch.rank}: {signal.Signals(signum).name} received; checkpointing at the "
               "next step boundary (send again to exit now)", file=sys.stderr, flush=True)
 
-    def _save(self, name: str) -> None:
-        save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                      self.data.train_loader.sampler, self.cfg, self.launch)
+    def _save(self, name: str) -> Path | None:
+        return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
+                             self.data.train_loader.sampler, self.cfg, self.launch)
 
     def _epochs(self) -> str:
         """Blocks of epochs ending at an eval epoch (MLPerf block_start/stop); a checkpoint per epoch."""
@@ -190,8 +252,9 @@ class Trainer:
             self.mllog.block_start(first, block_end - first + 1)
             for epoch in range(first, block_end + 1):
                 if self._train_epoch(epoch):
-                    self._save(f"step_{state.step:07d}.pt")
-                    self.say(f"stopped at step {state.step}; resume with the same command or --resume")
+                    path = self._save(f"step_{state.step:07d}.pt")  # raises when it cannot be written
+                    self.say(f"preempted at step {state.step}: checkpoint {path} written; resume with the "
+                             "same command or --resume")
                     return "interrupted"
                 if epoch == block_end:
                     self.mllog.block_stop(first)
@@ -248,15 +311,24 @@ class Trainer:
         self.state.reached_target = target is not None and value >= target
         self.say(f"epoch {epoch}: mAP {value:.4f}" + (f" (target {target})" if target is not None else ""))
 
-    def _finish(self, status: str, elapsed_s: float) -> None:
-        """Stop the MLPerf clock, close the log; rank 0 writes summary.json and the plots."""
+    def _finish(self, status: str, elapsed_s: float, failing: bool = False) -> None:
+        """Stop the MLPerf clock, close the log; rank 0 writes summary.json and the plots.
+
+        ``failing``: an error is on its way out; a write that fails here too (the same full
+        disk) is noted in one line instead of replacing that error with a second traceback.
+        """
         self.state.train_time_s += elapsed_s
-        if status != "interrupted":
-            self.mllog.run_stop(status == "success")
-        self.mllog.close()
-        if self.launch.is_main:
-            self.folder.write_json("summary.json", self.summary(status))
-            self.folder.plot()
+        try:
+            if status != "interrupted":
+                self.mllog.run_stop(status == "success")
+            self.mllog.close()
+            if self.launch.is_main:
+                self.folder.write_json("summary.json", self.summary(status))
+                self.folder.plot()
+        except (OSError, CliError) as exc:
+            if not failing:
+                raise
+            self.say(f"note: the run summary was not written either ({exc})")
 
     def summary(self, status: str) -> dict:
         """The result as MLPerf scores it (summary.json, read by `ssdbench score`)."""
