@@ -149,7 +149,7 @@ def test_unknown_keys_are_rejected_naming_key_and_origin(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flags, message", [
     ({"target_qps": "fast"}, "flags: target_qps = 'fast' is not a number"),
-    ({"target_qps": -1}, "flags: target_qps = -1 must not be negative"),
+    ({"target_qps": -1}, r"flags: target_qps must be a finite number in \(0, 100000\], got -1"),
     ({"threads": "two"}, "flags: threads = 'two' is not a valid int"),
     ({"channels_last": "maybe"}, "flags: channels_last = 'maybe' is not a valid bool"),
     ({"threads": 0}, r"threads must be at least 1, got 0 \(from flags\)"),

@@ -6,6 +6,7 @@ Flags become setting keys (`ssdbench.loadgen.settings`); the run itself is
 
 from __future__ import annotations
 
+from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, output_folder
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.run import run_loadgen
 
@@ -27,29 +28,33 @@ def add_arguments(parser) -> None:
     a("--user-conf", default=None, help="LoadGen-syntax file: ssd-resnet34.<Scenario>.<key> = value")
     a("--data", default=None, help="COCO-format dataset root with val2017 (default: the embedded one)")
     a("--weights", default=None, help="model weights (default: random init, for timing only)")
+    a("--allow-pickle", action="store_true",
+      help="allow pickled whole-model weight files (resnet34-ssd1200.pytorch); trusted files only")
     a("--out", default="runs/loadgen", help="output folder (default runs/loadgen)")
     a("--no-cache", action="store_true", help="do not cache resized samples on disk")
     a("--eval-backend", default="faster", choices=("faster", "pycocotools"), help="COCO eval (accuracy mode)")
     g = parser.add_argument_group("LoadGen settings (override config and preset)")
-    g.add_argument("--qps", type=float, help="target_qps: Server arrival rate / Offline expected rate")
-    g.add_argument("--latency", type=float, help="target_latency in ms (Server bound; expected latency "
+    g.add_argument("--qps", type=POSITIVE, help="target_qps: Server arrival rate / Offline expected rate")
+    g.add_argument("--latency", type=POSITIVE, help="target_latency in ms (Server bound; expected latency "
                    "for SingleStream/MultiStream)")  # fmt: skip
-    g.add_argument("--samples-per-query", type=int, help="MultiStream samples per query")
-    g.add_argument("--min-duration", type=float, help="min_duration in seconds")
-    g.add_argument("--min-query-count", type=int, help="min_query_count (Offline: samples)")
-    g.add_argument("--performance-sample-count", type=int, help="samples resident in performance mode")
+    g.add_argument("--samples-per-query", type=POSITIVE_INT, help="MultiStream samples per query")
+    g.add_argument("--min-duration", type=NON_NEGATIVE, help="min_duration in seconds")
+    g.add_argument("--min-query-count", type=NON_NEGATIVE_INT, help="min_query_count (Offline: samples)")
+    g.add_argument("--performance-sample-count", type=POSITIVE_INT, help="samples resident in performance mode")
     s = parser.add_argument_group("system under test")
-    s.add_argument("--count", type=int, help="samples in the QSL (0 = the whole val split)")
-    s.add_argument("--max-batch-size", type=int, help="dynamic batcher: largest batch")
-    s.add_argument("--batch-timeout-us", type=int, help="dynamic batcher: wait for a fuller batch (µs)")
-    s.add_argument("--threads", type=int, help="worker threads (batches in flight)")
+    s.add_argument("--count", type=NON_NEGATIVE_INT, help="samples in the QSL (0 = the whole val split)")
+    s.add_argument("--max-batch-size", type=POSITIVE_INT, help="dynamic batcher: largest batch")
+    s.add_argument("--batch-timeout-us", type=NON_NEGATIVE_INT, help="dynamic batcher: wait for a fuller batch (µs)")
+    s.add_argument("--threads", type=POSITIVE_INT, help="worker threads (batches in flight)")
     s.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="compute precision")
     s.add_argument("--backend", choices=("eager", "compile", "onnxruntime"), help="inference backend")
     s.add_argument("--model", help="ssd1200_r34 (SSD-Large), ssd300_r34 or ssd128_mini")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--space-to-depth", action="store_true", default=None, help="space-to-depth first conv")
     s.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    s.add_argument("--warmup", type=int, help="untimed warm-up batches")
+    s.add_argument("--warmup", type=NON_NEGATIVE_INT, help="untimed warm-up batches")
+    s.add_argument("--predict-timeout", type=POSITIVE, metavar="SECONDS",
+                   help="end the run with an error when a batch takes longer (default 600)")
 
 
 def flags_from_args(args) -> dict:
@@ -63,17 +68,19 @@ def flags_from_args(args) -> dict:
         "threads": args.threads, "dtype": args.dtype, "backend": args.backend, "model": args.model,
         "device": args.device, "space_to_depth": args.space_to_depth,
         "channels_last": args.channels_last, "warmup": args.warmup,
+        "predict_timeout_s": args.predict_timeout,
     }  # fmt: skip
 
 
 def run(args) -> int:
     from ssdbench.model.weights import checkpoint_model_name
 
+    output_folder(args.out, "--out")
     # Our checkpoints name their network: weights decide the model unless --model says otherwise.
     args.model = args.model or checkpoint_model_name(args.weights)
     run_settings = S.resolve(args.scenario, args.mode, args.preset, args.user_conf, flags_from_args(args))
     print("resolved settings (value, source):")
     print("  " + S.format_settings(run_settings).replace("\n", "\n  "))
     result = run_loadgen(run_settings, args.out, args.data, args.weights, cache=not args.no_cache,
-                         eval_backend=args.eval_backend)  # fmt: skip
+                         eval_backend=args.eval_backend, allow_pickle=args.allow_pickle)  # fmt: skip
     return 0 if result.result == "VALID" or run_settings.mode == "accuracy" else 1

@@ -10,6 +10,7 @@ every query exactly once and had no SUT or QSL error.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,29 +45,63 @@ class LoadgenRun:
     map: float | None = None  # accuracy mode
 
 
-def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device):
+def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
+                  allow_pickle: bool = False):
     """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing)."""
     backend = make_backend(
         sut.backend, sut.model, weights=weights, device=device, dtype=sut.dtype,
         channels_last=sut.channels_last, space_to_depth=sut.space_to_depth,
-        num_classes=None if weights else num_classes,
+        num_classes=None if weights else num_classes, allow_pickle=allow_pickle,
     )  # fmt: skip
     return backend.predict
 
 
-def warm_up(predict, sample_shape, max_batch: int, iterations: int, device: torch.device) -> None:
-    """Untimed batches of zeros at the largest and the smallest batch size (compile, autotune)."""
+def warm_up(predict, sample_shape, max_batch: int, iterations: int, device: torch.device,
+            timeout_s: float | None = None) -> None:
+    """Untimed batches of zeros at the largest and the smallest batch size (compile, autotune).
+
+    Each batch runs on a daemon thread; one that takes over ``timeout_s`` raises RunFailed
+    (a model that never answers must not hang the command before LoadGen starts).
+    """
     feeder = HostToDevice(device, max_batch, sample_shape)
     for n in sorted({max_batch, 1}):
         for _ in range(iterations):
-            with torch.inference_mode():
-                dets = check_detections(predict(feeder([np.zeros(sample_shape, np.float32)] * n)))
-            dets.counts.cpu()  # wait for the device
+            _bounded(lambda n=n: _warm_batch(predict, feeder, sample_shape, n), timeout_s,
+                     f"warm-up batch of {n}")
+
+
+def _warm_batch(predict, feeder, sample_shape, n: int) -> None:
+    with torch.inference_mode():
+        dets = check_detections(predict(feeder([np.zeros(sample_shape, np.float32)] * n)))
+    dets.counts.cpu()  # wait for the device
+
+
+def _bounded(call, timeout_s: float | None, what: str) -> None:
+    """``call()`` on a daemon thread; its exception re-raised; RunFailed after ``timeout_s``."""
+    if timeout_s is None:
+        call()
+        return
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="warm-up", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise RunFailed(f"the model gave no answer to a {what} within {timeout_s:g} s "
+                        "(predict_timeout_s / --predict-timeout)")
+    if failure:
+        raise failure[0]
 
 
 def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights=None, predict=None,
                 cache: bool = True, progress: bool = True, verbose: bool = True,
-                eval_backend: str = "faster") -> LoadgenRun:  # fmt: skip
+                eval_backend: str = "faster", allow_pickle: bool = False) -> LoadgenRun:  # fmt: skip
     """One LoadGen test; ``predict`` replaces the backend (same contract as `Backend.predict`).
 
     Everything that can fail on bad input (dataset, device, weights, a sample that does not
@@ -76,12 +111,13 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     dataset = open_val_dataset(data)
     device = _device(run_settings)
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device)
+        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle)
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
                         run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
     qsl.prepare()
-    warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device)
+    warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
+            sut_settings.predict_timeout_s)
     staging = run_folder.make_staging(out)
     try:
         sut, summary, score = _test(run_settings, predict, qsl, device, staging, weights, eval_backend)
@@ -116,7 +152,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     (staging / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
     sut_settings = run_settings.sut
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
-                      sut_settings.threads, device)  # fmt: skip
+                      sut_settings.threads, device, sut_settings.predict_timeout_s)  # fmt: skip
     _run_loadgen_test(sut, qsl, ts, staging)
     _check_run(sut, qsl, staging)
     # Offline is one query: its samples' latencies make the histogram; else per query.

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, get_type_hints
 
+from ssdbench.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+
 LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 MODES = ("performance", "accuracy")
@@ -49,12 +51,26 @@ class SutSettings:
     threads: int  # SUT worker threads: batches in flight
     count: int  # QSL samples (0 = every image of the val split)
     warmup: int  # untimed warm-up batches per batch size before the test
+    # A batch (or a warm-up batch) the model has not answered after this many seconds ends the run
+    # with an error instead of LoadGen waiting for it forever (`sut.BatchingSUT`).
+    predict_timeout_s: float
 
 
 # ssdbench keys and their types (bool parses "true/false/1/0/yes/no").
 SUT_KEYS: dict[str, type] = get_type_hints(SutSettings)
 # Smallest accepted value of the numeric SUT keys.
 _SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "count": 0, "warmup": 0, "batch_timeout_us": 0}
+# What the numeric LoadGen keys accept (`ssdbench.checks`): finite, in range. A zero or infinite
+# target_qps makes LoadGen size its query schedule without bound; 1e5 queries/s is far above any
+# SSD-Large system (benchmark.md §7) and keeps a 600 s Server schedule at 6e7 queries.
+LOADGEN_RANGES: dict[str, Range] = {
+    "target_qps": Range(float, gt=0, le=1e5), "target_latency": POSITIVE,
+    "target_latency_percentile": Range(float, gt=0, lt=100), "samples_per_query": POSITIVE_INT,
+    "min_duration": NON_NEGATIVE, "max_duration": NON_NEGATIVE, "accuracy_log_probability": FRACTION,
+    **{k: Range(int, ge=0, le=1) for k in ("coalesce_queries", "print_timestamps", "performance_issue_unique",
+                                            "performance_issue_same", "sample_concatenate_permutation")},
+}  # fmt: skip
+_SUT_RANGES = {"predict_timeout_s": POSITIVE}
 # LoadGen `.conf` keys this harness accepts (a typo must fail, not be silently ignored).
 LOADGEN_KEYS = (
     "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",
@@ -174,8 +190,9 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{origin}: {key} = {value!r} is not a number") from None
-        if number < 0:
-            raise ValueError(f"{origin}: {key} = {value!r} must not be negative")
+        rule = LOADGEN_RANGES.get(key, NON_NEGATIVE_INT)  # the other keys are counts and seeds
+        if isinstance(value, bool) or not rule.ok(number):
+            raise ValueError(f"{origin}: {key} must be {rule.describe()}, got {value!r}")
         return int(number) if number.is_integer() else number
     raise ValueError(f"{origin}: unknown setting {key!r} (LoadGen keys: {', '.join(LOADGEN_KEYS)}; "
                      f"ssdbench keys: {', '.join(SUT_KEYS)})")  # fmt: skip
@@ -218,6 +235,9 @@ def _sut_settings(values: dict[str, Any], sources: dict[str, str]) -> SutSetting
         if values[key] < minimum:
             need = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
             raise ValueError(f"{key} {need}, got {values[key]} (from {sources[key]})")
+    for key, rule in _SUT_RANGES.items():
+        if not rule.ok(values[key]):
+            raise ValueError(f"{key} must be {rule.describe()}, got {values[key]} (from {sources[key]})")
     return SutSettings(**values)
 
 

@@ -13,6 +13,11 @@ Responses follow benchmark.md §7: per sample a contiguous float32 (K, 7) array 
 x, unlike our ltrb boxes) and labels 1..80. LoadGen copies the bytes inside
 `QuerySamplesComplete`, so the arrays only need to live until that call returns.
 
+A batch still running after ``predict_timeout_s`` (a model that hangs) fails the run: a watchdog
+thread answers it and every later sample at once with empty responses, so LoadGen reaches the end
+of its schedule instead of waiting forever, and ``error`` says which batch timed out. The stuck
+worker thread cannot be stopped from Python; it is a daemon and does not keep the process alive.
+
 ``predict(batch)`` takes float32 (N, 3, S, S) on the device and returns a `PaddedDetections`
 (`ssdbench.model.postprocess`, fields read by name): boxes (N, D, 4) ltrb normalised, labels
 (N, D), scores (N, D), counts (N,), each image's valid detections first.
@@ -49,6 +54,7 @@ class _Item:
 
 
 _STOP = object()
+STOP_JOIN_S = 1.0  # how long `stop` waits for a worker after a timeout (a hung one stays behind)
 MAX_STAGING = 4  # pinned staging buffers (each max_batch x 3 x S x S float32: 69 MB at 4 x 1200^2)
 
 
@@ -76,6 +82,11 @@ def detections_to_responses(index: np.ndarray, dets: PaddedDetections) -> list[n
         arr[:, 6] = labels[j, :k]
         out.append(arr)
     return out
+
+
+def _empty(items: list) -> list[np.ndarray]:
+    """No detections for each item: what a failed batch answers."""
+    return [np.empty((0, 7), np.float32) for _ in items]
 
 
 def _numpy(x) -> np.ndarray:
@@ -125,12 +136,16 @@ class BatchingSUT:
     predict: callable on float32 (N, 3, S, S) device batches (see module doc).
     qsl: a `SampleLibrary` (``get(index)`` -> float32 (3, S, S), ``sample_shape``).
     max_batch_size, batch_timeout_us, threads: the batcher's knobs.
+    predict_timeout_s: seconds a batch may run before the run fails (None: no limit; module doc).
     """
 
     def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
-                 threads: int = 1, device: str | torch.device = "cpu"):  # fmt: skip
+                 threads: int = 1, device: str | torch.device = "cpu",
+                 predict_timeout_s: float | None = None):  # fmt: skip
         if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0:
             raise ValueError("max_batch_size and threads must be >= 1 and batch_timeout_us >= 0")
+        if predict_timeout_s is not None and not predict_timeout_s > 0:
+            raise ValueError(f"predict_timeout_s must be > 0, got {predict_timeout_s}")
         self.predict, self.qsl = predict, qsl
         self.max_batch_size, self.timeout = int(max_batch_size), batch_timeout_us / 1e6
         self.device = torch.device(device)
@@ -144,10 +159,17 @@ class BatchingSUT:
         self.error: BaseException | None = None
         self._staging: queue.Queue = queue.Queue()  # idle HostToDevice feeders
         self._staging_made = 0
+        self.predict_timeout_s = predict_timeout_s
+        self._inflight: dict[object, tuple[float, list[_Item]]] = {}  # token -> (start, items)
+        self._timed_out, self._stopping = threading.Event(), threading.Event()
         self._workers = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
                          for i in range(int(threads))]  # fmt: skip
         for w in self._workers:
             w.start()
+        self._watchdog = None
+        if predict_timeout_s is not None:
+            self._watchdog = threading.Thread(target=self._watch, name="sut-watchdog", daemon=True)
+            self._watchdog.start()
 
     # ---- LoadGen callbacks ----
     def issue_queries(self, samples) -> None:
@@ -190,11 +212,57 @@ class BatchingSUT:
 
     def _work(self) -> None:
         while (items := self._gather()) is not None:
+            token = object()
+            with self._stats_lock:
+                self._inflight[token] = (time.monotonic(), items)
+            arrays = None
             try:
-                self._run_batch(items)
+                if not self._timed_out.is_set():  # after a timeout every sample is answered empty
+                    arrays = self._run_batch(items)
             except BaseException as exc:  # noqa: BLE001 - LoadGen must still get every response
                 self.error = self.error or exc
-                self._complete(items, [np.empty((0, 7), np.float32) for _ in items])
+            with self._stats_lock:
+                ours = self._inflight.pop(token, None) is not None  # False: the watchdog answered it
+            if ours:
+                self._complete(items, arrays if arrays is not None else _empty(items))
+                if arrays is not None:
+                    with self._stats_lock:
+                        self.batch_sizes.append(len(items))
+
+    def _watch(self) -> None:
+        """Fail the run when a batch outlives ``predict_timeout_s``; then answer everything at once."""
+        limit = float(self.predict_timeout_s)
+        while not self._stopping.wait(min(limit / 4, 0.5)):
+            now = time.monotonic()
+            with self._stats_lock:
+                late = [(t, items) for t, items in self._inflight.values() if now - t > limit]
+                if late and not self._timed_out.is_set():
+                    self.error = self.error or TimeoutError(
+                        f"a batch of {len(late[0][1])} sample(s) got no answer from the model within "
+                        f"{limit:g} s (predict_timeout_s / --predict-timeout); the model hangs or is far "
+                        "slower than expected")
+                    self._timed_out.set()
+                if self._timed_out.is_set():
+                    stuck = [items for t, items in self._inflight.values()]
+                    self._inflight.clear()
+                else:
+                    stuck = []
+            for items in stuck:
+                self._complete(items, _empty(items))
+            if self._timed_out.is_set():
+                self._drain()
+
+    def _drain(self) -> None:
+        """After a timeout: answer every queued sample empty (the workers may all be stuck)."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self.queue.put(_STOP)
+                return
+            self._complete([item], _empty([item]))
 
     def _to_device(self, samples: list[np.ndarray]) -> torch.Tensor:
         """Stage through a pooled feeder; it goes back as soon as the copy is queued."""
@@ -211,14 +279,13 @@ class BatchingSUT:
         finally:
             self._staging.put(feeder)
 
-    def _run_batch(self, items: list[_Item]) -> None:
+    def _run_batch(self, items: list[_Item]) -> list[np.ndarray]:
+        """The model's responses to one batch (float32 (K, 7) per sample)."""
         index = np.array([it.index for it in items], np.int64)
         batch = self._to_device([self.qsl.get(int(i)) for i in index])
         with torch.inference_mode():
             dets = check_detections(self.predict(batch))
-        self._complete(items, detections_to_responses(index, dets))
-        with self._stats_lock:
-            self.batch_sizes.append(len(items))
+        return detections_to_responses(index, dets)
 
     def _complete(self, items: list[_Item], arrays: list[np.ndarray]) -> None:
         import mlperf_loadgen as lg
@@ -236,11 +303,15 @@ class BatchingSUT:
 
     # ---- teardown and checks ----
     def stop(self) -> None:
-        """Stop the workers (after LoadGen returned: every query is answered by then)."""
+        """Stop the workers (after LoadGen returned: every query is answered by then). After a
+        timeout a hung worker is left behind (a daemon thread) instead of being waited for."""
+        self._stopping.set()
         for _ in self._workers:
             self.queue.put(_STOP)
         for w in self._workers:
-            w.join()
+            w.join(STOP_JOIN_S if self._timed_out.is_set() else None)
+        if self._watchdog is not None:
+            self._watchdog.join()
 
     def response_problems(self) -> str | None:
         """None when every issued id got exactly one response; else a description."""
