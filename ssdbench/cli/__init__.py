@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ssdbench.errors import CliError
@@ -38,8 +39,17 @@ EPILOG = """examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a value check's message naming its flag first: ``--qps must be a finite
+    number > 0, got nan`` (argparse writes ``argument --qps: must be ...``; `ssdbench.checks`)."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): (must be )", r"\1 \2", message)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ssdbench",
         description="MLPerf SSD-ResNet34: training (SSD300) and SSD-Large inference (LoadGen).",
         epilog=EPILOG,
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"ssdbench {name}",
         description=(module.__doc__ or COMMANDS[name][1]).strip().splitlines()[0],
         epilog=getattr(module, "EPILOG", None),
@@ -71,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as exc:
-        # One clear line naming the culprit; tracebacks only with SSDBENCH_DEBUG=1.
+    except (CliError, OSError, ValueError) as exc:
+        # One clear line naming the culprit; tracebacks only with SSDBENCH_DEBUG=1. OSError:
+        # what the system refused (full disk, permissions), its message names the file.
         import os
 
         if os.environ.get("SSDBENCH_DEBUG"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ssdbench.checks import NON_NEGATIVE_INT, POSITIVE_INT, SEED, output_folder
 from ssdbench.errors import CliError
 
 EPILOG = """examples:
@@ -25,15 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     synth = sub.add_parser("synth", help="write the synthetic COCO-format dataset")
     synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    synth.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
-    synth.add_argument("--val", type=int, default=250, help="val images (default 250)")
-    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--train", type=NON_NEGATIVE_INT, default=2000, help="train images (default 2000)")
+    synth.add_argument("--val", type=NON_NEGATIVE_INT, default=250, help="val images (default 250)")
+    synth.add_argument("--seed", type=SEED, default=0, help="generator seed (default 0)")
+    synth.add_argument("--workers", type=POSITIVE_INT, default=None, help="processes (default: all cores)")
     check = sub.add_parser("check", help="validate a COCO-format dataset")
     check.add_argument("root", help="dataset root (annotations/, train2017/, val2017/)")
     check.add_argument("--split", action="append",
                        help="split to check (repeatable; default: train and val)")
-    check.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    check.add_argument("--workers", type=POSITIVE_INT, default=None, help="processes (default: all cores)")
     check.add_argument("--no-decode", action="store_true",
                        help="only check that image files exist (fast), do not decode them")
     down = sub.add_parser("download", help="download COCO 2017 and the ResNet34 backbone")
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def run_synth(args) -> int:
     from ssdbench.data.synth import make_synthetic_coco
 
+    output_folder(args.out, "--out")
     try:
         out = make_synthetic_coco(args.out, args.train, args.val, seed=args.seed, workers=args.workers)
     except FileExistsError as exc:
@@ -76,6 +78,7 @@ def run_check(args) -> int:
 def run_download(args) -> int:
     from ssdbench.data.download import DownloadError, download_coco
 
+    output_folder(args.dest, "--dest")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     try:
         done = download_coco(args.dest, only, base_url=args.base_url,

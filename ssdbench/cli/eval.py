@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ssdbench.checks import NON_NEGATIVE_INT, POSITIVE_INT, output_file
 from ssdbench.errors import CliError
 from ssdbench.io import atomic_write_json
 
@@ -32,12 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd128_mini on the "
                         "embedded dataset and ssd300_r34 otherwise)")
     parser.add_argument("--split", default="val", help="dataset split (default: val)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch and rank (default: 32)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per batch and rank (default: 32)")
     parser.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
                         help="COCO evaluation backend (default: faster, i.e. faster-coco-eval)")
     parser.add_argument("--out", default="detections.json", help="COCO results JSON to write (default: detections.json)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--workers", type=int, default=2, help="data loader worker processes (default: 2)")
+    parser.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="data loader worker processes (default: 2)")
     parser.add_argument("--amp", action="store_true", help="autocast to bfloat16 (CUDA, or CPUs with bf16)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow weight files that need full unpickling (only for files you trust)")
@@ -59,7 +60,7 @@ def _dataset(data: str | None, split: str):
 
 def _model(args, dataset, device):
     from ssdbench import build_model
-    from ssdbench.model.weights import checkpoint_model_name
+    from ssdbench.model.weights import WeightsError, checkpoint_model_name
 
     if not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
@@ -67,6 +68,8 @@ def _model(args, dataset, device):
     name = name or ("ssd128_mini" if args.data is None else "ssd300_r34")
     try:
         model = build_model(name, weights=args.weights, allow_pickle=args.allow_pickle)
+    except WeightsError:
+        raise  # names the file and what is wrong with it already
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CliError(f"{args.weights} does not fit model {name} (pass --model?): {str(exc).splitlines()[0]}") from None
     if model.spec.num_classes != dataset.num_classes:
@@ -83,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ssdbench.eval.coco import format_stats
     from ssdbench.eval.evaluate import evaluate
 
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    output_file(args.out, "--out")
     launch = D.init_distributed(args.device or "auto", DIST_TIMEOUT_S)  # joins the group under torchrun / srun
     device, distributed = launch.device, launch.distributed
     dataset = _dataset(args.data, args.split)

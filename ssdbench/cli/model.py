@@ -10,6 +10,7 @@ import argparse
 
 import torch
 
+from ssdbench.checks import Range
 from ssdbench.model.specs import MODEL_NAMES, SPECS, ModelSpec, get_spec
 
 EPILOG = """examples:
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="the models and one line about each")
     info = sub.add_parser("info", help="sizes, default boxes, parameters, GFLOPs of one model")
     info.add_argument("name", metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
-    info.add_argument("--num-classes", type=int, default=None,
+    info.add_argument("--num-classes", type=Range(int, ge=2), default=None,
                       help="classes including background (default 81: COCO)")
 
 

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssdbench.checks import FRACTION, POSITIVE_INT, output_folder
+
 EPILOG = """examples:
   ssdbench predict street.jpg --weights resnet34-ssd1200.pt
   ssdbench predict a.jpg b.png --model ssd128_mini --weights runs/demo/checkpoints/last.pt --out preds
@@ -24,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
     parser.add_argument("--data", help="COCO-format dataset whose categories name the classes")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum score kept (default: 0.3)")
+    parser.add_argument("--score-threshold", type=FRACTION, default=0.3, help="minimum score kept (default: 0.3)")
     parser.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward (default: 4)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward (default: 4)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickled whole-model files (resnet34-ssd1200.pytorch); trusted files only")
 
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
 
+    output_folder(args.out, "--out")
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]  # every image is checked before any work starts
 

@@ -6,9 +6,9 @@ The scoring rules are in `ssdbench.train.score`.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from ssdbench.checks import output_file
+from ssdbench.io import atomic_write_json
 from ssdbench.train.score import format_table, olympic_mean, read_run
 
 EPILOG = """examples:
@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json_out:
+        output_file(args.json_out, "--json")
     results = [read_run(r) for r in args.runs]
     summary = olympic_mean(results)
     print(format_table(results, summary))
     if args.json_out:
         payload = dict(summary, runs=[vars(r) for r in results])
-        Path(args.json_out).write_text(json.dumps(payload, indent=2))
+        atomic_write_json(args.json_out, payload)
     return 0 if summary["score"] is not None else 1
