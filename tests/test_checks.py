@@ -92,6 +92,7 @@ def test_every_numeric_flag_refuses_nan_and_inf(prefix, flag, rule, text, capsys
     (["predict", "x.jpg", "--weights", "w", "--score-threshold", "1.5"],
      "--score-threshold must be a finite number in [0, 1], got 1.5"),
     (["eval", "--weights", "w", "--batch-size", "two"], "--batch-size must be an integer >= 1, got two"),
+    (["export", "onnx", "--out", "m.onnx", "--opset", "99"], "--opset must be an integer in [11, 20], got 99"),
 ])  # fmt: skip
 def test_out_of_range_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -108,9 +109,31 @@ def test_loadgen_server_qps_fails_at_once_under_a_memory_limit(qps):
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
     proc = subprocess.run([sys.executable, "-m", "ssdbench", "loadgen", "--scenario", "Server", "--qps", qps,
-                           "--preset", "cpu"], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+                           "--preset", "cpu"], check=False, capture_output=True, text=True, timeout=60,
+                          preexec_fn=limit)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == f"ssdbench loadgen: error: --qps must be a finite number > 0, got {qps}"
+
+
+# ---------------------------------------------------------------- output paths
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["demo", "--out", "{file}/run"], "--out {file}/run: {file} is a file, not a folder"),
+    (["predict", "x.jpg", "--weights", "w", "--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["loadgen", "--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["data", "synth", "--out", "{file}"], "--out {file} is a file, not a folder"),
+    (["data", "download", "--dest", "{file}"], "--dest {file} is a file, not a folder"),
+    (["eval", "--weights", "w", "--out", "{dir}"], "--out {dir} is a folder, not a file"),
+    (["export", "onnx", "--out", "{dir}"], "--out {dir} is a folder, not a file"),
+    (["score", "r", "--json", "{dir}"], "--json {dir} is a folder, not a file"),
+])  # fmt: skip
+def test_output_paths_of_the_wrong_kind(tmp_path, argv, message, capsys):
+    file = tmp_path / "afile"
+    file.write_text("x")
+    names = {"file": file, "dir": tmp_path}
+    assert cli.main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: " + message.format(**names)), err
 
 
 # ---------------------------------------------------------------- config keys
@@ -156,6 +179,13 @@ def test_loadgen_conf_values_name_key_and_file(tmp_path, line, message):
     with pytest.raises(ValueError) as err:
         S.resolve("Server", user_conf=str(path))
     assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_binary_user_conf_names_the_file(tmp_path):
+    path = tmp_path / "user.conf"
+    path.write_bytes(b"\xed\xa0\x80 not text")
+    with pytest.raises(ValueError, match=f"^{path}: not a LoadGen config file"):
+        S.resolve("Server", user_conf=str(path))
 
 
 def test_loadgen_flag_values_reach_the_settings():

@@ -64,8 +64,8 @@ def _run_limited(code_or_argv, limit: int) -> subprocess.CompletedProcess:
         f"from ssdbench import cli\nrc = cli.main({code_or_argv!r})\n")
     wrapper = body + ("\nimport resource, sys\nprint('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
                       "sys.exit(rc if 'rc' in dir() else 0)\n")
-    return subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=300,
-                          env=ENV, preexec_fn=_limited(limit))
+    return subprocess.run([sys.executable, "-c", wrapper], check=False, capture_output=True, text=True,
+                          timeout=300, env=ENV, preexec_fn=_limited(limit))
 
 
 def _peak_bytes(proc) -> int:
@@ -139,7 +139,7 @@ def test_device_pipeline_workers_skip_the_bomb(bomb_data):
     from ssdbench.data.gpu_pipeline import JpegBytesDataset
 
     root, planted = bomb_data
-    image_id, path = planted["train"]
+    image_id, _path = planted["train"]
     with pytest.warns(RuntimeWarning, match=rf"skipping bad sample: image {image_id} .*image too large"):
         assert JpegBytesDataset(CocoDetection(root, "train"))[1] is None
 

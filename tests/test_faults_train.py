@@ -46,8 +46,8 @@ def _argv(data: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
 def _train(argv: list[str], preexec=None, prelude: str = "") -> subprocess.CompletedProcess:
     """``ssdbench`` with ``argv`` in a subprocess; ``prelude``: Python run first (a fault to plant)."""
     code = f"{prelude}\nimport sys\nfrom ssdbench import cli\nsys.exit(cli.main({argv!r}))\n"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV,
-                          preexec_fn=preexec)
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
+                          env=ENV, preexec_fn=preexec)
 
 
 def _error(proc) -> str:
@@ -205,9 +205,9 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_resume_logs_once(data, tmp
 # ---------------------------------------------------------------- two runs, one folder
 def test_a_second_run_into_a_locked_folder_fails_at_once(data, tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ssdbench.io import FolderLock\n"
-                               "lock = FolderLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n",
-                               str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
+    hold = ("import sys, time\nfrom ssdbench.io import FolderLock\n"
+            "lock = FolderLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         start = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssdbench.checks import POSITIVE_INT, Range, output_file
+from ssdbench.checks import Range, output_file
 from ssdbench.infer.backends import check_export
 from ssdbench.infer.export import POSTPROCESS_MODES, export_model
 
@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="outside",
                         help="decode + NMS inside the graph or in PyTorch after it (default: outside)")
-    parser.add_argument("--opset", type=POSITIVE_INT, default=17, help="ONNX opset (default: 17)")
+    # 11: the first opset with NonMaxSuppression; 20: the newest the TorchScript exporter writes
+    parser.add_argument("--opset", type=Range(int, ge=11, le=20), default=17, help="ONNX opset, 11-20 (default: 17)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 2")
     parser.add_argument("--num-classes", type=Range(int, ge=2), help="classes including background (default 81)")
     parser.add_argument("--space-to-depth", action="store_true", help="4x4/s1 first conv on 2x2 blocks (benchmark.md §7)")

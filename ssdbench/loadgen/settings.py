@@ -129,8 +129,8 @@ def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     ranked: dict[str, tuple[int, str]] = {}
-    with open(path) as f:
-        for lineno, raw in enumerate(f, 1):
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(_text_lines(f, path), 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -146,6 +146,14 @@ def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
             if key not in ranked or rank >= ranked[key][0]:
                 ranked[key] = (rank, value.strip())
     return {key: value for key, (_rank, value) in ranked.items()}
+
+
+def _text_lines(f, path: str):
+    """The lines of a text file; ValueError naming ``path`` when it is not text (a binary file)."""
+    try:
+        yield from f
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a LoadGen config file (not text: {exc.reason})") from None
 
 
 def preset_values(name: str, scenario: str) -> dict[str, Any]:
