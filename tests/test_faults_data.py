@@ -59,10 +59,12 @@ def _limited(limit: int):
 
 def _run_limited(code_or_argv, limit: int) -> subprocess.CompletedProcess:
     """Run Python code (str) or an ssdbench command (list) under an address-space limit; the
-    child's peak resident memory in KiB is printed last by a wrapper."""
+    child's peak resident memory in KiB is printed last by a wrapper. (VmHWM of the process's
+    own memory map: `ru_maxrss` would carry over the forking test process's size through exec.)"""
     body = code_or_argv if isinstance(code_or_argv, str) else (
         f"from ssdbench import cli\nrc = cli.main({code_or_argv!r})\n")
-    wrapper = body + ("\nimport resource, sys\nprint('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    wrapper = body + ("\nimport re, sys\nstatus = open('/proc/self/status').read()\n"
+                      "print('PEAK_KIB', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
                       "sys.exit(rc if 'rc' in dir() else 0)\n")
     return subprocess.run([sys.executable, "-c", wrapper], check=False, capture_output=True, text=True,
                           timeout=300, env=ENV, preexec_fn=_limited(limit))

@@ -202,6 +202,26 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_resume_logs_once(data, tmp
     assert steps == list(range(1, len(steps) + 1)) and len(steps) % 2 == 0  # each step once, 2 epochs
 
 
+def test_a_second_failed_write_does_not_hide_the_first(data, tmp_path):
+    """The disk stays full: summary.json cannot be written either. Still one error line (the
+    checkpoint's), one note for the summary, no traceback."""
+    out = tmp_path / "run"
+    prelude = ENOSPC_ON_SECOND_CHECKPOINT.replace("len(_calls) < 2", "False") + """
+from ssdbench.train.run_folder import RunFolder
+_real_json = RunFolder.write_json
+def _no_space(self, name, data):  # full from the first checkpoint on
+    if _calls:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / name))
+    return _real_json(self, name, data)
+RunFolder.write_json = _no_space
+"""
+    proc = _train(_argv(data, out), prelude=prelude)
+    assert proc.returncode == 2
+    assert _error(proc) == (f"ssdbench train: error: cannot write {out / 'checkpoints' / 'epoch_0001.pt'}: "
+                            "No space left on device")
+    assert "note: the run summary was not written either" in proc.stdout
+
+
 # ---------------------------------------------------------------- two runs, one folder
 def test_a_second_run_into_a_locked_folder_fails_at_once(data, tmp_path):
     out = tmp_path / "run"

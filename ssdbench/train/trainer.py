@@ -214,9 +214,9 @@ class Trainer:
         self.watchdog.start()
         self.mllog.init_stop()
         self.mllog.run_start()
-        t_start, status = time.perf_counter(), "running"
+        t_start, status, done = time.perf_counter(), "running", False
         try:
-            status = self._epochs()
+            status, done = self._epochs(), True
         except NonFiniteLossError as exc:
             status = "diverged"
             last = last_checkpoint(self.folder.checkpoints)
@@ -227,7 +227,7 @@ class Trainer:
             raise
         finally:
             self.watchdog.stop()
-            self._finish(status, time.perf_counter() - t_start, failing=sys.exc_info()[0] is not None)
+            self._finish(status, time.perf_counter() - t_start, failing=not done)
             if self.lock is not None:
                 self.lock.release()
         return self.summary(status)
