@@ -194,3 +194,18 @@ def test_loadgen_flag_values_reach_the_settings():
     assert S.resolve("Offline").sut.predict_timeout_s == 600  # the built-in default: generous
     with pytest.raises(ValueError, match=r"flags: target_qps must be a finite number in \(0, 100000\], got nan"):
         S.resolve("Server", flags={"target_qps": math.nan})
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("argv", [["eval", "--weights", "w.pt"], ["predict", "x.jpg", "--weights", "w.pt"],
+                                  ["train", "--data", "d"]])
+def test_cuda_on_a_cpu_machine_names_the_flag(argv, tmp_path, capsys):
+    from data_fixtures import write_image
+
+    write_image(tmp_path / "x.jpg", 40, 30)
+    argv = [str(tmp_path / a) if a in ("w.pt", "x.jpg", "d") else a for a in argv]
+    if argv[0] != "predict":
+        (tmp_path / "d").mkdir()
+    assert cli.main([*argv, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("error: --device cuda: CUDA is not available on this machine (use --device cpu)"), err

@@ -36,12 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssdbench.dist import pick_device
     from ssdbench.infer.backends import make_backend
     from ssdbench.infer.predict import categories, detect, read_image, write_predictions
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
 
     output_folder(args.out, "--out")
+    pick_device(args.device, flag="--device")  # a device that is not there fails before any work
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]  # every image is checked before any work starts
 
