@@ -12,6 +12,7 @@ cause, printed by the CLI like every user-facing error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -163,7 +164,8 @@ class FolderLock:
         os.close(fd)
 
     def __del__(self):
-        self.release()
+        with contextlib.suppress(Exception):  # interpreter shutdown: the kernel drops the lock anyway
+            self.release()
 
 
 def _read_fd(fd: int) -> dict:

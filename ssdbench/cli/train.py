@@ -128,7 +128,7 @@ def _latest_run(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     preset = args.preset or ("mlperf" if args.data else "demo")
-    runs = sorted(p for p in Path("runs").glob(f"{preset}-*") if (p / "checkpoints" / "last").is_file())
+    runs = sorted(p for p in Path("runs").glob(f"{preset}-*") if any((p / "checkpoints").glob("*.pt")))
     if not runs:
         raise FileNotFoundError(f"--resume: no run of preset {preset!r} with a checkpoint under runs/")
     return str(runs[-1])
