@@ -286,3 +286,35 @@ def test_divergence_without_a_checkpoint_says_so(data, tmp_path):
     assert proc.returncode == 2
     line = _error(proc)
     assert "non-finite loss at step" in line and line.endswith("no checkpoint was written"), line
+
+
+def test_accepted_changes_reach_a_tensor_learning_rate():
+    """The fast step's fused SGD keeps its lr in a device tensor that a CUDA graph reads: accepted
+    changes fill that same tensor (the run above uses the plain step, CPU has no graph)."""
+    from ssdbench.train.checkpoint import load_optimizer_state
+    from ssdbench.train.fast_step import make_sgd
+    from ssdbench.train.loop import StepParts
+    from ssdbench.train.resume import hyperparameters, restore_hyperparameters
+    from ssdbench.train.schedule import MLPerfSchedule
+
+    def parts(lr, decay):
+        import torch
+
+        opt = make_sgd([torch.nn.Parameter(torch.ones(3))], lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(5, 2, decay_epochs=decay))
+        return StepParts(None, opt, sched, None, torch.device("cpu"))
+
+    old = parts(0.5, (40,))
+    for _ in range(12):
+        old.optimizer.step()
+        old.scheduler.step()
+    new = parts(0.1, (2,))  # new lr and an earlier decay: epoch 2 starts at step 10
+    fresh, lr_tensor = hyperparameters(new), new.optimizer.param_groups[0]["lr"]
+    load_optimizer_state(new.optimizer, old.optimizer.state_dict())
+    new.scheduler.load_state_dict(old.scheduler.state_dict())
+    assert float(lr_tensor) == 0.5  # what a plain restore leaves: the checkpoint's lr
+    assert restore_hyperparameters(new, fresh) == [pytest.approx(0.1 * 0.1)]
+    assert new.optimizer.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(0.01)
+    new.optimizer.step()
+    new.scheduler.step()  # the schedule goes on with the new values
+    assert float(lr_tensor) == pytest.approx(0.01) and new.scheduler.base_lrs == [0.1]
