@@ -23,7 +23,7 @@ def acc_env(tmp_path_factory):
 
     # bias 2: favour background, yet keep enough varied detections for a meaningful mAP
     for data, weights in loadgen_env(tmp_path_factory, "acc", val_images=10, seed=1, background_bias=2.0):
-        yield data, CocoDetection(data, "val"), weights
+        yield data, CocoDetection(data, "val", all_images=True), weights  # the QSL order
 
 
 def _write_log(path, entries):
@@ -201,3 +201,86 @@ def test_accuracy_log_map_equals_evaluate_nonzero(acc_env, tmp_path):
     assert run.map == pytest.approx(stats[0], abs=1e-9)
     np.testing.assert_allclose(evaluate_log(tmp_path / "out" / "mlperf_log_accuracy.json", dataset)[0], stats,
                                atol=1e-9)  # fmt: skip
+
+
+def _official_rule_map(ann_file, log_file) -> float:
+    """AP@[.5:.95] of an accuracy log by MLPerf's rule, written here independently of ssdbench
+    (tools/accuracy-coco.py --use-inv-map, mlcommons/inference r2.0): qsl_idx indexes the file's
+    ``images`` list in file order; label k -> [0] + the file's category ids; boxes scale by that
+    image's size; the first entry of an index counts; images without detections are evaluated."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = json.loads(ann_file.read_text())
+    image_map, inv_map = ann["images"], [0] + [c["id"] for c in ann["categories"]]
+    detections, image_ids, seen = [], set(), set()
+    for entry in json.loads(log_file.read_text()):
+        idx = entry["qsl_idx"]
+        if idx in seen:
+            continue
+        seen.add(idx)
+        image = image_map[idx]
+        image_ids.add(image["id"])
+        data = np.frombuffer(bytes.fromhex(entry["data"]), np.float32)
+        for k in range(0, len(data) - 6, 7):
+            _, ymin, xmin, ymax, xmax, score, label = (float(v) for v in data[k:k + 7])
+            h, w = image["height"], image["width"]
+            detections.append({"image_id": image["id"], "category_id": inv_map[int(label)], "score": score,
+                               "bbox": [xmin * w, ymin * h, (xmax - xmin) * w, (ymax - ymin) * h]})
+    gt = COCO(str(ann_file))
+    evaluation = COCOeval(gt, gt.loadRes(detections), iouType="bbox")
+    evaluation.params.imgIds = sorted(image_ids)
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return float(evaluation.stats[0])
+
+
+def test_perfect_detections_score_one_under_the_official_rule(tmp_path):
+    """A COCO-format set whose ``images`` list is not sorted by id and holds images without
+    objects: an oracle answering each image with its ground truth, through the real QSL, SUT and
+    LoadGen, scores AP = 1.0 by the official rule (file order, inverse label map) and by
+    `ssdbench accuracy`; the former sorted, non-empty order would have scored far less."""
+    from data_fixtures import write_coco
+
+    from ssdbench.data.coco import CocoDetection
+    from ssdbench.data.transforms import preprocess_for_inference
+
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 48 + 8 * (i % 3), "height": 40 + 4 * (i % 5)}
+              for i in (57, 12, 33, 4, 90, 21, 68, 45)]  # fmt: skip
+    categories = [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}, {"id": 77, "name": "phone"}]
+    boxes = {57: [(3, 4, 20, 18, 3)], 12: [(10, 6, 15, 20, 18), (1, 1, 12, 9, 77)], 4: [(5, 5, 30, 25, 18)],
+             90: [(2, 3, 9, 12, 77)], 21: [(20, 10, 20, 22, 3), (4, 4, 10, 10, 3)], 45: [(7, 8, 25, 15, 18)]}
+    annotations = [{"id": n, "image_id": img, "category_id": cat, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+                   for n, (img, (x, y, w, h, cat)) in enumerate(((i, b) for i, bs in boxes.items() for b in bs), 1)]
+    root = write_coco(tmp_path / "coco", "val", images, annotations, categories)  # 33 and 68: no objects
+    dataset = CocoDetection(root, "val", all_images=True)
+    truth = {}
+    for i in range(len(dataset)):
+        image, target = dataset.load(i)
+        truth[preprocess_for_inference(image, 128).tobytes()] = (target["boxes"], target["labels"])
+
+    def oracle(batch):
+        n = len(batch)
+        out = PaddedDetections(boxes=torch.zeros(n, 4, 4), labels=torch.zeros(n, 4, dtype=torch.long),
+                               scores=torch.zeros(n, 4), counts=torch.zeros(n, dtype=torch.long))  # fmt: skip
+        for j in range(n):
+            b, lab = truth[batch[j].numpy().tobytes()]
+            out.boxes[j, :len(lab)], out.labels[j, :len(lab)] = torch.from_numpy(b), torch.from_numpy(lab)
+            out.scores[j, :len(lab)], out.counts[j] = 1.0, len(lab)
+        return out
+
+    settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 3})
+    run = run_loadgen(settings, tmp_path / "out", data=root, predict=oracle, verbose=False, cache=False)
+    log = tmp_path / "out" / "mlperf_log_accuracy.json"
+    assert {e["qsl_idx"] for e in json.loads(log.read_text())} == set(range(8))  # every image, empty ones too
+    assert _official_rule_map(root / "annotations" / "instances_val2017.json", log) == pytest.approx(1.0)
+    assert run.map == pytest.approx(1.0)
+    # The order ssdbench used before (sorted ids of non-empty images) mis-scores the same log.
+    old_order = [i for i in sorted(img["id"] for img in images) if i in boxes]
+    shuffled = tmp_path / "old.json"
+    ann = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    ann["images"] = [next(img for img in images if img["id"] == i) for i in old_order]
+    ann["images"] += [img for img in images if img["id"] not in boxes]
+    shuffled.write_text(json.dumps(ann))
+    assert _official_rule_map(shuffled, log) < 0.5

@@ -1,5 +1,6 @@
-"""LoadGen settings (`ssdbench.loadgen.settings`): four layers with their sources, `.conf` parsing,
-the seed table's columns, typed SUT settings and errors that name the key and where it came from."""
+"""LoadGen settings (`ssdbench.loadgen.settings`, `ssdbench.loadgen.apply`): the layers with their
+sources, `.conf` parsing, the seed table's columns, typed SUT settings, errors that name the key and
+where it came from, and the resolved values on LoadGen's TestSettings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ssdbench.loadgen import apply
 from ssdbench.loadgen import settings as S
 
 
@@ -42,10 +44,18 @@ def test_settings_precedence_and_spec_values(tmp_path):
 
 def test_settings_reach_loadgen(tmp_path):
     settings = S.resolve("Server", flags={"target_qps": 12.5, "target_latency": 0.25, "min_duration": 700})
-    ts = S.make_test_settings(settings, str(tmp_path / "s.conf"), performance_count=10)
+    ts = apply.make_test_settings(settings, performance_count=10)
     assert ts.server_target_qps == 12.5 and ts.server_target_latency_ns == 250_000
     assert ts.min_duration_ms == 700 and ts.performance_sample_count_override == 10
     assert ts.min_query_count == 270336 and abs(ts.server_target_latency_percentile - 0.99) < 1e-9
+    # the round's seeds (v2.0 mlperf.conf), set directly: LoadGen 6.x ignores them in a user conf
+    assert (ts.qsl_rng_seed, ts.sample_index_rng_seed, ts.schedule_rng_seed) == (
+        6655344265603136530, 15863379492028895792, 12662793979680847247)
+    ms = apply.make_test_settings(S.resolve("MultiStream", flags={"target_latency": 40}), 64)
+    assert ms.multi_stream_samples_per_query == 8 and ms.multi_stream_expected_latency_ns == 40_000_000
+    assert abs(ms.multi_stream_target_latency_percentile - 0.99) < 1e-9
+    off = apply.make_test_settings(S.resolve("Offline", flags={"target_qps": 300}), 64)
+    assert off.offline_expected_qps == 300 and off.min_query_count == 24576 and off.min_duration_ms == 600000
 
 
 def test_settings_errors(tmp_path):
@@ -95,8 +105,9 @@ def test_each_layer_overrides_the_one_below_and_is_named_as_source(tmp_path):
 
 
 def test_conf_precedence_inside_one_file(tmp_path):
-    """LoadGen's rule, whatever the line order: model.Scenario > model.* > *.Scenario > *.*."""
-    lines = ["ssd-resnet34.Server.target_qps = 4", "ssd-resnet34.*.target_qps = 3", "*.Server.target_qps = 2",
+    """LoadGen's rule (lookupkv in test_settings_internal.cc), whatever the line order:
+    model.Scenario > *.Scenario > model.* > *.*."""
+    lines = ["ssd-resnet34.Server.target_qps = 4", "*.Server.target_qps = 3", "ssd-resnet34.*.target_qps = 2",
              "*.*.target_qps = 1"]  # fmt: skip
     for order in (lines, lines[::-1]):
         assert S.parse_conf(_conf(tmp_path, "\n".join(order) + "\n"), "ssd-resnet34", "Server") == {"target_qps": "4"}
@@ -107,6 +118,7 @@ def test_conf_precedence_inside_one_file(tmp_path):
                            "ssd-resnet34.*.count = 1\nssd-resnet34.*.count = 2\n")  # fmt: skip
     assert S.parse_conf(path, "ssd-resnet34", "Server") == {"count": "2"}  # other model/scenario; last wins
     assert S.parse_conf(path, "ssd-resnet34", "Offline") == {"threads": "8", "count": "2"}
+    assert S.read_conf(path, "ssd-resnet34", "Offline") == {"threads": ("8", True), "count": ("2", False)}
 
 
 def test_seed_table_columns_are_translated():
@@ -179,7 +191,7 @@ def test_a_sut_key_missing_from_the_builtin_conf_is_named(tmp_path, monkeypatch)
 def test_written_conf_holds_only_loadgen_keys_with_sources(tmp_path):
     run = S.resolve("Offline", preset="cpu", flags={"target_qps": 12.5})
     path = tmp_path / "settings.conf"
-    S.write_conf(run, str(path))
+    apply.write_conf(run, str(path))
     text = path.read_text()
     assert "ssd-resnet34.Offline.target_qps = 12.5" in text and "# target_qps: from flags" in text
     assert "threads" not in text and "model" not in text.replace("ssd-resnet34", "")

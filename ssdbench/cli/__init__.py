@@ -22,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("ssdbench.cli.predict", "detect objects in images; JSON and drawn boxes"),
     "export": ("ssdbench.cli.export", "export a model (ONNX)"),
     "loadgen": ("ssdbench.cli.loadgen", "SSD-Large under MLPerf LoadGen (four scenarios)"),
-    "accuracy": ("ssdbench.cli.accuracy", "COCO mAP of a LoadGen accuracy log"),
+    "accuracy": ("ssdbench.cli.accuracy", "COCO mAP of a LoadGen accuracy log (MLPerf's scoring rule)"),
+    "compliance": ("ssdbench.cli.compliance", "MLPerf compliance tests TEST01/04/05 of a LoadGen run"),
+    "submission": ("ssdbench.cli.submission", "assemble and check an MLPerf inference submission tree"),
     "data": ("ssdbench.cli.data", "synthesize, download and check COCO-format datasets"),
     "model": ("ssdbench.cli.model", "model facts: default boxes, parameters, GFLOPs"),
     "benchmark": ("ssdbench.cli.benchmark", "run a benchmark script from benchmarks/ (table + JSON)"),
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    args.command_line = ["ssdbench", name, *rest]  # recorded by commands whose outputs must say how they were made
     try:
         return int(module.run(args) or 0)
     except (CliError, OSError, ValueError) as exc:

@@ -6,8 +6,11 @@ Layout (COCO 2017): ``root/annotations/instances_{split}2017.json`` and images i
 Label mapping: category ids of the file (sparse, 1..90 on COCO) map to contiguous labels 1..K in
 the order of the file's ``categories`` list; label 0 is background (docs/ARCHITECTURE.md).
 
-Filtering, as the MLPerf reference does: images without any annotation are dropped (117,266 train
-and 4,952 val images remain on COCO 2017).
+Filtering, as the MLPerf training reference does: images without any annotation are dropped
+(117,266 train and 4,952 val images remain on COCO 2017). ``all_images=True`` keeps instead every
+image of the file's ``images`` list in file order, empty ones included (5,000 on COCO val 2017):
+the sample order of MLPerf inference, whose accuracy script reads LoadGen's ``qsl_idx`` as an
+index into that list (benchmark.md §7).
 
 Crowd annotations (``iscrowd=1``) are *excluded from the training targets*. Deliberate deviation:
 the MLPerf training reference keeps them as ordinary boxes. A crowd box covers a group of objects
@@ -102,10 +105,11 @@ class CocoDetection:
 
     Attributes: ``cat_ids`` (file's categories order), ``cat_names``, ``num_classes`` (K + 1,
     background included), ``label_to_cat_id`` {1..K: id}, ``cat_id_to_label``, ``ids`` (sorted
-    ids of the images kept), ``ann_file``, ``image_dir``.
+    ids of the images kept; with ``all_images``, every image id in file order), ``ann_file``,
+    ``image_dir``.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", decoder: str = "auto"):
+    def __init__(self, root: str | Path, split: str = "train", decoder: str = "auto", all_images: bool = False):
         self.root, self.split, self.decoder = Path(root), split, decoder
         self.ann_file = annotation_path(root, split)
         self.image_dir = self.root / f"{split}2017"
@@ -113,7 +117,7 @@ class CocoDetection:
         self._init_categories(data["categories"])
         self._images = self._index_images(data["images"])
         self._boxes, self._labels = self._index_annotations(data["annotations"])
-        self.ids = sorted(self._boxes)
+        self.ids = [img["id"] for img in data["images"]] if all_images else sorted(self._boxes)
 
     def _init_categories(self, categories: list[dict]) -> None:
         self.cat_ids = [int(c["id"]) for c in categories]
@@ -199,6 +203,8 @@ class CocoDetection:
     def annotations(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(boxes float32 (n, 4) ltrb in pixels, unclipped; labels int64 (n,) in 1..K)."""
         image_id = self.ids[i]
+        if image_id not in self._boxes:  # an image without annotations (``all_images``)
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         return self._boxes[image_id].copy(), self._labels[image_id].copy()
 
     def read_image(self, i: int) -> np.ndarray:

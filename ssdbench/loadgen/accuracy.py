@@ -1,11 +1,16 @@
-"""COCO mAP of a LoadGen accuracy log (`ssdbench accuracy`).
+"""COCO mAP of a LoadGen accuracy log (`ssdbench accuracy`), scored by MLPerf's rule.
 
 ``mlperf_log_accuracy.json`` is an array of ``{"seq_id", "qsl_idx", "data"}`` where ``data`` is
 the uppercase hex of the SUT's response bytes: float32 7-tuples
-``[qsl_idx, ymin, xmin, ymax, xmax, score, label]``, normalised coordinates (benchmark.md §7). Labels
-(1..K) map back to the dataset's category ids, boxes to original-image pixels (xywh), and COCO
-eval runs over the logged images: every non-empty val image in a full run (4,952 on COCO, benchmark.md
-§5), the first ``count`` with ``--count``. Target: 99% of the fp32 reference, 0.198 on COCO.
+``[qsl_idx, ymin, xmin, ymax, xmax, score, label]``, normalised coordinates (benchmark.md §7).
+
+The rule is the official ``tools/accuracy-coco.py --use-inv-map`` (mlcommons/inference r2.0,
+vision/classification_and_detection): ``qsl_idx`` indexes the annotation file's ``images`` list in
+file order, every image included (5,000 on COCO val 2017; `open_val_dataset` opens the dataset
+that way, as the QSL does); label k is the k-th category id of the file's ``categories``
+(``[0] + category ids``); boxes scale by that image's width and height to xywh pixels; the first
+entry of a repeated ``qsl_idx`` counts; COCO eval runs over the logged images, those without
+detections included. Target: 99% of the fp32 reference, 0.198 on COCO.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ssdbench.model.postprocess import Detections
 
 REFERENCE_MAP = 0.20  # fp32 reference mAP on COCO val 2017 (benchmark.md §7)
 TARGET_MAP = 0.198  # 99% of the reference
-COCO_VAL_IMAGES = 4952  # non-empty val images (benchmark.md §5)
+COCO_VAL_IMAGES = 5000  # every val image, empty ones included (benchmark.md §7)
 
 def decode_log(path: str | Path) -> dict[int, np.ndarray]:
     """QSL index -> float32 (K, 7) detections; later entries of the same index are ignored.
@@ -105,7 +110,8 @@ def report_accuracy(log: str | Path, data: str | Path | None = None, backend: st
 
 
 def open_val_dataset(data: str | Path | None):
-    """`CocoDetection(data, "val")`; the embedded synthetic dataset when ``data`` is None."""
+    """`CocoDetection(data, "val", all_images=True)`: every image in file order, the QSL and
+    accuracy order of MLPerf inference; the embedded synthetic dataset when ``data`` is None."""
     if data is None:
         data = default_dataset()
     root = Path(data)
@@ -115,4 +121,4 @@ def open_val_dataset(data: str | Path | None):
     if not ann.is_file():
         raise FileNotFoundError(f"{root} has no annotations/instances_val2017.json "
                                 "(COCO 2017 layout expected)")
-    return CocoDetection(root, "val")
+    return CocoDetection(root, "val", all_images=True)

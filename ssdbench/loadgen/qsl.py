@@ -1,40 +1,52 @@
 """LoadGen query sample library (QSL): preprocessed COCO val images held in memory.
 
-QSL index ``i`` is sample ``i`` of `CocoDetection(root, "val")` (its ``ids`` order: the non-empty
-val images, benchmark.md §5), limited to the first ``count``. LoadGen chooses which samples are resident:
-its load callback preprocesses them (benchmark.md §5: RGB, bilinear resize to SxS, /255, mean/std, NCHW
-float32) and its unload callback frees them, so timed queries never decode.
+QSL index ``i`` is image ``i`` of the annotation file's ``images`` list in file order, every
+image included (`CocoDetection(root, "val", all_images=True)`; 5,000 on COCO val 2017), limited
+to the first ``count``: the order MLPerf's accuracy script assumes (benchmark.md §7). LoadGen
+chooses which samples are resident: its load callback preprocesses them (benchmark.md §5: RGB,
+bilinear resize to SxS, /255, mean/std, NCHW float32) and its unload callback frees them, so timed
+queries never decode.
 
-Resized samples are cached on disk, one ``.npy`` per image, keyed by (dataset path, image id,
-input size, dtype): a second run loads them instead of decoding and resizing again. The cache holds
-the uint8 (3, S, S) resize output, not the float32 input: normalising is cheap and exact, and the
-uint8 file is 4x smaller (4.3 MB per image at 1200x1200, 21 GB for the 4,952 COCO val images).
-With the cache on, `prepare()` fills it for all QSL samples before LoadGen starts, so an image
-that fails to decode stops the run before any timing (an exception must never escape a LoadGen
-callback: LoadGen cannot recover from it). Default location ``$SSDBENCH_CACHE/loadgen_samples``.
+Resized samples are cached on disk, one ``.npy`` per image. The cache folder is keyed by the
+sample order and the preprocessing (dataset path, annotation file, the ordered (id, file name)
+list of its images, input size, resize, decoders, cache format), each file by the image's content
+stamp (id, file size, modification time): a cache of another order, another preprocessing or an
+edited image is never reused, and the caches of the former sorted, non-empty order live in other
+folders. The cache holds the uint8 (3, S, S) resize output, not the float32 input: normalising is
+cheap and exact, and the uint8 file is 4x smaller (4.3 MB per image at 1200x1200, 21 GB for the
+5,000 COCO val images). With the cache on, `prepare()` fills it for all QSL samples before LoadGen
+starts, so an image that fails to decode stops the run before any timing (an exception must never
+escape a LoadGen callback: LoadGen cannot recover from it). Default location
+``$SSDBENCH_CACHE/loadgen_samples``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ssdbench.data.transforms import normalize, resize_uint8, to_chw
+from ssdbench.data.decode import available_decoders
+from ssdbench.data.jitter import MEAN, STD
+from ssdbench.data.transforms import resize_uint8, to_chw
 from ssdbench.io import atomic_write
 from ssdbench.io import cache_dir as shared_cache_dir
 from ssdbench.progress import Progress
 
 DEFAULT_PERFORMANCE_COUNT = 64  # benchmark.md §7
+CACHE_FORMAT = 2  # 1: sorted non-empty order, per-id files; 2: file order, content-stamped files
+_MEAN = np.asarray(MEAN, np.float32).reshape(3, 1, 1)  # benchmark.md §5
+_STD = np.asarray(STD, np.float32).reshape(3, 1, 1)
 
 
 class SampleLibrary:
     """The QSL: preprocessed samples float32 (3, S, S) of a COCO-format val split.
 
-    dataset: a `CocoDetection` (``ids``, ``image_info(i)``, ``read_image(i)``, ``root``).
+    dataset: a `CocoDetection` (``ids``, ``image_info(i)``, ``image_path(i)``, ``read_image(i)``,
+      ``root``), normally opened with ``all_images=True`` (`ssdbench.loadgen.accuracy.open_val_dataset`).
     input_size: S, the model's input side (1200 for ssd1200_r34).
     count: samples in the QSL (0 or None: the whole split).
     performance_count: samples LoadGen keeps resident in performance mode (64, benchmark.md §7).
@@ -44,7 +56,7 @@ class SampleLibrary:
                  performance_count: int = DEFAULT_PERFORMANCE_COUNT, cache: bool = True,
                  cache_dir: str | Path | None = None, progress: bool = True):  # fmt: skip
         if len(dataset) == 0:
-            raise ValueError(f"dataset {dataset.root} has no (non-empty) val images")
+            raise ValueError(f"dataset {dataset.root} has no val images")
         if count is not None and count < 0:
             raise ValueError(f"count must not be negative, got {count}")
         self.dataset, self.input_size = dataset, int(input_size)
@@ -54,7 +66,8 @@ class SampleLibrary:
         self.cache, self.progress = cache, progress
         self.samples: dict[int, np.ndarray] = {}
         self.error: BaseException | None = None  # first failure inside a LoadGen callback
-        self._dataset_key = hashlib.sha1(str(Path(dataset.root).resolve()).encode()).hexdigest()[:12]
+        self._folder_key: str | None = None
+        self._stamps: dict[int, str] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -66,9 +79,32 @@ class SampleLibrary:
     def image_id(self, index: int) -> int:
         return int(self.dataset.ids[index])
 
+    def cache_key(self) -> str:
+        """The cache folder's name: a hash of the sample order and the preprocessing (module doc)."""
+        if self._folder_key is None:
+            dataset = self.dataset
+            key = {"format": CACHE_FORMAT, "root": str(Path(dataset.root).resolve()),
+                   "ann_file": str(getattr(dataset, "ann_file", "")), "size": self.input_size,
+                   "resize": "pillow-bilinear-uint8", "decoder": getattr(dataset, "decoder", "auto"),
+                   "decoders": available_decoders(),
+                   "order": [[int(i), str(dataset.image_info(k)["file_name"])] for k, i in enumerate(dataset.ids)]}  # fmt: skip
+            digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+            self._folder_key = f"v{CACHE_FORMAT}-{digest}"
+        return self._folder_key
+
+    def _stamp(self, index: int) -> str:
+        """``<image id>-<file size>-<mtime ns>`` of sample ``index`` (``missing`` when unreadable)."""
+        if index not in self._stamps:
+            try:
+                st = Path(self.dataset.image_path(index)).stat()
+                self._stamps[index] = f"{self.image_id(index)}-{st.st_size}-{st.st_mtime_ns}"
+            except OSError:
+                return f"{self.image_id(index)}-missing"
+        return self._stamps[index]
+
     def cache_path(self, index: int) -> Path:
-        """``<cache>/<dataset hash>/<size>_uint8/<image id>.npy``."""
-        return self.cache_dir / self._dataset_key / f"{self.input_size}_uint8" / f"{self.image_id(index)}.npy"
+        """``<cache>/v2-<order and preprocessing hash>/<size>_uint8/<image id>-<bytes>-<mtime ns>.npy``."""
+        return self.cache_dir / self.cache_key() / f"{self.input_size}_uint8" / f"{self._stamp(index)}.npy"
 
     def prepare(self) -> None:
         """Fill the disk cache for every QSL sample (decode errors surface here, before LoadGen)."""
@@ -117,10 +153,12 @@ class SampleLibrary:
     def preprocessed(self, i: int) -> np.ndarray:
         """Sample ``i`` as the model input, float32 (3, S, S): benchmark.md §5 normalisation of the resize.
 
-        Equal to `preprocess_for_inference(image, S)` (same resize, same `normalize`).
+        Equal, bit for bit, to `preprocess_for_inference(image, S)` (same resize; the same float32
+        operations as `normalize`, in numpy: LoadGen calls back from its own threads, where torch
+        starts a thread pool per thread, seconds per call on a busy machine).
         """
-        resized = torch.from_numpy(self._cached_resized(i))
-        return np.ascontiguousarray(normalize(resized[None])[0].numpy())
+        x = self._cached_resized(i).astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray((x - _MEAN) / _STD)
 
     def _cached_resized(self, i: int) -> np.ndarray:
         path = self.cache_path(i)

@@ -1,7 +1,12 @@
 """Human report of a LoadGen run: VALID/INVALID and why, throughput, latency percentiles, histogram.
 
-Everything comes from LoadGen's ``mlperf_log_summary.txt`` (the official verdict) plus the
-per-query latencies the SUT recorded (for the histogram; LoadGen's summary only has percentiles).
+The verdict is LoadGen's ``mlperf_log_summary.txt``, overruled to INVALID when the detail log
+holds an error message (the MLPerf submission checker rejects such a run, e.g. LoadGen 6.x's
+``error_invalid_config`` for a second config file in a process) or shows a setting other than
+the one ssdbench set (`Checks`). The report also lists the detail log's warnings and the round's
+result rules the run does not meet (a submission of it would be rejected: min duration, seeds,
+...). The histogram uses the per-query latencies the SUT recorded (LoadGen's summary only has
+percentiles).
 """
 
 from __future__ import annotations
@@ -19,6 +24,22 @@ _HEADLINE = re.compile(r"^([\d.]+)(?:th)? percentile latency \(ns\)\s*:\s*(\d+)"
 
 
 @dataclass
+class Checks:
+    """What the detail log says beyond LoadGen's verdict (filled by `ssdbench.loadgen.run`)."""
+
+    errors: list[str] = field(default_factory=list)  # detail-log error messages ("key: value")
+    warnings: list[str] = field(default_factory=list)  # detail-log warning messages
+    not_applied: list[str] = field(default_factory=list)  # effective_* values other than the ones set
+    round: str = ""  # the MLPerf round whose rules were checked
+    round_violations: list[str] = field(default_factory=list)  # its result rules this run misses
+
+    def invalid_reasons(self) -> list[str]:
+        """Why the run is INVALID whatever LoadGen's summary says (empty when nothing is wrong)."""
+        return ([f"detail log error: {e}" for e in self.errors]
+                + [f"setting not applied: {p}" for p in self.not_applied])  # fmt: skip
+
+
+@dataclass
 class Summary:
     """The parts of ``mlperf_log_summary.txt`` the report needs."""
 
@@ -30,6 +51,7 @@ class Summary:
     metrics: dict[str, float] = field(default_factory=dict)  # samples/s figures
     latencies_ms: dict[str, float] = field(default_factory=dict)  # "Min", "50.00 percentile", ...
     headline_ms: tuple[str, float] | None = None  # SingleStream/MultiStream metric (percentile, ms)
+    loadgen_result: str = ""  # LoadGen's own verdict when the detail-log checks overrule it
 
 
 def parse_summary(path: str | Path) -> Summary:
@@ -99,10 +121,28 @@ def latency_histogram(latencies_ns, path: str | Path, title: str, bound_ms: floa
     plt.close(fig)
 
 
-def render(summary: Summary, settings: dict, latencies_ns, batch_sizes) -> str:
+def _checks_lines(checks: Checks | None) -> list[str]:
+    """The detail-log and round sections of the report."""
+    if checks is None:
+        return []
+    lines = ["", f"Detail log: {len(checks.errors)} error(s), {len(checks.warnings)} warning(s)"]
+    lines += [f"- error: {e}" for e in checks.errors] + [f"- warning: {w}" for w in checks.warnings]
+    lines += [f"- setting not applied: {p}" for p in checks.not_applied]
+    if checks.round:
+        if checks.round_violations:
+            lines += ["", f"Round {checks.round} rules not met (a submission of this run would be rejected):"]
+            lines += [f"- {v}" for v in checks.round_violations]
+        else:
+            lines += ["", f"Round {checks.round} rules: met (seeds, duration, query counts, latency)"]
+    return lines
+
+
+def render(summary: Summary, settings: dict, latencies_ns, batch_sizes, checks: Checks | None = None) -> str:
     """Markdown report."""
     lines = [f"# SSD-Large LoadGen run: {summary.scenario} / {summary.mode}", "",
              f"**Result: {summary.result}**", ""]  # fmt: skip
+    if summary.loadgen_result:
+        lines += [f"(LoadGen's summary says {summary.loadgen_result}; the detail log overrules it)", ""]
     if summary.result == ACCURACY_ONLY:
         lines += summary.reasons + [""]
     elif summary.result != "VALID":
@@ -117,9 +157,12 @@ def render(summary: Summary, settings: dict, latencies_ns, batch_sizes) -> str:
     if len(batch_sizes):
         lines.append(f"| mean batch size | {float(np.mean(batch_sizes)):.2f} |")
     lines.append(f"| latencies timed by the SUT (histogram) | {len(latencies_ns)} |")
+    lines += _checks_lines(checks)
     sut = settings.get("sut", {})
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(sut.items())),
               "LoadGen: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.get("loadgen", {}).items())),
+              f"Round: {settings.get('round', '')}, seeds: "
+              + ", ".join(f"{k}={v}" for k, v in settings.get("seeds", {}).items()),
               "", ("Files: mlperf_log_summary.txt, mlperf_log_detail.txt, mlperf_log_accuracy.json, "
                    "settings.conf, settings.json, latency_histogram.png")]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -143,16 +186,25 @@ def short_text(summary: Summary) -> str:
 ACCURACY_ONLY = "ACCURACY-ONLY"  # accuracy runs have no performance verdict
 
 
-def write_report(out_dir: str | Path, settings: dict, latencies_ns, batch_sizes) -> Summary:
-    """Parse the summary in ``out_dir``; write report.md and latency_histogram.png there."""
+def write_report(out_dir: str | Path, settings: dict, latencies_ns, batch_sizes,
+                 checks: Checks | None = None) -> Summary:  # fmt: skip
+    """Parse the summary in ``out_dir``; write report.md and latency_histogram.png there.
+
+    ``checks`` (the detail log's errors and effective values) turn the result INVALID when they
+    find anything wrong, with the reasons first.
+    """
     out_dir = Path(out_dir)
     summary = parse_summary(out_dir / "mlperf_log_summary.txt")
     if settings.get("mode") == "accuracy":
         summary.result, summary.mode = ACCURACY_ONLY, summary.mode or "AccuracyOnly"
         summary.scenario = summary.scenario or settings.get("scenario", "")
         summary.reasons = ["accuracy mode: latencies are not a benchmark result; see accuracy.txt"]
+    invalid = checks.invalid_reasons() if checks is not None else []
+    if invalid:
+        summary.loadgen_result, summary.result = summary.result, "INVALID"
+        summary.reasons = invalid + [r for r in summary.reasons if summary.loadgen_result != ACCURACY_ONLY]
     title = f"{summary.scenario} {summary.mode}: {summary.result}"
     bound = settings.get("loadgen", {}).get("target_latency") if summary.scenario == "Server" else None
     latency_histogram(latencies_ns, out_dir / "latency_histogram.png", title, bound)
-    (out_dir / "report.md").write_text(render(summary, settings, latencies_ns, batch_sizes))
+    (out_dir / "report.md").write_text(render(summary, settings, latencies_ns, batch_sizes, checks))
     return summary

@@ -5,11 +5,18 @@ dynamic-batching SUT (`sut`) around a backend (`ssdbench.infer.backends`), LoadG
 report (`report`) and, in accuracy mode, the score of ``mlperf_log_accuracy.json`` (`accuracy`).
 Files appear in ``--out`` only for a trustworthy run (`staging`): one that completed, answered
 every query exactly once and had no SUT or QSL error.
+
+LoadGen gets its settings on ``TestSettings`` directly (`apply`) and an explicit audit.config
+path: the test's own for a compliance run (`ssdbench.loadgen.compliance`), else a path that does
+not exist, so an ``audit.config`` lying in the working directory is never read (it is reported
+before the run). Afterwards the detail log must show the ``effective_*`` values that were set and
+no error; otherwise the run is INVALID (report.md says why).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +27,15 @@ import torch
 from ssdbench.dist import pick_device
 from ssdbench.errors import CliError
 from ssdbench.infer.backends import make_backend
+from ssdbench.loadgen import apply
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
+from ssdbench.loadgen.detail_log import read_detail_log
 from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
-from ssdbench.loadgen.report import Summary, short_text, write_report
+from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
+from ssdbench.loadgen.rounds import get_round
+from ssdbench.loadgen.rules import run_rule_violations
 from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
 from ssdbench.model.specs import get_spec
 
@@ -101,13 +112,18 @@ def _bounded(call, timeout_s: float | None, what: str) -> None:
 
 def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights=None, predict=None,
                 cache: bool = True, progress: bool = True, verbose: bool = True,
-                eval_backend: str = "faster", allow_pickle: bool = False) -> LoadgenRun:  # fmt: skip
+                eval_backend: str = "faster", allow_pickle: bool = False, audit_test: str | None = None,
+                command: str | None = None) -> LoadgenRun:  # fmt: skip
     """One LoadGen test; ``predict`` replaces the backend (same contract as `Backend.predict`).
 
-    Everything that can fail on bad input (dataset, device, weights, a sample that does not
-    decode) fails before LoadGen starts and before anything is written to ``out``.
+    ``audit_test``: run as that compliance test of the round (TEST01, TEST04-A, TEST04-B, TEST05):
+    its audit.config is written into the run folder and given to LoadGen. ``command``: the command
+    line, recorded in settings.json. Everything that can fail on bad input (dataset, device,
+    weights, a sample that does not decode) fails before LoadGen starts and before anything is
+    written to ``out``.
     """
     sut_settings, out = run_settings.sut, Path(out)
+    report_stray_audit_config()
     dataset = open_val_dataset(data)
     device = _device(run_settings)
     if predict is None:
@@ -120,7 +136,9 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
             sut_settings.predict_timeout_s)
     staging = run_folder.make_staging(out)
     try:
-        sut, summary, score = _test(run_settings, predict, qsl, device, staging, weights, eval_backend)
+        sut, summary, score = _test(run_settings, predict, qsl, device, staging,
+                                    {"weights": str(weights), "eval_backend": eval_backend,
+                                     "audit_test": audit_test, "command": command})  # fmt: skip
     except BaseException as exc:
         failed = run_folder.fail(staging, out, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunFailed):
@@ -142,30 +160,75 @@ def _device(run_settings: S.RunSettings) -> torch.device:
     return pick_device(run_settings.sut.device, flag=flag)
 
 
+def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
+    """Warn (stderr) about an ``audit.config`` in the working directory; return its path.
+
+    LoadGen's default is to read ``./audit.config`` silently and let it override the test; ssdbench
+    always names the audit file itself, so a stray one has no effect, but it usually means a
+    compliance run was set up by hand.
+    """
+    stray = Path(cwd or Path.cwd()) / "audit.config"
+    if not stray.is_file():
+        return None
+    print(f"warning: {stray} exists; ssdbench does not let LoadGen read it (compliance tests write "
+          "their own: `ssdbench compliance`)", file=sys.stderr)  # fmt: skip
+    return stray
+
+
 def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torch.device, staging: Path,
-          weights, eval_backend: str) -> tuple[BatchingSUT, Summary, float | None]:  # fmt: skip
+          extra: dict) -> tuple[BatchingSUT, Summary, float | None]:  # fmt: skip
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
-    ts = S.make_test_settings(run_settings, str(staging / "settings.conf"), qsl.performance_count)
-    info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": str(weights),
-            "device": str(device), "qsl_count": qsl.count}  # fmt: skip
+    rnd = get_round(run_settings.round)
+    audit = apply.audit_values(rnd, extra["audit_test"], run_settings.scenario)
+    ts = apply.make_test_settings(run_settings, qsl.performance_count, audit)
+    apply.write_conf(run_settings, str(staging / "settings.conf"))
+    audit_path = _write_audit(staging, audit, extra["audit_test"])
+    info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": extra["weights"],
+            "device": str(device), "qsl_count": qsl.count, "audit_test": extra["audit_test"],
+            "command": extra["command"]}  # fmt: skip
     (staging / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
     sut_settings = run_settings.sut
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
                       sut_settings.threads, device, sut_settings.predict_timeout_s)  # fmt: skip
-    _run_loadgen_test(sut, qsl, ts, staging)
+    _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
+    checks = _detail_checks(staging, apply.expected_effective(run_settings, qsl.performance_count, audit),
+                            rnd, run_settings)  # fmt: skip
     # Offline is one query: its samples' latencies make the histogram; else per query.
     offline = run_settings.scenario == "Offline"
     summary = write_report(staging, info, sut.sample_latencies_ns if offline else sut.query_latencies_ns,
-                           sut.batch_sizes)  # fmt: skip
+                           sut.batch_sizes, checks)  # fmt: skip
     # Scored before publishing: an accuracy run whose log cannot be scored is no result.
-    score = _score_accuracy(staging, qsl.dataset, eval_backend) if run_settings.mode == "accuracy" else None
+    accuracy = run_settings.mode == "accuracy"
+    score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None
     return sut, summary, score
 
 
-def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, staging: Path) -> None:
-    """LoadGen's test with its logs in ``staging``; the SUT's workers are stopped afterwards."""
+def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
+    """The audit.config LoadGen is given: the test's keys, or a path that does not exist."""
+    if not test:
+        return staging / "no-audit.config"
+    path = staging / "audit.config"
+    lines = [f"# {test}: audit settings of the round for ssd-resnet34 (ssdbench/configs/rounds.json)"]
+    lines += [f"*.*.{key} = {value}" for key, value in audit.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettings) -> Checks:
+    """What the detail log says: errors, warnings, settings that did not take effect, round rules."""
+    detail = read_detail_log(staging / "mlperf_log_detail.txt")
+    rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy")
+    return Checks(errors=detail.errors, warnings=detail.warnings,
+                  not_applied=apply.effective_mismatches(expected, detail), round=rnd.name,
+                  round_violations=[str(v) for v in rules])  # fmt: skip
+
+
+def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, staging: Path,
+                      audit_path: Path) -> None:  # fmt: skip
+    """LoadGen's test with its logs in ``staging`` and ``audit_path`` as its audit.config; the
+    SUT's workers are stopped afterwards."""
     import mlperf_loadgen as lg
 
     log = lg.LogSettings()
@@ -174,7 +237,7 @@ def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, stagi
     log.enable_trace = False
     sut_handle, qsl_handle = sut.construct(), qsl.construct()
     try:
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, test_settings, log)
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, test_settings, log, str(audit_path))
     finally:
         lg.DestroyQSL(qsl_handle)
         lg.DestroySUT(sut_handle)
@@ -188,8 +251,9 @@ def _check_run(sut: BatchingSUT, qsl: SampleLibrary, staging: Path) -> None:
         raise RunFailed(f"the SUT failed: {type(sut.error).__name__}: {sut.error}")
     if problem := sut.response_problems():
         raise RunFailed(f"response bookkeeping: {problem}")
-    if not (staging / "mlperf_log_summary.txt").is_file():
-        raise RunFailed("LoadGen wrote no summary")
+    for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
+        if not (staging / name).is_file():
+            raise RunFailed(f"LoadGen wrote no {name}")
 
 
 def _score_accuracy(folder: Path, dataset, backend: str) -> float:

@@ -1,4 +1,4 @@
-"""LoadGen settings for SSD-Large: built-in config < preset < user config < flags.
+"""LoadGen settings for SSD-Large: round < built-in config < preset < user config < flags.
 
 Every setting is one key of a flat namespace per scenario. LoadGen keys (``target_qps``,
 ``target_latency`` in ms, ``min_duration`` in ms, ...) go to `mlperf_loadgen.TestSettings` and stay
@@ -6,25 +6,34 @@ a dict (LoadGen's namespace, written to its ``.conf``); the ssdbench keys, the f
 `SutSettings` (model, dtype, batcher, QSL size), configure our side and never reach LoadGen.
 Sources, lowest precedence first:
 
-1. ``ssdbench/configs/ssd-resnet34.conf``: benchmark.md §7 values in LoadGen's ``.conf`` syntax;
-2. a named preset from ``ssdbench/configs/loadgen_presets.json`` (the Cloud TPU seed table and
+1. the round (``--round``, default v2.0): its ``mlperf.conf`` values for ssd-resnet34
+   (`ssdbench.loadgen.rounds`, ``ssdbench/configs/rounds.json``);
+2. ``ssdbench/configs/ssd-resnet34.conf``: the SUT keys, in LoadGen's ``.conf`` syntax;
+3. a named preset from ``ssdbench/configs/loadgen_presets.json`` (the Cloud TPU seed table and
    ``cpu`` / ``gpu_h100``);
-3. ``--user-conf FILE`` in the same ``.conf`` syntax;
-4. command-line flags.
+4. ``--user-conf FILE`` in the same ``.conf`` syntax;
+5. command-line flags.
 
-The resolved LoadGen keys are written to ``settings.conf`` in the run folder and read back with
-LoadGen's own parser (``TestSettings.FromConfig``), so the file saved is exactly what ran.
+The RNG seeds are the round's and nothing else sets them: LoadGen 6.x reads seeds and
+``accuracy_log_probability`` only from its built-in ``mlperf.conf`` and silently ignores them in a
+user config, so any layer naming one is rejected. A key LoadGen does not read in this scenario
+(``target_qps`` in SingleStream, ``samples_per_query`` outside MultiStream, ...) is rejected when
+a flag or a line for this very scenario sets it, and dropped (listed in ``RunSettings.dropped``)
+when a wildcard line or a preset's shared block does. `ssdbench.loadgen.apply` puts the result on
+``TestSettings`` directly (no ``FromConfig``: LoadGen 6.x logs ``error_invalid_config`` for a
+second one in a process) and checks the detail log's ``effective_*`` values after the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, get_type_hints
 
-from ssdbench.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+from ssdbench.loadgen.rounds import DEFAULT_ROUND, SEED_KEYS, get_round
 
 LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
@@ -36,7 +45,7 @@ class SutSettings:
     """The system under test's settings: ssdbench keys, never passed to LoadGen.
 
     Each field is a key of the same namespace as LoadGen's (``ssd-resnet34.*.threads = 2``) and is
-    resolved through the same four layers; the built-in conf sets every one. Field order is the
+    resolved through the same layers; the built-in conf sets every one. Field order is the
     order of ``settings.json``.
     """
 
@@ -66,7 +75,7 @@ _SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "count": 0, "warmup": 0, "bat
 LOADGEN_RANGES: dict[str, Range] = {
     "target_qps": Range(float, gt=0, le=1e5), "target_latency": POSITIVE,
     "target_latency_percentile": Range(float, gt=0, lt=100), "samples_per_query": POSITIVE_INT,
-    "min_duration": NON_NEGATIVE, "max_duration": NON_NEGATIVE, "accuracy_log_probability": FRACTION,
+    "min_duration": NON_NEGATIVE, "max_duration": NON_NEGATIVE,
     **{k: Range(int, ge=0, le=1) for k in ("coalesce_queries", "print_timestamps", "performance_issue_unique",
                                             "performance_issue_same", "sample_concatenate_permutation")},
 }  # fmt: skip
@@ -75,12 +84,22 @@ _SUT_RANGES = {"predict_timeout_s": POSITIVE}
 LOADGEN_KEYS = (
     "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",
     "min_duration", "max_duration", "min_query_count", "max_query_count",
-    "performance_sample_count_override", "qsl_rng_seed", "sample_index_rng_seed",
-    "schedule_rng_seed", "accuracy_log_rng_seed", "accuracy_log_probability",
-    "accuracy_log_sampling_target", "max_async_queries", "coalesce_queries",
-    "print_timestamps", "performance_issue_unique", "performance_issue_same",
-    "performance_issue_same_index", "sample_concatenate_permutation",
+    "performance_sample_count_override", "accuracy_log_rng_seed", "accuracy_log_sampling_target",
+    "max_async_queries", "coalesce_queries", "print_timestamps", "performance_issue_unique",
+    "performance_issue_same", "performance_issue_same_index", "sample_concatenate_permutation",
 )  # fmt: skip
+# Keys LoadGen 6.x reads only from its built-in mlperf.conf (test_settings_internal.cc, FromConfig
+# with conf_type 0): in a user config they are ignored without a word, so they are refused here.
+IGNORED_BY_LOADGEN = (*SEED_KEYS, "accuracy_log_probability")
+# The scenarios whose TestSettings field a key reaches (keys not listed reach every scenario).
+SCENARIO_KEYS: dict[str, tuple[str, ...]] = {
+    "target_qps": ("Server", "Offline"),
+    "target_latency": ("SingleStream", "MultiStream", "Server"),
+    "target_latency_percentile": ("SingleStream", "MultiStream", "Server"),
+    "samples_per_query": ("MultiStream",),
+    "max_async_queries": ("Server",),
+    "coalesce_queries": ("Server",),
+}
 # The seed table's column names (benchmark.md §7 Cloud TPU rows) -> (our key, value converter).
 SEED_COLUMNS: dict[str, tuple[str, Any]] = {
     "batch_size": ("max_batch_size", int),
@@ -105,10 +124,27 @@ class RunSettings:
     loadgen: dict[str, Any]  # LoadGen .conf key -> value (ms for durations and latencies)
     sut: SutSettings
     sources: dict[str, str]  # key (LoadGen or SUT) -> the layer that set it ("flags", "preset cpu", ...)
+    round: str = DEFAULT_ROUND  # the MLPerf round whose seeds and rules apply (`ssdbench.loadgen.rounds`)
+    dropped: list[str] = field(default_factory=list)  # "key (from layer)": keys LoadGen would not read here
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        """The round's three RNG seeds (set on TestSettings directly)."""
+        return dict(get_round(self.round).seeds)
 
     def to_json(self) -> dict:
-        return {"scenario": self.scenario, "mode": self.mode, "loadgen": self.loadgen,
-                "sut": asdict(self.sut), "sources": self.sources}  # fmt: skip
+        return {"scenario": self.scenario, "mode": self.mode, "round": self.round, "seeds": self.seeds,
+                "loadgen": self.loadgen, "sut": asdict(self.sut), "sources": self.sources,
+                "dropped": self.dropped}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunSettings:
+        """The settings of a finished run (its ``settings.json``), e.g. for its compliance tests."""
+        try:
+            return cls(data["scenario"], data["mode"], dict(data["loadgen"]), SutSettings(**data["sut"]),
+                       dict(data["sources"]), data.get("round", DEFAULT_ROUND), list(data.get("dropped", [])))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"settings.json of an older or foreign run: {exc}") from None
 
 
 def builtin_conf_path() -> str:
@@ -121,10 +157,12 @@ def load_presets() -> dict[str, dict]:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
-    """Values of ``path`` (LoadGen .conf syntax) that apply to (model, scenario), as strings.
+def read_conf(path: str, model: str, scenario: str) -> dict[str, tuple[str, bool]]:
+    """Values of ``path`` (LoadGen .conf syntax) for (model, scenario): key -> (value, explicit).
 
-    Precedence inside one file follows LoadGen: ``m.S`` > ``m.*`` > ``*.S`` > ``*.*``.
+    Precedence inside one file is LoadGen's (``lookupkv`` in test_settings_internal.cc):
+    ``m.S`` > ``*.S`` > ``m.*`` > ``*.*``; a later line of the same rank wins. ``explicit`` is
+    True when the winning line names ``scenario`` itself.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
@@ -142,10 +180,15 @@ def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
             m, s, key = parts
             if m not in (model, "*") or s not in (scenario, "*"):
                 continue
-            rank = 2 * (m == model) + (s == scenario)
+            rank = 2 * (s == scenario) + (m == model)
             if key not in ranked or rank >= ranked[key][0]:
                 ranked[key] = (rank, value.strip())
-    return {key: value for key, (_rank, value) in ranked.items()}
+    return {key: (value, rank >= 2) for key, (rank, value) in ranked.items()}
+
+
+def parse_conf(path: str, model: str, scenario: str) -> dict[str, str]:
+    """`read_conf` without the explicit flags: key -> value string."""
+    return {key: value for key, (value, _explicit) in read_conf(path, model, scenario).items()}
 
 
 def _text_lines(f, path: str):
@@ -158,6 +201,11 @@ def _text_lines(f, path: str):
 
 def preset_values(name: str, scenario: str) -> dict[str, Any]:
     """The keys a preset sets for ``scenario`` (seed columns translated to our keys)."""
+    return _preset_layer(name, scenario)[0]
+
+
+def _preset_layer(name: str, scenario: str) -> tuple[dict[str, Any], set[str]]:
+    """(values, keys set by the preset's block for ``scenario``)."""
     presets = load_presets()
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
@@ -169,8 +217,9 @@ def preset_values(name: str, scenario: str) -> dict[str, Any]:
             key, convert = SEED_COLUMNS[key]
             value = convert(value)
         values[key] = value
-    values.update(presets[name].get(scenario, {}))
-    return values
+    block = presets[name].get(scenario, {})
+    values.update(block)
+    return values, set(block)
 
 
 def preset_scenario(name: str) -> str | None:
@@ -193,17 +242,42 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return kind(value)
         except (TypeError, ValueError):
             raise ValueError(f"{origin}: {key} = {value!r} is not a valid {kind.__name__}") from None
+    if key in IGNORED_BY_LOADGEN:
+        raise ValueError(f"{origin}: {key} is read by LoadGen 6.x only from its built-in mlperf.conf and "
+                         "would be ignored; the seeds are the round's (--round v0.5 .. v2.0)")  # fmt: skip
     if key in LOADGEN_KEYS:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{origin}: {key} = {value!r} is not a number") from None
-        rule = LOADGEN_RANGES.get(key, NON_NEGATIVE_INT)  # the other keys are counts and seeds
+        number = _number(value)
+        if number is None:
+            raise ValueError(f"{origin}: {key} = {value!r} is not a number")
+        rule = LOADGEN_RANGES.get(key, NON_NEGATIVE_INT)  # the other keys are counts
         if isinstance(value, bool) or not rule.ok(number):
             raise ValueError(f"{origin}: {key} must be {rule.describe()}, got {value!r}")
-        return int(number) if number.is_integer() else number
+        return number
     raise ValueError(f"{origin}: unknown setting {key!r} (LoadGen keys: {', '.join(LOADGEN_KEYS)}; "
                      f"ssdbench keys: {', '.join(SUT_KEYS)})")  # fmt: skip
+
+
+def _number(value: Any) -> int | float | None:
+    """An int when the value is whole (64-bit seeds stay exact: no detour through float), else a
+    float; None when it is no number."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else number
+
+
+def applies(key: str, scenario: str) -> bool:
+    """Whether LoadGen reads LoadGen key ``key`` in ``scenario`` (SUT keys always apply)."""
+    return scenario in SCENARIO_KEYS.get(key, SCENARIOS)
 
 
 def resolve(
@@ -212,26 +286,44 @@ def resolve(
     preset: str | None = None,
     user_conf: str | None = None,
     flags: dict[str, Any] | None = None,
+    round: str | None = None,
 ) -> RunSettings:
-    """Merge built-in config < preset < user config < flags (``None`` flag values are unset)."""
+    """Merge round < built-in config < preset < user config < flags (``None`` flag values are unset)."""
     if scenario is None and preset is not None:
         scenario = preset_scenario(preset)
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    layers = [("built-in ssd-resnet34.conf", parse_conf(builtin_conf_path(), LOADGEN_MODEL, scenario))]
+    rnd = get_round(round)
+    rnd.check_scenario(scenario)
+    round_values = rnd.loadgen_values(scenario)
+    layers = [(f"round {rnd.name}", round_values, set(round_values)),
+              ("built-in ssd-resnet34.conf", *_conf_layer(builtin_conf_path(), scenario))]  # fmt: skip
     if preset is not None:
-        layers.append((f"preset {preset}", preset_values(preset, scenario)))
+        layers.append((f"preset {preset}", *_preset_layer(preset, scenario)))
     if user_conf is not None:
-        layers.append((user_conf, parse_conf(user_conf, LOADGEN_MODEL, scenario)))
-    layers.append(("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
-    loadgen, sut, sources = {}, {}, {}
-    for origin, values in layers:
+        layers.append((user_conf, *_conf_layer(user_conf, scenario)))
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    layers.append(("flags", given, set(given)))
+    loadgen, sut, sources, dropped = {}, {}, {}, []
+    for origin, values, explicit in layers:
         for key, value in values.items():
-            (sut if key in SUT_KEYS else loadgen)[key] = _convert(key, value, origin)
+            value = _convert(key, value, origin)
+            if key not in SUT_KEYS and not applies(key, scenario):
+                if key in explicit:
+                    raise ValueError(f"{origin}: {key} does not apply to {scenario} (LoadGen reads it "
+                                     f"only for {', '.join(SCENARIO_KEYS[key])})")  # fmt: skip
+                dropped.append(f"{key} (from {origin})")
+                continue
+            (sut if key in SUT_KEYS else loadgen)[key] = value
             sources[key] = origin
-    return RunSettings(scenario, mode, loadgen, _sut_settings(sut, sources), sources)
+    return RunSettings(scenario, mode, loadgen, _sut_settings(sut, sources), sources, rnd.name, dropped)
+
+
+def _conf_layer(path: str, scenario: str) -> tuple[dict[str, str], set[str]]:
+    values = read_conf(path, LOADGEN_MODEL, scenario)
+    return {k: v for k, (v, _e) in values.items()}, {k for k, (_v, e) in values.items() if e}
 
 
 def _sut_settings(values: dict[str, Any], sources: dict[str, str]) -> SutSettings:
@@ -249,47 +341,13 @@ def _sut_settings(values: dict[str, Any], sources: dict[str, str]) -> SutSetting
     return SutSettings(**values)
 
 
-def write_conf(settings: RunSettings, path: str) -> None:
-    """The resolved LoadGen keys as a LoadGen .conf file (model ssd-resnet34, this scenario)."""
-    lines = [f"# resolved LoadGen settings of this run ({settings.scenario}, {settings.mode})"]
-    for key, value in sorted(settings.loadgen.items()):
-        # LoadGen's parser takes no trailing comments: the source goes on its own line.
-        lines.append(f"# {key}: from {settings.sources.get(key, 'derived')}")
-        lines.append(f"{LOADGEN_MODEL}.{settings.scenario}.{key} = {value}")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def make_test_settings(settings: RunSettings, conf_path: str, performance_count: int):
-    """`mlperf_loadgen.TestSettings` from the resolved .conf (written to ``conf_path``)."""
-    import mlperf_loadgen as lg
-
-    if settings.loadgen.get("performance_sample_count_override") != performance_count:
-        settings.loadgen["performance_sample_count_override"] = performance_count
-        settings.sources["performance_sample_count_override"] = "QSL (at most the QSL size)"
-    write_conf(settings, conf_path)
-    ts = lg.TestSettings()
-    rc = ts.FromConfig(conf_path, LOADGEN_MODEL, settings.scenario, 1)
-    if rc != 0:
-        raise ValueError(f"LoadGen rejected the settings file {conf_path} (FromConfig returned {rc})")
-    ts.scenario = getattr(lg.TestScenario, settings.scenario)
-    ts.mode = lg.TestMode.AccuracyOnly if settings.mode == "accuracy" else lg.TestMode.PerformanceOnly
-    if "target_latency" in settings.loadgen:
-        # LoadGen parses target_latency as whole milliseconds; keep sub-millisecond flags exact.
-        ns = round(float(settings.loadgen["target_latency"]) * 1e6)
-        if settings.scenario == "Server":
-            ts.server_target_latency_ns = ns
-        if settings.scenario == "SingleStream":
-            ts.single_stream_expected_latency_ns = max(ns, 1)
-        if settings.scenario == "MultiStream":
-            ts.multi_stream_expected_latency_ns = max(ns, 1)
-    return ts
-
-
 def format_settings(settings: RunSettings) -> str:
     """Human table of the resolved settings with their sources."""
-    rows = [f"scenario = {settings.scenario}", f"mode = {settings.mode}"]
+    rows = [f"scenario = {settings.scenario}", f"mode = {settings.mode}", f"round = {settings.round}"]
+    rows += [f"{key} = {value}   (round {settings.round}, set on TestSettings)"
+             for key, value in settings.seeds.items()]  # fmt: skip
     for group in (settings.loadgen, asdict(settings.sut)):
         for key, value in sorted(group.items()):
             rows.append(f"{key} = {value}   ({settings.sources.get(key, 'derived')})")
+    rows += [f"not used in {settings.scenario}: {item}" for item in settings.dropped]
     return "\n".join(rows)

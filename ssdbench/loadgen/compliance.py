@@ -1,0 +1,184 @@
+"""MLPerf compliance tests for SSD-Large: TEST01, TEST04-A, TEST04-B, TEST05 (`ssdbench compliance`).
+
+Each test reruns the submission's performance run (its ``settings.json``: scenario, LoadGen keys,
+SUT, data, weights) with the round's audit settings for ssd-resnet34 (`rounds.json`, from
+compliance/nvidia/TEST*/audit.config on the round's branch): TEST01 logs a sample of responses in
+performance mode, TEST04-A issues each performance sample once, TEST04-B one sample again and
+again, TEST05 uses other seeds. The audit.config is written into the test's own run folder and its
+path given to LoadGen (`ssdbench.loadgen.run`); a stray ``./audit.config`` is reported before any
+run and never read. The detail log must show LoadGen found the audit file and applied its values.
+
+`verify` decides pass or fail as MLPerf's scripts do. The outputs go where the submission checker
+looks for them, ``OUT`` being ``compliance/<system>/ssd-resnet34/<Scenario>``::
+
+    OUT/TEST01/verify_accuracy.txt, verify_performance.txt
+    OUT/TEST01/accuracy/mlperf_log_accuracy.json, accuracy.txt [, baseline_accuracy.txt, compliance_accuracy.txt]
+    OUT/TEST01/performance/run_1/mlperf_log_summary.txt, mlperf_log_detail.txt
+    OUT/TEST04-A/verify_performance.txt; OUT/TEST04-A/performance/run_1/...; OUT/TEST04-B/performance/run_1/...
+    OUT/TEST05/verify_performance.txt; OUT/TEST05/performance/run_1/...
+    OUT/runs/<test>/            the full run folders (report.md, settings, audit.config)
+    OUT/compliance.json         scenario, round, the runs compared, pass / fail per test
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from copy import deepcopy
+from pathlib import Path
+
+from ssdbench.errors import CliError
+from ssdbench.io import read_json
+from ssdbench.loadgen import verify
+from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
+from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
+from ssdbench.loadgen.run import report_stray_audit_config, run_loadgen
+from ssdbench.loadgen.settings import RunSettings
+
+MARKER = "compliance.json"
+PERF_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
+
+
+def expand_tests(names) -> list[str]:
+    """Test names in run order; ``TEST04`` means both halves, ``all`` every test."""
+    out: list[str] = []
+    for name in names:
+        name = name.upper()
+        parts = {"ALL": list(COMPLIANCE_TESTS), "TEST04": ["TEST04-A", "TEST04-B"]}.get(name, [name])
+        for part in parts:
+            if part not in COMPLIANCE_TESTS:
+                raise ValueError(f"unknown compliance test {name!r}; choose from "
+                                 f"{', '.join(COMPLIANCE_TESTS)}, TEST04 (A and B) or all")  # fmt: skip
+            if part not in out:
+                out.append(part)
+    return sorted(out, key=COMPLIANCE_TESTS.index)
+
+
+def load_run(folder: str | Path, mode: str) -> dict:
+    """The ``settings.json`` of a published ``ssdbench loadgen`` run of ``mode``; CliError otherwise."""
+    folder = Path(folder)
+    if not (folder / "settings.json").is_file():
+        raise CliError(f"{folder} is not an ssdbench loadgen run folder (no settings.json)")
+    info = read_json(folder / "settings.json", "run settings")
+    if info.get("mode") != mode or info.get("audit_test"):
+        what = f"a {info['audit_test']} run" if info.get("audit_test") else f"a {info.get('mode')} run"
+        raise CliError(f"{folder} is not a {mode} run (it is {what})")
+    for name in PERF_FILES:
+        if not (folder / name).is_file():
+            raise CliError(f"{folder} has no {name}")
+    return info
+
+
+def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | Path | None = None,
+                   predict=None, cache: bool = True, progress: bool = True,
+                   verbose: bool = True) -> dict[str, bool]:  # fmt: skip
+    """Run and verify ``tests`` against performance run ``run``; returns test -> passed.
+
+    ``accuracy_run``: the submission's accuracy run (TEST01 compares with it). ``predict``
+    replaces the backend the runs would build from their settings (tests).
+    """
+    tests, run, out = expand_tests(tests), Path(run), Path(out)
+    info = load_run(run, "performance")
+    accuracy_info = load_run(accuracy_run, "accuracy") if accuracy_run else None
+    if "TEST01" in tests and accuracy_info is None:
+        raise CliError("TEST01 needs --accuracy-run (the accuracy run of the same system and dataset)")
+    if accuracy_info and (accuracy_info["data"], accuracy_info["qsl_count"]) != (info["data"], info["qsl_count"]):
+        raise CliError(f"{accuracy_run} scored {accuracy_info['qsl_count']} images of {accuracy_info['data']}, "
+                       f"the performance run used {info['qsl_count']} of {info['data']}")  # fmt: skip
+    report_stray_audit_config()
+    settings = RunSettings.from_json(info)
+    rnd = get_round(settings.round)
+    for test in tests:
+        _run_one(test, settings, info, out, predict, cache, progress)
+    results = _verify(tests, run, accuracy_run, out, rnd, info)
+    _write_marker(out, info, run, accuracy_run, results)
+    if verbose:
+        for test, passed in results.items():
+            print(f"{test}: {'PASS' if passed else 'FAIL'}  ({out / test})")
+    return results
+
+
+def _run_one(test: str, settings: RunSettings, info: dict, out: Path, predict, cache: bool, progress: bool) -> None:
+    """One audited LoadGen run in ``out/runs/<test>``; its logs copied into the official layout."""
+    weights = None if info.get("weights") in (None, "None") else info["weights"]
+    run = run_loadgen(deepcopy(settings), out / "runs" / test, data=info["data"], weights=weights,
+                      predict=predict, cache=cache, progress=progress, verbose=False,
+                      audit_test=test)  # fmt: skip
+    detail = read_detail_log(run.out / "mlperf_log_detail.txt")
+    if not detail.found_audit_config:
+        raise CliError(f"{test}: LoadGen did not report reading {run.out / 'audit.config'}")
+    folder = out / test
+    if folder.exists():
+        shutil.rmtree(folder)
+    perf = folder / "performance" / "run_1"
+    perf.mkdir(parents=True)
+    for name in PERF_FILES:
+        shutil.copy2(run.out / name, perf / name)
+    if test == "TEST01":
+        (folder / "accuracy").mkdir()
+        shutil.copy2(run.out / "mlperf_log_accuracy.json", folder / "accuracy" / "mlperf_log_accuracy.json")
+
+
+def _verify(tests: list[str], run: Path, accuracy_run, out: Path, rnd, info: dict) -> dict[str, bool]:
+    """Verify each test that ran (TEST04 once both halves exist in ``out``)."""
+    reference = read_detail_log(run / "mlperf_log_detail.txt")
+    results: dict[str, bool] = {}
+    for test in ("TEST01", "TEST05"):
+        if test in tests:
+            verdict = verify.verify_performance(reference, _test_detail(out, test), rnd, test)
+            (out / test / "verify_performance.txt").write_text(verdict.text)
+            results[test] = verdict.passed
+    if "TEST01" in tests:
+        results["TEST01"] = _verify_accuracy(Path(accuracy_run), out, rnd, info) and results["TEST01"]
+    if {"TEST04-A", "TEST04-B"} & set(tests):
+        results.update(_verify_test04(out, rnd))
+    return {test: results[test] for test in COMPLIANCE_TESTS if test in results}
+
+
+def _test_detail(out: Path, test: str):
+    return read_detail_log(out / test / "performance" / "run_1" / "mlperf_log_detail.txt")
+
+
+def _verify_test04(out: Path, rnd) -> dict[str, bool]:
+    """TEST04-A vs TEST04-B, written to TEST04-A/verify_performance.txt (as run_verification.py)."""
+    if not all((out / t / "performance" / "run_1" / "mlperf_log_detail.txt").is_file() for t in ("TEST04-A", "TEST04-B")):
+        missing = [t for t in ("TEST04-A", "TEST04-B") if not (out / t).is_dir()]
+        raise CliError(f"TEST04 compares TEST04-A with TEST04-B: run {' and '.join(missing)} into {out} too")
+    verdict = verify.verify_test04(_test_detail(out, "TEST04-A"), _test_detail(out, "TEST04-B"), rnd)
+    (out / "TEST04-A" / "verify_performance.txt").write_text(verdict.text)
+    return {"TEST04-A": verdict.passed, "TEST04-B": verdict.passed}
+
+
+def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> bool:
+    """TEST01's response comparison; when responses differ, the baseline mAP comparison decides."""
+    acc_dir = out / "TEST01" / "accuracy"
+    test_log = acc_dir / "mlperf_log_accuracy.json"
+    verdict, indices = verify.compare_responses(accuracy_run / "mlperf_log_accuracy.json", test_log)
+    dataset = open_val_dataset(info["data"])
+    passed = verdict.passed
+    if indices:
+        value, text = accuracy_text(test_log, dataset)
+        (acc_dir / "accuracy.txt").write_text(text)
+    if not verdict.passed and indices and "TEST FAIL" == verdict.lines[-1]:
+        baseline = verify.baseline_log(accuracy_run / "mlperf_log_accuracy.json", indices,
+                                       out / "runs" / "TEST01" / "mlperf_log_accuracy_baseline.json")  # fmt: skip
+        base_value, base_text = accuracy_text(baseline, dataset)
+        (acc_dir / "baseline_accuracy.txt").write_text(base_text)
+        (acc_dir / "compliance_accuracy.txt").write_text(text)
+        decision = verify.compare_accuracy(100 * base_value, 100 * value, rnd)
+        verdict.lines += ["responses differ: the baseline comparison decides (TEST01 README, Part III)"]
+        verdict.lines += decision.lines
+        passed = decision.passed
+    (out / "TEST01" / "verify_accuracy.txt").write_text(verdict.text)
+    return passed
+
+
+def _write_marker(out: Path, info: dict, run: Path, accuracy_run, results: dict[str, bool]) -> None:
+    """``compliance.json``: what ran against what; merged with the tests of earlier calls."""
+    path = out / MARKER
+    old = json.loads(path.read_text()).get("tests", {}) if path.is_file() else {}
+    data = {"scenario": info["scenario"], "round": info.get("round"), "performance_run": str(run.resolve()),
+            "accuracy_run": str(Path(accuracy_run).resolve()) if accuracy_run else None,
+            "tests": {**old, **results}}  # fmt: skip
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,178 @@
+"""Assemble an MLPerf inference submission tree for ssd-resnet34 (`ssdbench submission`).
+
+From ``ssdbench loadgen`` run folders (one performance and one accuracy run per scenario) and
+``ssdbench compliance`` output folders, it writes, in the layout of the round's submission checker
+(tools/submission/submission-checker.py; truncation by tools/submission/truncate_accuracy_log.py)::
+
+    OUT/<division>/<org>/systems/<system>.json
+    OUT/<division>/<org>/code/ssd-resnet34/ssdbench/          README.md + the ssdbench sources
+    OUT/<division>/<org>/measurements/<system>/ssd-resnet34/<Scenario>/
+        mlperf.conf (the round's values), user.conf (this run's own), README.md (the commands),
+        <system>_ssdbench_<Scenario>.json (the implementation description)
+    OUT/<division>/<org>/results/<system>/ssd-resnet34/<Scenario>/performance/run_1/
+        mlperf_log_summary.txt, mlperf_log_detail.txt
+    OUT/<division>/<org>/results/<system>/ssd-resnet34/<Scenario>/accuracy/
+        mlperf_log_summary.txt, mlperf_log_detail.txt, accuracy.txt (mAP= and hash=), mlperf_log_accuracy.json
+    OUT/<division>/<org>/compliance/<system>/ssd-resnet34/<Scenario>/TEST01, TEST04-A, TEST04-B, TEST05
+
+Accuracy logs (results and TEST01) are hashed (sha256 of the full file, the ``hash=`` line of
+accuracy.txt) and, when larger than 10 KiB, truncated to their first and last 4 KiB with
+``\\n\\n...\\n\\n`` between, as the truncation tool does. Keep the run folders: they hold the full logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from ssdbench.errors import CliError
+from ssdbench.io import read_json
+from ssdbench.loadgen.apply import round_conf, write_conf
+from ssdbench.loadgen.compliance import MARKER
+from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
+from ssdbench.loadgen.rules import IMPLEMENTATION, MAX_ACCURACY_LOG_BYTES, MODEL_DIR
+from ssdbench.loadgen.settings import RunSettings
+from ssdbench.loadgen.sysinfo import system_description
+
+VIEWABLE = 4096  # characters kept at each end of a truncated accuracy log
+
+
+def hash_and_truncate(acc_dir: Path) -> str:
+    """Append ``hash=<sha256>`` of the full accuracy log to accuracy.txt; truncate the log if large."""
+    log = acc_dir / "mlperf_log_accuracy.json"
+    digest = hashlib.sha256(log.read_bytes()).hexdigest()
+    with open(acc_dir / "accuracy.txt", "a", encoding="utf-8") as f:
+        f.write(f"hash={digest}\n")
+    if log.stat().st_size > MAX_ACCURACY_LOG_BYTES:
+        text = log.read_text()
+        log.write_text(text[:VIEWABLE] + "\n\n...\n\n" + text[-VIEWABLE:])
+    return digest
+
+
+def classify(folders) -> dict[str, dict[str, Path]]:
+    """Scenario -> {"performance", "accuracy", "compliance"} -> folder; CliError for a stranger or a
+    second folder of the same kind."""
+    found: dict[str, dict[str, Path]] = {}
+    for folder in map(Path, folders):
+        if (folder / MARKER).is_file():
+            scenario, kind = read_json(folder / MARKER, "compliance record")["scenario"], "compliance"
+        elif (folder / "settings.json").is_file():
+            info = read_json(folder / "settings.json", "run settings")
+            if info.get("audit_test"):
+                raise CliError(f"{folder} is a {info['audit_test']} run; give its `ssdbench compliance` --out folder")
+            scenario, kind = info["scenario"], info["mode"]
+        else:
+            raise CliError(f"{folder} is neither an ssdbench loadgen run nor an ssdbench compliance folder")
+        slot = found.setdefault(scenario, {})
+        if kind in slot:
+            raise CliError(f"two {scenario} {kind} folders: {slot[kind]} and {folder}")
+        slot[kind] = folder
+    for scenario, slot in found.items():
+        if "performance" not in slot:
+            raise CliError(f"{scenario}: no performance run among the folders (only {', '.join(slot)})")
+    return found
+
+
+def _round_of(runs: dict[str, dict[str, Path]]) -> str:
+    rounds = {read_json(f / "settings.json", "run settings").get("round", "v2.0")
+              for slot in runs.values() for k, f in slot.items() if k != "compliance"}  # fmt: skip
+    if len(rounds) != 1:
+        raise CliError(f"the runs come from different rounds ({', '.join(sorted(rounds))}); one submission, one round")
+    return rounds.pop()
+
+
+def build_submission(org: str, system: str, division: str, category: str, folders, out: str | Path,
+                     system_json: str | Path | None = None) -> tuple[Path, str]:  # fmt: skip
+    """Write the tree under ``out``; returns (``out``, the round). Raises CliError on bad input
+    before writing anything."""
+    if division not in ("closed", "open"):
+        raise CliError(f"--division must be closed or open, got {division!r}")
+    runs = classify(folders)
+    round_name = _round_of(runs)
+    get_round(round_name).scenario_lists(category)  # ValueError for an unknown category
+    given = read_json(Path(system_json), "system description") if system_json else {}
+    desc = system_description(org, system, division, category, round_name, given)
+    base = Path(out) / division / org
+    if base.exists():
+        raise CliError(f"{base} exists; remove it or choose another --out")
+    (base / "systems").mkdir(parents=True)
+    (base / "systems" / f"{system}.json").write_text(json.dumps(desc, indent=2) + "\n")
+    _code(base / "code" / MODEL_DIR / IMPLEMENTATION)
+    for scenario, slot in runs.items():
+        _scenario(base, system, scenario, slot, round_name)
+    return Path(out), round_name
+
+
+def _copy(names, src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if not (src / name).is_file():
+            raise CliError(f"{src} has no {name}")
+        shutil.copy2(src / name, dst / name)
+
+
+def _scenario(base: Path, system: str, scenario: str, slot: dict[str, Path], round_name: str) -> None:
+    results = base / "results" / system / MODEL_DIR / scenario
+    _copy(("mlperf_log_summary.txt", "mlperf_log_detail.txt"), slot["performance"], results / "performance" / "run_1")
+    if "accuracy" in slot:
+        _copy(("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "accuracy.txt"),
+              slot["accuracy"], results / "accuracy")  # fmt: skip
+        hash_and_truncate(results / "accuracy")
+    _measurements(base / "measurements" / system / MODEL_DIR / scenario, system, scenario, slot, round_name)
+    if "compliance" in slot:
+        target = base / "compliance" / system / MODEL_DIR / scenario
+        for test in COMPLIANCE_TESTS:
+            if (slot["compliance"] / test).is_dir():
+                shutil.copytree(slot["compliance"] / test, target / test)
+        if (target / "TEST01" / "accuracy" / "mlperf_log_accuracy.json").is_file():
+            hash_and_truncate(target / "TEST01" / "accuracy")
+
+
+def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path], round_name: str) -> None:
+    folder.mkdir(parents=True)
+    info = read_json(slot["performance"] / "settings.json", "run settings")
+    settings = RunSettings.from_json(info)
+    (folder / "mlperf.conf").write_text(round_conf(round_name))
+    write_conf(settings, str(folder / "user.conf"), only_user=True)
+    sut = info["sut"]
+    weights = info.get("weights")
+    transforms = [t for t, on in (("space-to-depth first convolution (exactly equivalent)", sut["space_to_depth"]),
+                                  ("ONNX export", sut["backend"] == "onnxruntime")) if on]  # fmt: skip
+    impl = {"input_data_types": sut["dtype"], "retraining": "no",
+            "starting_weights_filename": Path(weights).name if weights not in (None, "None") else "none (random init)",
+            "weight_data_types": sut["dtype"], "weight_transformations": ", ".join(transforms) or "none",
+            "ssdbench_model": sut["model"], "ssdbench_backend": sut["backend"], "dataset": info.get("data"),
+            "dataset_images": info.get("qsl_count")}  # fmt: skip
+    (folder / f"{system}_{IMPLEMENTATION}_{scenario}.json").write_text(json.dumps(impl, indent=2) + "\n")
+    lines = [f"# {scenario}: how these results were produced", "",
+             f"ssdbench, round {round_name} rules, LoadGen settings in user.conf over the round's mlperf.conf.", ""]
+    for kind in ("performance", "accuracy", "compliance"):
+        if kind in slot:
+            command = _command(slot[kind], kind)
+            lines += [f"{kind} ({slot[kind]}):", "", "```", command, "```", ""]
+    (folder / "README.md").write_text("\n".join(lines))
+
+
+def _command(folder: Path, kind: str) -> str:
+    if kind == "compliance":
+        record = read_json(folder / MARKER, "compliance record")
+        acc = f" --accuracy-run {record['accuracy_run']}" if record.get("accuracy_run") else ""
+        return f"ssdbench compliance all --run {record['performance_run']}{acc} --out {folder}"
+    info = read_json(folder / "settings.json", "run settings")
+    return info.get("command") or f"(run through the library; settings in {folder / 'settings.json'})"
+
+
+def _code(folder: Path) -> None:
+    """The ssdbench sources that produced the results, and how to run them."""
+    import ssdbench
+
+    package = Path(ssdbench.__file__).parent
+    shutil.copytree(package, folder / "ssdbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    version = getattr(ssdbench, "__version__", "")
+    (folder / "README.md").write_text(
+        f"# ssdbench {version}\n\nSSD-ResNet34 (SSD-Large) under MLPerf LoadGen. The `ssdbench/` folder is the "
+        "package that produced these results; install it with its dependencies (`pip install -e .` from its "
+        "project) and run the commands in each measurements/<system>/ssd-resnet34/<Scenario>/README.md.\n"
+    )
