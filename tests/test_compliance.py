@@ -206,3 +206,17 @@ def test_test_names_and_bad_input(env, tmp_path, capsys, monkeypatch):
     for argv, message in cases:
         assert cli.main(["compliance", *map(str, argv), "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_command_builds_the_network_from_the_run(env, tmp_path, capsys):
+    """`ssdbench compliance` without a stand-in: the backend comes from the run's settings.json (the
+    network itself, unpaced: the verdict depends on the machine's load, the layout does not)."""
+    _, _, _, perf, _ = env
+    out = tmp_path / "Offline"
+    assert cli.main(["compliance", "TEST04", "--run", str(perf), "--out", str(out)]) in (0, 1)
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("TEST04")] == ["TEST04-A", "TEST04-B"]
+    assert (out / "TEST04-A" / "verify_performance.txt").read_text().splitlines()[-1].startswith("TEST ")
+    for test in ("TEST04-A", "TEST04-B"):
+        saved = json.loads((out / "runs" / test / "settings.json").read_text())
+        assert saved["audit_test"] == test and (out / "runs" / test / "audit.config").is_file()

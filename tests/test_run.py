@@ -193,3 +193,24 @@ def test_corrupt_image_stops_before_loadgen(lg_env, tmp_path, capsys):
     assert _cli("--scenario", "Offline", *BASE, "--data", broken, "--weights", weights, "--out", out) == 2
     assert victim.name in _error_line(capsys)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_find_peak_searches_the_server_rate(lg_env, tmp_path):
+    """LoadGen's FindPeakPerformance from 50 qps up with a SUT of ~4 ms per query (one at a time,
+    ~250 qps): it doubles the rate until the p99 bound breaks, then bisects; the peak lies between
+    the rates it passed and the first that failed."""
+    data, _ = lg_env
+
+    def four_ms(batch):
+        time.sleep(0.004)
+        return one_detection(len(batch))
+
+    flags = {"min_duration": 60, "min_query_count": 30, "target_qps": 50, "target_latency": 30, "warmup": 0,
+             "max_batch_size": 1, "threads": 1}  # fmt: skip
+    run = run_loadgen(S.resolve("Server", "find-peak", "cpu", flags=flags), tmp_path / "out", data=data,
+                      predict=four_ms, verbose=False)  # fmt: skip
+    assert run.peak_qps is not None and 100 <= run.peak_qps < 800, run.peak_qps
+    assert run.summary.mode == "FindPeakPerformance"
+    assert f"peak target_qps = {run.peak_qps:g}" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="--find-peak searches the highest VALID Server target_qps; not for Offline"):
+        S.resolve("Offline", "find-peak")

@@ -20,6 +20,7 @@ EPILOG = """examples:
   ssdbench loadgen --preset tpu_v3_1x_server --device cuda --min-duration 60    # seed settings
   ssdbench loadgen --scenario Server --user-conf user.conf --qps 250 --latency 100
   ssdbench loadgen --scenario Offline --round v1.1 --preset cpu      # v1.1's seeds and rules
+  ssdbench loadgen --scenario Server --preset cpu --latency 100 --qps 10 --find-peak   # highest VALID qps
 precedence: --round (its mlperf.conf values) < built-in ssd-resnet34.conf < --preset < --user-conf < flags;
 the seeds are always the round's (LoadGen 6.x ignores seed keys in a user conf, so they are refused)
 exit status: 0 VALID (accuracy run: scored), 1 INVALID, 2 error
@@ -30,6 +31,8 @@ def add_arguments(parser) -> None:
     a = parser.add_argument
     a("--scenario", default=None, help=f"one of {', '.join(S.SCENARIOS)} (default: the preset's)")
     a("--mode", default="performance", help=f"one of {', '.join(S.MODES)}")
+    a("--find-peak", action="store_true", help="Server: LoadGen's FindPeakPerformance mode, the highest VALID "
+      "target_qps from --qps up (same as --mode find-peak)")  # fmt: skip
     a("--round", default=DEFAULT_ROUND, choices=ROUNDS,
       help=f"MLPerf Inference round whose ssd-resnet34 seeds and rules apply (default {DEFAULT_ROUND})")
     a("--preset", default=None, help="system preset: " + ", ".join(S.load_presets()))
@@ -86,7 +89,7 @@ def run(args) -> int:
     output_folder(args.out, "--out")
     # Our checkpoints name their network: weights decide the model unless --model says otherwise.
     args.model = args.model or checkpoint_model_name(args.weights)
-    run_settings = S.resolve(args.scenario, args.mode, args.preset, args.user_conf, flags_from_args(args),
+    run_settings = S.resolve(args.scenario, "find-peak" if args.find_peak else args.mode, args.preset, args.user_conf, flags_from_args(args),
                              round=args.round)  # fmt: skip
     print("resolved settings (value, source):")
     print("  " + S.format_settings(run_settings).replace("\n", "\n  "))

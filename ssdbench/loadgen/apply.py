@@ -35,6 +35,8 @@ _PLAIN = {
     "max_async_queries": "server_max_async_queries", "coalesce_queries": "server_coalesce_queries",
     "samples_per_query": "multi_stream_samples_per_query",
 }  # fmt: skip
+_MODES = {"performance": lambda m: m.PerformanceOnly, "accuracy": lambda m: m.AccuracyOnly,
+          "find-peak": lambda m: m.FindPeakPerformance}
 _SNAKE = {"SingleStream": "single_stream", "MultiStream": "multi_stream", "Server": "server", "Offline": "offline"}
 
 
@@ -80,12 +82,15 @@ def make_test_settings(settings: RunSettings, performance_count: int, audit: dic
     """
     import mlperf_loadgen as lg
 
+    check_settings(settings, performance_count, audit)
     if settings.loadgen.get("performance_sample_count_override") != performance_count:
         settings.loadgen["performance_sample_count_override"] = performance_count
         settings.sources["performance_sample_count_override"] = "QSL (at most the QSL size)"
     ts = lg.TestSettings()
     ts.scenario = getattr(lg.TestScenario, settings.scenario)
-    ts.mode = lg.TestMode.AccuracyOnly if settings.mode == "accuracy" else lg.TestMode.PerformanceOnly
+    ts.mode = _MODES[settings.mode](lg.TestMode)
+    if settings.mode == "find-peak":  # binary search to whole queries per second, from target_qps up
+        ts.server_find_peak_qps_decimals_of_precision = 0
     for key, value in settings.loadgen.items():
         setattr(ts, _field(key, settings.scenario), _value(key, value))
     for key, value in {**settings.seeds, **_audit_seeds(audit)}.items():
@@ -101,6 +106,18 @@ def make_test_settings(settings: RunSettings, performance_count: int, audit: dic
     return ts
 
 
+def check_settings(settings: RunSettings, performance_count: int, audit: dict[str, Any] | None = None) -> None:
+    """ValueError for TEST04 keys LoadGen 6.x only logs an error about and then misuses (it issues
+    samples outside the loaded set: test_settings_internal.cc, TestSettingsInternal)."""
+    values = {**settings.loadgen, **(audit or {})}
+    if values.get("performance_issue_unique") and values.get("performance_issue_same"):
+        raise ValueError("performance_issue_unique and performance_issue_same cannot both be set")
+    index = int(values.get("performance_issue_same_index", 0))
+    if values.get("performance_issue_same") and index >= performance_count:
+        raise ValueError(f"performance_issue_same_index {index} must be below the performance sample count "
+                         f"{performance_count}")  # fmt: skip
+
+
 def _audit_seeds(audit: dict[str, Any] | None) -> dict[str, int]:
     return {k: int(v) for k, v in (audit or {}).items() if k in SEED_KEYS}
 
@@ -110,9 +127,9 @@ def expected_effective(settings: RunSettings, performance_count: int,
     """Detail-log key -> the value LoadGen must report for these settings (``effective_*``)."""
     scenario, lg_keys = settings.scenario, settings.loadgen
     audit = audit or {}
-    performance = settings.mode == "performance" or int(audit.get("mode", 0)) == 2
+    mode = {"performance": "PerformanceOnly", "accuracy": "AccuracyOnly", "find-peak": "FindPeakPerformance"}
     expected: dict[str, Any] = {"effective_scenario": scenario,
-                                "effective_test_mode": "PerformanceOnly" if performance else "AccuracyOnly",
+                                "effective_test_mode": "PerformanceOnly" if audit else mode[settings.mode],
                                 "effective_performance_sample_count": performance_count}  # fmt: skip
     expected.update({f"effective_{k}": int(v) for k, v in {**settings.seeds, **_audit_seeds(audit)}.items()})
     if "min_duration" in lg_keys:

@@ -47,6 +47,16 @@ class DetailLog:
         return self._flagged("is_warning")
 
     @property
+    def peak_qps(self) -> float | None:
+        """The target_qps LoadGen's FindPeakPerformance mode settled on (None in other modes)."""
+        prefix = "FindPeakPerformance: Found peak performance field: "
+        for message in self.messages:
+            value = str(message.get("value", ""))
+            if message.get("key") == "generic_message" and value.startswith(prefix):
+                return float(value[len(prefix):])
+        return None
+
+    @property
     def found_audit_config(self) -> bool:
         """Whether LoadGen read an audit.config (its warning says so)."""
         return any("audit.config" in w.lower() for w in self.warnings)

@@ -32,6 +32,7 @@ class Checks:
     not_applied: list[str] = field(default_factory=list)  # effective_* values other than the ones set
     round: str = ""  # the MLPerf round whose rules were checked
     round_violations: list[str] = field(default_factory=list)  # its result rules this run misses
+    peak_qps: float | None = None  # FindPeakPerformance (--find-peak): the highest VALID target_qps
 
     def invalid_reasons(self) -> list[str]:
         """Why the run is INVALID whatever LoadGen's summary says (empty when nothing is wrong)."""
@@ -125,7 +126,13 @@ def _checks_lines(checks: Checks | None) -> list[str]:
     """The detail-log and round sections of the report."""
     if checks is None:
         return []
-    lines = ["", f"Detail log: {len(checks.errors)} error(s), {len(checks.warnings)} warning(s)"]
+    lines = []
+    if checks.peak_qps is not None:
+        peak = (f"FindPeakPerformance: peak target_qps = {checks.peak_qps:g}: the highest rate whose p99 latency "
+                "met the bound in LoadGen's search (it does not ask for early stopping); confirm it with a "
+                "performance run at --qps of that value")
+        lines += ["", peak]
+    lines += ["", f"Detail log: {len(checks.errors)} error(s), {len(checks.warnings)} warning(s)"]
     lines += [f"- error: {e}" for e in checks.errors] + [f"- warning: {w}" for w in checks.warnings]
     lines += [f"- setting not applied: {p}" for p in checks.not_applied]
     if checks.round:

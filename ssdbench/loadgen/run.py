@@ -54,6 +54,7 @@ class LoadgenRun:
     sut: BatchingSUT
     settings: S.RunSettings
     map: float | None = None  # accuracy mode
+    peak_qps: float | None = None  # find-peak mode: the highest VALID Server target_qps
 
 
 def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
@@ -131,12 +132,14 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
                         run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
+    audit = apply.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
+    apply.check_settings(run_settings, qsl.performance_count, audit)
     qsl.prepare()
     warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
             sut_settings.predict_timeout_s)
     staging = run_folder.make_staging(out)
     try:
-        sut, summary, score = _test(run_settings, predict, qsl, device, staging,
+        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging,
                                     {"weights": str(weights), "eval_backend": eval_backend,
                                      "audit_test": audit_test, "command": command})  # fmt: skip
     except BaseException as exc:
@@ -150,7 +153,9 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
         if score is not None:
             print((out / "accuracy.txt").read_text(), end="")
         print(f"logs and report: {out}")
-    return LoadgenRun(out, summary.result, summary, sut, run_settings, score)
+    if verbose and checks.peak_qps is not None:
+        print(f"FindPeakPerformance: peak target_qps = {checks.peak_qps:g}")
+    return LoadgenRun(out, summary.result, summary, sut, run_settings, score, checks.peak_qps)
 
 
 def _device(run_settings: S.RunSettings) -> torch.device:
@@ -176,11 +181,11 @@ def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
 
 
 def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torch.device, staging: Path,
-          extra: dict) -> tuple[BatchingSUT, Summary, float | None]:  # fmt: skip
+          extra: dict) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
     rnd = get_round(run_settings.round)
-    audit = apply.audit_values(rnd, extra["audit_test"], run_settings.scenario)
+    audit = apply.audit_values(rnd, extra["audit_test"], run_settings.scenario)  # checked before the run
     ts = apply.make_test_settings(run_settings, qsl.performance_count, audit)
     apply.write_conf(run_settings, str(staging / "settings.conf"))
     audit_path = _write_audit(staging, audit, extra["audit_test"])
@@ -202,7 +207,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     # Scored before publishing: an accuracy run whose log cannot be scored is no result.
     accuracy = run_settings.mode == "accuracy"
     score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None
-    return sut, summary, score
+    return sut, summary, score, checks
 
 
 def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
@@ -222,7 +227,7 @@ def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettin
     rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy")
     return Checks(errors=detail.errors, warnings=detail.warnings,
                   not_applied=apply.effective_mismatches(expected, detail), round=rnd.name,
-                  round_violations=[str(v) for v in rules])  # fmt: skip
+                  round_violations=[str(v) for v in rules], peak_qps=detail.peak_qps)  # fmt: skip
 
 
 def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, staging: Path,

@@ -37,7 +37,7 @@ from ssdbench.loadgen.rounds import DEFAULT_ROUND, SEED_KEYS, get_round
 
 LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-MODES = ("performance", "accuracy")
+MODES = ("performance", "accuracy", "find-peak")  # find-peak: LoadGen's FindPeakPerformance (Server)
 
 
 @dataclass(frozen=True)
@@ -295,6 +295,8 @@ def resolve(
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "find-peak" and scenario != "Server":
+        raise ValueError(f"--find-peak searches the highest VALID Server target_qps; not for {scenario}")
     rnd = get_round(round)
     rnd.check_scenario(scenario)
     round_values = rnd.loadgen_values(scenario)
