@@ -138,7 +138,8 @@ def _noisy_oracle(dataset, jitter: float):
             out.boxes[j, :k] = torch.from_numpy(np.clip(noisy, 0, 1).astype(np.float32))
             out.labels[j, :k], out.counts[j] = torch.from_numpy(labels[:k]), k
             out.scores[j, :k] = torch.from_numpy(fixed.uniform(0.3, 1.0, k).astype(np.float32))
-        pacer.wait(PACE * n, start)
+        if batch.any():  # not the warm-up's zeros (see paced_per_sample)
+            pacer.wait(PACE * n, start)
         return out
 
     return predict
@@ -216,7 +217,7 @@ def test_the_command_builds_the_network_from_the_run(env, tmp_path, capsys):
     assert cli.main(["compliance", "TEST04", "--run", str(perf), "--out", str(out)]) in (0, 1)
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split(":")[0] for ln in lines if ln.startswith("TEST04")] == ["TEST04-A", "TEST04-B"]
-    assert (out / "TEST04-A" / "verify_performance.txt").read_text().splitlines()[-1].startswith("TEST ")
+    assert "TEST PASS" in (text := (out / "TEST04-A" / "verify_performance.txt").read_text()) or "TEST FAIL" in text
     for test in ("TEST04-A", "TEST04-B"):
         saved = json.loads((out / "runs" / test / "settings.json").read_text())
         assert saved["audit_test"] == test and (out / "runs" / test / "audit.config").is_file()

@@ -29,7 +29,7 @@ WAIVE = "min-duration,min-queries"
 SYSTEM = {"status": "available", "host_storage_capacity": "1 TB", "host_storage_type": "SSD",
           "host_memory_configuration": "unknown", "host_processor_interconnect": "N/A", "host_networking": "N/A",
           "host_networking_topology": "N/A", "cooling": "air"}  # fmt: skip
-OFFLINE = {"min_duration": 200, "min_query_count": 64, "target_qps": 400, "warmup": 1, "max_batch_size": 8,
+OFFLINE = {"min_duration": 300, "min_query_count": 64, "target_qps": 250, "warmup": 1, "max_batch_size": 8,
            "threads": 1}  # fmt: skip
 SERVER = {"min_duration": 300, "min_query_count": 470, "target_qps": 1000, "target_latency": 100, "warmup": 0,
           "max_batch_size": 8,
@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
     for data, weights in loadgen_env(tmp_path_factory, "sub", val_images=64, seed=3, background_bias=4.0):
         root = data.parent
         net = paced_per_sample(make_backend("eager", "ssd128_mini", weights=weights, device=torch.device("cpu")).predict,
-                               0.003, memo={})  # fmt: skip
+                               0.005, memo={})  # fmt: skip
         folders = {}
         for scenario, mode, flags, predict in (("Offline", "accuracy", OFFLINE, net),
                                                ("Offline", "performance", OFFLINE, net),
@@ -64,8 +64,10 @@ def runs(tmp_path_factory):
             assert run.result in ("VALID", "ACCURACY-ONLY"), (scenario, mode, run.summary.reasons)
             folders[scenario, mode] = run.out
         comp = root / "compliance-Offline"
-        assert all(run_compliance(["all"], folders["Offline", "performance"], comp,
-                                  accuracy_run=folders["Offline", "accuracy"], predict=net, verbose=False).values())
+        results = run_compliance(["all"], folders["Offline", "performance"], comp,
+                                 accuracy_run=folders["Offline", "accuracy"], predict=net, verbose=False)
+        assert all(results.values()), {t: (comp / t / "verify_performance.txt").read_text()
+                                       for t in ("TEST01", "TEST04-A", "TEST05")}  # fmt: skip
         system_json = root / "system.json"
         system_json.write_text(json.dumps(SYSTEM))
         yield [*folders.values(), comp], system_json, folders

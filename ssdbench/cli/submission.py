@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
       "(status, host_storage_type, cooling, ...); its values win")  # fmt: skip
     a("--out", help="output folder (receives <division>/<org>/...)")
     a("--check", metavar="DIR", help="only check an existing tree")
-    a("--round", default=None, help="round of the rules for --check (default v2.0; a build uses its runs' round)")
+    a("--round", default=None, help="round of the rules (default: the runs' round; v2.0 for --check)")
     a("--waive", default="", help=f"comma-separated rules reported but not failing: {', '.join(WAIVABLE)} "
       "(CI-sized runs; never for a real submission)")  # fmt: skip
     a("--json", action="store_true", help="print the check result as JSON")
@@ -51,7 +51,7 @@ def run(args) -> int:
         if missing or not args.runs:
             raise CliError(f"building a tree needs --{', --'.join(missing or ['...'])} and RUN_DIRs (or --check DIR)")
         root, round_name = build_submission(args.org, args.system, args.division, args.category, args.runs,
-                                            args.out, args.system_json)  # fmt: skip
+                                            args.out, args.system_json, args.round)  # fmt: skip
         print(f"submission tree written to {root} (round {round_name})")
     result = check_tree(root, round_name, waive)
     if args.json:

@@ -224,7 +224,9 @@ def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
 def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettings) -> Checks:
     """What the detail log says: errors, warnings, settings that did not take effect, round rules."""
     detail = read_detail_log(staging / "mlperf_log_detail.txt")
-    rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy")
+    seeds = {k: int(v) for k, v in expected.items() if k.removeprefix("effective_") in rnd.seeds}
+    rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy",
+                                seeds={k.removeprefix("effective_"): v for k, v in seeds.items()})  # fmt: skip
     return Checks(errors=detail.errors, warnings=detail.warnings,
                   not_applied=apply.effective_mismatches(expected, detail), round=rnd.name,
                   round_violations=[str(v) for v in rules], peak_qps=detail.peak_qps)  # fmt: skip

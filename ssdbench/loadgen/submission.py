@@ -84,13 +84,16 @@ def _round_of(runs: dict[str, dict[str, Path]]) -> str:
 
 
 def build_submission(org: str, system: str, division: str, category: str, folders, out: str | Path,
-                     system_json: str | Path | None = None) -> tuple[Path, str]:  # fmt: skip
-    """Write the tree under ``out``; returns (``out``, the round). Raises CliError on bad input
-    before writing anything."""
+                     system_json: str | Path | None = None, round_name: str | None = None) -> tuple[Path, str]:  # fmt: skip
+    """Write the tree under ``out``; returns (``out``, the round of the runs, which must be
+    ``round_name`` when given). Raises CliError on bad input before writing anything."""
     if division not in ("closed", "open"):
         raise CliError(f"--division must be closed or open, got {division!r}")
     runs = classify(folders)
-    round_name = _round_of(runs)
+    found = _round_of(runs)
+    if round_name and round_name != found:
+        raise CliError(f"--round {round_name}, but the runs were made under round {found}")
+    round_name = found
     get_round(round_name).scenario_lists(category)  # ValueError for an unknown category
     given = read_json(Path(system_json), "system description") if system_json else {}
     desc = system_description(org, system, division, category, round_name, given)
