@@ -1,5 +1,8 @@
-"""SSD-Large under MLPerf LoadGen (benchmark.md §7): settings resolved from four layers
-(`settings`), the query sample library over COCO val (`qsl`), the dynamic-batching system under
-test (`sut`), one test run (`run`) in a run folder published only on success (`staging`), the
-human report (`report`) and the mAP of an accuracy log (`accuracy`). The command lines are
-`ssdbench.cli.loadgen` and `ssdbench.cli.accuracy`."""
+"""SSD-Large under MLPerf LoadGen (benchmark.md §7, §9): the MLPerf rounds as data (`rounds`),
+settings resolved from the round and four layers (`settings`) and set on LoadGen's TestSettings
+(`apply`), the query sample library over COCO val in MLPerf's order (`qsl`), the dynamic-batching
+system under test (`sut`), one test run (`run`) in a run folder published only on success
+(`staging`), its detail log (`detail_log`), the human report (`report`), the mAP of an accuracy
+log by MLPerf's rule (`accuracy`), the compliance tests (`compliance`, `verify`), and the
+submission tree (`submission`, `sysinfo`) with its checker (`checker`, `rules`). The command lines
+are `ssdbench.cli.loadgen`, `accuracy`, `compliance` and `submission`."""

@@ -156,7 +156,10 @@ def effective_mismatches(expected: dict[str, Any], detail) -> list[str]:
     problems = []
     for key, want in expected.items():
         got = detail.get(key)
-        same = got == want if not isinstance(want, float) else got is not None and abs(float(got) - want) <= 1e-9 * max(1, abs(want))
+        if isinstance(want, float):
+            same = got is not None and abs(float(got) - want) <= 1e-9 * max(1.0, abs(want))
+        else:
+            same = got == want
         if not same:
             problems.append(f"{key} is {got!r} in the detail log, expected {want!r}")
     return problems

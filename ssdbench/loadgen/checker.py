@@ -112,7 +112,8 @@ class _Checker:
         if str(desc.get("status", "")).lower() not in STATUSES:
             self.bad("system", path, f"status {desc.get('status')!r} is none of {', '.join(STATUSES)}")
         if desc.get("system_type") not in self.rnd.scenarios:
-            self.bad("system", path, f"system_type {desc.get('system_type')!r} is none of {', '.join(self.rnd.scenarios)}")
+            kinds = ", ".join(self.rnd.scenarios)
+            self.bad("system", path, f"system_type {desc.get('system_type')!r} is none of {kinds}")
         return desc
 
     def model(self, base: Path, system: str, model: str, division: str, category: str) -> None:
@@ -125,10 +126,12 @@ class _Checker:
             required, optional = self.rnd.scenario_lists(category)
             for scenario in required:
                 if scenario not in present:
-                    self.bad("scenarios", folder, f"required {category} scenario {scenario} missing (round {self.rnd.name})")
+                    why = f"required {category} scenario {scenario} missing (round {self.rnd.name})"
+                    self.bad("scenarios", folder, why)
             for scenario in present:
                 if scenario not in required + optional:
-                    self.bad("scenarios", folder / scenario, f"{scenario} is not a {category} scenario in round {self.rnd.name}")
+                    why = f"{scenario} is not a {category} scenario in round {self.rnd.name}"
+                    self.bad("scenarios", folder / scenario, why)
         for scenario in present:
             self.scenario(base, system, scenario, division)
 
@@ -150,7 +153,8 @@ class _Checker:
         self.need(folder, MEASURE_FILES)
         names = [p.name for p in folder.iterdir() if p.name.startswith(f"{system}_") and p.suffix == ".json"]
         if not names:
-            self.bad("files", folder / f"{system}_{IMPLEMENTATION}_{scenario}.json", "missing implementation description")
+            expected = folder / f"{system}_{IMPLEMENTATION}_{scenario}.json"
+            self.bad("files", expected, "missing implementation description")
             return {}
         impl_name = names[0][len(system) + 1:].removesuffix(f"_{scenario}.json").removesuffix(".json")
         impl = read_json_file(folder / names[0]) or {}
@@ -168,7 +172,8 @@ class _Checker:
         if detail is None:
             return
         if detail.get("result_validity") != "VALID":
-            self.bad("valid", folder, f"LoadGen result {detail.get('result_validity')}: {detail.get('result_invalid_reason', '')}".strip())
+            reason = detail.get("result_invalid_reason", "")
+            self.bad("valid", folder, f"LoadGen result {detail.get('result_validity')}: {reason}".strip())
         if detail.get("effective_scenario") != scenario:
             self.bad("files", folder, f"a {detail.get('effective_scenario')} run in the {scenario} folder")
         where = str(folder.relative_to(self.root))
@@ -202,19 +207,22 @@ class _Checker:
             self.bad("accuracy", folder / "accuracy.txt", f"mAP {value}% < {self.rnd.accuracy_target}% (99% of 20.0)")
         self.truncated(folder / "mlperf_log_accuracy.json")
         if detail is not None:
-            for violation in run_rule_violations(detail, self.rnd, "", accuracy=True, where=str(folder.relative_to(self.root))):
+            where = str(folder.relative_to(self.root))
+            for violation in run_rule_violations(detail, self.rnd, "", accuracy=True, where=where):
                 self.add(violation)
         return detail
 
     def truncated(self, path: Path) -> None:
         if path.is_file() and path.stat().st_size > MAX_ACCURACY_LOG_BYTES:
-            self.bad("truncation", path, f"{path.stat().st_size} bytes: not truncated (at most {MAX_ACCURACY_LOG_BYTES})")
+            size = path.stat().st_size
+            self.bad("truncation", path, f"{size} bytes: not truncated (at most {MAX_ACCURACY_LOG_BYTES})")
 
     def closed_model(self, folder: Path, impl: dict, acc: DetailLog | None) -> None:
         """The closed division's model and data: ssd1200_r34 on all 5,000 COCO val 2017 images."""
         model = impl.get("ssdbench_model")
         if model != CLOSED_MODEL:
-            self.bad("closed-model", folder, f"the closed division needs {CLOSED_MODEL} (SSD-ResNet34 1200x1200); this is {model}")
+            why = f"the closed division needs {CLOSED_MODEL} (SSD-ResNet34 1200x1200); this is {model}"
+            self.bad("closed-model", folder, why)
         count = acc.get("qsl_reported_total_count") if acc is not None else None
         if count != COCO_VAL_IMAGES:
             self.bad("closed-model", folder, f"the closed division needs the {COCO_VAL_IMAGES} COCO val 2017 images; "
@@ -252,14 +260,16 @@ class _Checker:
             self.bad("compliance", path, "LoadGen did not report reading an audit.config")
         audit = self.rnd.audit(test, scenario)
         seeds = {k: int(audit[k]) for k in self.rnd.seeds if k in audit} or None
-        for violation in run_rule_violations(detail, self.rnd, scenario, accuracy=True, seeds=seeds, where=str(path.relative_to(self.root))):
+        where = str(path.relative_to(self.root))
+        for violation in run_rule_violations(detail, self.rnd, scenario, accuracy=True, seeds=seeds, where=where):
             self.add(violation)
         for key in ("accuracy_log_sampling_target", "accuracy_log_rng_seed", "performance_issue_unique",
                     "performance_issue_same", "performance_issue_same_index"):  # fmt: skip
             if key in audit:
-                want = bool(audit[key]) if key.startswith("performance_issue_") and key != "performance_issue_same_index" else int(audit[key])
-                if detail.get(f"effective_{key}") != want:
-                    self.bad("compliance", path, f"effective_{key} is {detail.get(f'effective_{key}')}, {test} sets {want}")
+                flag = key in ("performance_issue_unique", "performance_issue_same")
+                want, got = (bool if flag else int)(audit[key]), detail.get(f"effective_{key}")
+                if got != want:
+                    self.bad("compliance", path, f"effective_{key} is {got}, {test} sets {want}")
 
     def test01_accuracy(self, folder: Path) -> None:
         """TEST01: responses equal, or the baseline comparison within the allowed delta; the log truncated."""
@@ -277,6 +287,8 @@ class _Checker:
             return
         if not self.need(acc, ("baseline_accuracy.txt", "compliance_accuracy.txt")):
             return
-        base, comp = accuracy_lines(acc / "baseline_accuracy.txt")[0], accuracy_lines(acc / "compliance_accuracy.txt")[0]
+        base = accuracy_lines(acc / "baseline_accuracy.txt")[0]
+        comp = accuracy_lines(acc / "compliance_accuracy.txt")[0]
         if base is None or comp is None or not verify.compare_accuracy(base, comp, self.rnd).passed:
-            self.bad("compliance", acc, f"responses differ and the mAPs differ too much: baseline {base}, compliance {comp}")
+            why = f"responses differ and the mAPs differ too much: baseline {base}, compliance {comp}"
+            self.bad("compliance", acc, why)

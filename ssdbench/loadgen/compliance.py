@@ -142,8 +142,9 @@ def _test_detail(out: Path, test: str):
 
 def _verify_test04(out: Path, rnd) -> dict[str, bool]:
     """TEST04-A vs TEST04-B, written to TEST04-A/verify_performance.txt (as run_verification.py)."""
-    if not all((out / t / "performance" / "run_1" / "mlperf_log_detail.txt").is_file() for t in ("TEST04-A", "TEST04-B")):
-        missing = [t for t in ("TEST04-A", "TEST04-B") if not (out / t).is_dir()]
+    halves = ("TEST04-A", "TEST04-B")
+    missing = [t for t in halves if not (out / t / "performance" / "run_1" / "mlperf_log_detail.txt").is_file()]
+    if missing:
         raise CliError(f"TEST04 compares TEST04-A with TEST04-B: run {' and '.join(missing)} into {out} too")
     verdict = verify.verify_test04(_test_detail(out, "TEST04-A"), _test_detail(out, "TEST04-B"), rnd)
     (out / "TEST04-A" / "verify_performance.txt").write_text(verdict.text)

@@ -39,6 +39,8 @@ from ssdbench.loadgen.rules import run_rule_violations
 from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
 from ssdbench.model.specs import get_spec
 
+_REPORTED: set[Path] = set()  # stray audit.config files already reported
+
 
 class RunFailed(CliError):
     """The LoadGen run finished but its results cannot be trusted."""
@@ -139,9 +141,9 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
             sut_settings.predict_timeout_s)
     staging = run_folder.make_staging(out)
     try:
-        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging,
-                                    {"weights": str(weights), "eval_backend": eval_backend,
-                                     "audit_test": audit_test, "command": command})  # fmt: skip
+        extra = {"weights": str(weights), "eval_backend": eval_backend, "audit_test": audit_test,
+                 "audit": audit, "command": command}  # fmt: skip
+        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra)
     except BaseException as exc:
         failed = run_folder.fail(staging, out, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunFailed):
@@ -172,11 +174,13 @@ def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
     always names the audit file itself, so a stray one has no effect, but it usually means a
     compliance run was set up by hand.
     """
-    stray = Path(cwd or Path.cwd()) / "audit.config"
+    stray = (Path(cwd or Path.cwd()) / "audit.config").resolve()
     if not stray.is_file():
         return None
-    print(f"warning: {stray} exists; ssdbench does not let LoadGen read it (compliance tests write "
-          "their own: `ssdbench compliance`)", file=sys.stderr)  # fmt: skip
+    if stray not in _REPORTED:  # once per file and process (a compliance command runs five tests)
+        _REPORTED.add(stray)
+        print(f"warning: {stray} exists; ssdbench does not let LoadGen read it (compliance tests write "
+              "their own: `ssdbench compliance`)", file=sys.stderr)  # fmt: skip
     return stray
 
 
@@ -184,8 +188,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
           extra: dict) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
-    rnd = get_round(run_settings.round)
-    audit = apply.audit_values(rnd, extra["audit_test"], run_settings.scenario)  # checked before the run
+    rnd, audit = get_round(run_settings.round), extra["audit"]
     ts = apply.make_test_settings(run_settings, qsl.performance_count, audit)
     apply.write_conf(run_settings, str(staging / "settings.conf"))
     audit_path = _write_audit(staging, audit, extra["audit_test"])
@@ -224,9 +227,9 @@ def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
 def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettings) -> Checks:
     """What the detail log says: errors, warnings, settings that did not take effect, round rules."""
     detail = read_detail_log(staging / "mlperf_log_detail.txt")
-    seeds = {k: int(v) for k, v in expected.items() if k.removeprefix("effective_") in rnd.seeds}
+    seeds = {key: expected[f"effective_{key}"] for key in rnd.seeds}  # the round's, or TEST05's
     rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy",
-                                seeds={k.removeprefix("effective_"): v for k, v in seeds.items()})  # fmt: skip
+                                seeds=seeds)  # fmt: skip
     return Checks(errors=detail.errors, warnings=detail.warnings,
                   not_applied=apply.effective_mismatches(expected, detail), round=rnd.name,
                   round_violations=[str(v) for v in rules], peak_qps=detail.peak_qps)  # fmt: skip
