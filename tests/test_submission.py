@@ -179,3 +179,21 @@ def test_missing_system_fields_are_named_in_one_error(runs, tmp_path, capsys):
     rc = cli.main(["submission", "--org", "O", "--system", "s", "--division", "open", "--category", "datacenter",
                    str(folders[0]), str(folders[0]), "--out", str(tmp_path)])  # fmt: skip
     assert rc == 2 and "two Offline accuracy folders" in capsys.readouterr().err
+
+
+def test_hash_and_truncation_rule(tmp_path):
+    """sha256 of the full log in accuracy.txt; a log over 10 KiB keeps its first and last 4 KiB with
+    "\\n\\n...\\n\\n" between (truncate_accuracy_log.py), a smaller one stays whole."""
+    from ssdbench.loadgen.submission import hash_and_truncate
+
+    for size in (9000, 30000):
+        folder = tmp_path / str(size)
+        folder.mkdir()
+        text = "[\n" + "".join(f'{{"seq_id": {i}, "qsl_idx": {i}, "data": "00"}},\n' for i in range(size // 40))
+        (folder / "mlperf_log_accuracy.json").write_text(text)
+        (folder / "accuracy.txt").write_text("mAP=1.000%\n")
+        digest = hash_and_truncate(folder)
+        assert (folder / "accuracy.txt").read_text() == f"mAP=1.000%\nhash={hashlib.sha256(text.encode()).hexdigest()}\n"
+        kept = (folder / "mlperf_log_accuracy.json").read_text()
+        assert digest in (folder / "accuracy.txt").read_text()
+        assert kept == (text if len(text) <= 10240 else text[:4096] + "\n\n...\n\n" + text[-4096:])

@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssdbench.loadgen import verify
+from ssdbench.loadgen.accuracy import COCO_VAL_IMAGES
 from ssdbench.loadgen.detail_log import DetailLog, read_detail_log
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, Round, get_round
 from ssdbench.loadgen.rules import (
     ACC_FILES,
     CLOSED_MODEL,
-    COCO_VAL_IMAGES,
     IMPL_FIELDS,
     IMPLEMENTATION,
     MAX_ACCURACY_LOG_BYTES,

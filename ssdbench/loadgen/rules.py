@@ -57,7 +57,7 @@ SYSTEM_FIELDS_SINCE_V1 = (
 IMPL_FIELDS = ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
                "weight_transformations")  # fmt: skip
 STATUSES = ("available", "preview", "rdi")
-CLOSED_MODEL, COCO_VAL_IMAGES = "ssd1200_r34", 5000
+CLOSED_MODEL = "ssd1200_r34"  # SSD-ResNet34 1200x1200, the closed division's model (benchmark.md §7)
 
 
 @dataclass(frozen=True)
