@@ -24,9 +24,12 @@ def add_arguments(parser) -> None:
                         help="the accuracy run folder of the same system and data (needed by TEST01)")  # fmt: skip
     parser.add_argument("--out", required=True,
                         help="output folder: compliance/<system>/ssd-resnet34/<Scenario> of the submission")  # fmt: skip
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="the run's weights are a pickled whole-model file (trusted files only)")  # fmt: skip
     parser.add_argument("--no-cache", action="store_true", help="do not cache resized samples on disk")
 
 
 def run(args) -> int:
-    results = run_compliance(args.tests, args.run, args.out, accuracy_run=args.accuracy_run, cache=not args.no_cache)
+    results = run_compliance(args.tests, args.run, args.out, accuracy_run=args.accuracy_run, cache=not args.no_cache,
+                             allow_pickle=args.allow_pickle)  # fmt: skip
     return 0 if all(results.values()) else 1

@@ -71,12 +71,13 @@ def load_run(folder: str | Path, mode: str) -> dict:
 
 
 def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | Path | None = None,
-                   predict=None, cache: bool = True, progress: bool = True,
-                   verbose: bool = True) -> dict[str, bool]:  # fmt: skip
+                   predict=None, cache: bool = True, progress: bool = True, verbose: bool = True,
+                   allow_pickle: bool = False) -> dict[str, bool]:  # fmt: skip
     """Run and verify ``tests`` against performance run ``run``; returns test -> passed.
 
     ``accuracy_run``: the submission's accuracy run (TEST01 compares with it). ``predict``
-    replaces the backend the runs would build from their settings (tests).
+    replaces the backend the runs would build from their settings (tests). ``allow_pickle``: the
+    run's weights are a pickled whole-model file (as ``ssdbench loadgen --allow-pickle``).
     """
     tests, run, out = expand_tests(tests), Path(run), Path(out)
     info = load_run(run, "performance")
@@ -90,7 +91,7 @@ def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | 
     settings = RunSettings.from_json(info)
     rnd = get_round(settings.round)
     for test in tests:
-        _run_one(test, settings, info, out, predict, cache, progress)
+        _run_one(test, settings, info, out, predict, cache, progress, allow_pickle)
     results = _verify(tests, run, accuracy_run, out, rnd, info)
     _write_marker(out, info, run, accuracy_run, results)
     if verbose:
@@ -99,12 +100,13 @@ def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | 
     return results
 
 
-def _run_one(test: str, settings: RunSettings, info: dict, out: Path, predict, cache: bool, progress: bool) -> None:
+def _run_one(test: str, settings: RunSettings, info: dict, out: Path, predict, cache: bool, progress: bool,
+             allow_pickle: bool) -> None:  # fmt: skip
     """One audited LoadGen run in ``out/runs/<test>``; its logs copied into the official layout."""
     weights = None if info.get("weights") in (None, "None") else info["weights"]
     run = run_loadgen(deepcopy(settings), out / "runs" / test, data=info["data"], weights=weights,
                       predict=predict, cache=cache, progress=progress, verbose=False,
-                      audit_test=test)  # fmt: skip
+                      allow_pickle=allow_pickle, audit_test=test)  # fmt: skip
     detail = read_detail_log(run.out / "mlperf_log_detail.txt")
     if not detail.found_audit_config:
         raise CliError(f"{test}: LoadGen did not report reading {run.out / 'audit.config'}")
