@@ -19,13 +19,14 @@ def test_mlperf_recipe_values():
     # benchmark.md §6: lr = 2.5e-3 x global_batch / 32; by hand for 32x1 and 32x8.
     assert cfg.base_lr(1) == pytest.approx(2.5e-3)
     assert cfg.base_lr(8) == pytest.approx(0.02)
-    # Eval every 5 epochs, and always at the last epoch (80).
-    assert [e for e in range(1, 81) if cfg.is_eval_epoch(e)] == list(range(5, 81, 5))
+    # Eval every 5 epochs up to the reference's cap of 70 epochs (run_and_time.sh NUMEPOCHS).
+    assert cfg.epochs == 70 and [e for e in range(1, 71) if cfg.is_eval_epoch(e)] == list(range(5, 71, 5))
 
 
-def test_v07_eval_schedule():
-    cfg = resolve_config("mlperf", overrides={"eval_epochs": (40, 50, 55), "epochs": 70})
+def test_v07_eval_schedule_is_an_open_division_option():
+    cfg = resolve_config("mlperf", overrides={"eval_epochs": (40, 50, 55), "eval_only_listed": True})
     assert [e for e in range(1, 71) if cfg.is_eval_epoch(e)] == [40, 50, 55, 60, 65, 70]
+    assert cfg.own_rules() == ["eval_only_listed"] and cfg.division("coco2017") == "open"
 
 
 def test_dgxa100_preset_is_the_published_config():

@@ -35,18 +35,29 @@ def test_images_without_annotations_dropped_crowd_only_kept(tiny):
     assert tiny.image_path(1) == tiny.root / "val2017" / "b.jpg"
 
 
-def test_annotations_ltrb_pixels_crowd_and_degenerate_excluded(tiny):
+def test_annotations_ltrb_pixels_crowd_kept_degenerate_excluded(tiny):
     boxes, labels = tiny.annotations(0)  # image 10: annotations 1 and 2
     np.testing.assert_array_equal(boxes, [[4, 8, 24, 18], [50, 30, 80, 60]])
     np.testing.assert_array_equal(labels, [3, 1])
     assert boxes.dtype == np.float32 and labels.dtype == np.int64
-    boxes, labels = tiny.annotations(1)  # image 20: crowd 3 excluded, 4 kept
-    np.testing.assert_array_equal(boxes, [[10, 10, 15, 16]])
-    np.testing.assert_array_equal(labels, [2])
+    boxes, labels = tiny.annotations(1)  # image 20: crowd 3 kept as in the reference, then 4
+    np.testing.assert_array_equal(boxes, [[0, 0, 40, 40], [10, 10, 15, 16]])
+    np.testing.assert_array_equal(labels, [2, 2])
     boxes, labels = tiny.annotations(2)  # image 30: degenerate 5 skipped
     np.testing.assert_array_equal(boxes, [[1, 2, 4, 6]])
     boxes, labels = tiny.annotations(3)  # image 50: crowd only
-    assert boxes.shape == (0, 4) and labels.shape == (0,)
+    np.testing.assert_array_equal(boxes, [[2, 2, 22, 22]])
+
+
+def test_exclude_crowd_leaves_crowd_boxes_out(tmp_path):
+    tiny_coco(tmp_path, "val")
+    with pytest.warns(UserWarning, match="non-positive"):
+        ds = CocoDetection(tmp_path, "val", exclude_crowd=True)
+    assert ds.ids == [10, 20, 30, 50]  # a crowd-only image is still kept
+    np.testing.assert_array_equal(ds.annotations(1)[0], [[10, 10, 15, 16]])  # crowd 3 left out
+    assert ds.annotations(3)[0].shape == (0, 4)
+    _, empty = ds.load(3)
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
 
 
 def test_load_normalises_and_clips(tiny):
@@ -57,8 +68,6 @@ def test_load_normalises_and_clips(tiny):
     assert target["boxes"].dtype == np.float32
     np.testing.assert_array_equal(target["labels"], [3, 1])
     assert target["image_id"] == 10 and target["orig_size"] == (48, 64)
-    _, empty = tiny.load(3)
-    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
 
 
 def test_unknown_category_names_annotation(tmp_path):

@@ -40,6 +40,14 @@ fast path: on CUDA the mlperf, dgx* and modelzoo presets train with --step fast 
 resume: re-run the same command with the same --out (or pass --resume [RUN_DIR|CHECKPOINT]).
   A checkpoint trained with other settings is refused, naming them; --accept-changes applies
   them from the resumed step on. SIGTERM (Slurm preemption) checkpoints and exits with status 75.
+
+closed division = the reference's rules (ssd300_r34 on COCO): last partial batch kept and shards
+  padded, crowd boxes trained on, the last warmup lr kept until the first decay, eval at
+  --eval-epochs in addition to every --eval-every. --drop-last, --exclude-crowd,
+  --restore-lr-after-warmup, --eval-only-listed, --final-eval and --v07-eval make a run open.
+
+submission: ssdbench train --preset mlperf --data /coco --runs 5 --out runs/sub
+  then ssdbench package --system NAME --org ORG runs/sub/run_*   (see README)
 """
 
 # flag -> (config field, type, help). Booleans are store_true flags (with --no-X to turn off).
@@ -84,6 +92,15 @@ _BOOL_FLAGS = {
     "--cuda-graph": ("cuda_graph", "capture the fast step as one CUDA graph (CUDA, --step fast)"),
     "--deterministic": ("deterministic", "deterministic kernels (bit-reproducible CPU runs)"),
     "--allow-pickle": ("allow_pickle", "read a pickled --backbone-weights file (runs its code; trusted files only)"),
+    "--eval-sync": ("eval_sync", "training waits for each COCO score (default: scored in the background)"),
+    # ssdbench's own rules; each makes a run open division (docs/DEVIATIONS.md "Training")
+    "--drop-last": ("drop_last", "drop each rank's last partial batch (reference: kept, shards padded)"),
+    "--exclude-crowd": ("exclude_crowd", "crowd boxes are no training targets (reference: they are)"),
+    "--restore-lr-after-warmup": ("restore_lr_after_warmup",
+                                  "base lr right after warmup (reference: the last warmup lr until the first decay)"),
+    "--eval-only-listed": ("eval_only_listed",
+                           "evaluate only at --eval-epochs, then every --eval-every (reference: both)"),
+    "--final-eval": ("final_eval", "also evaluate after the last epoch (reference: only at eval epochs)"),
 }
 
 
@@ -95,7 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start fresh even if --out holds a checkpoint")
     parser.add_argument("--accept-changes", action="store_true",
                         help="resume a checkpoint trained with other settings and apply the new ones")
-    parser.add_argument("--v07-eval", action="store_true", help="NVIDIA v0.7 eval schedule: 40, 50, 55, then every 5")
+    parser.add_argument("--v07-eval", action="store_true",
+                        help="NVIDIA v0.7 eval schedule: only 40, 50, 55, then every 5 (open division)")
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="train N runs with distinct seeds (seed + 1000 i), one folder each: OUT/run_i")
     for flag, (field_name, kind, text) in _VALUE_FLAGS.items():
         nargs = "+" if flag in ("--decay-epochs", "--eval-epochs") else None
         # numbers are parsed and range-checked by the config key's rule (`config.RANGES`)
@@ -115,7 +135,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         if getattr(args, field_name) is not None:
             values[field_name] = getattr(args, field_name)
     if args.v07_eval:
-        values["eval_epochs"], values["eval_every"] = (40, 50, 55), 5
+        values["eval_epochs"], values["eval_every"], values["eval_only_listed"] = (40, 50, 55), 5, True
     if args.no_resume:
         values["resume"] = "never"
     elif args.resume is not None:
@@ -151,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ssdbench train: preset {cfg.preset}, resolved config:\n{cfg.describe()}", flush=True)
     if args.print_config:
         return 0
+    if args.runs != 1:
+        return _several_runs(cfg, args.runs, args.accept_changes)
     summary = run_training(cfg, accept_changes=args.accept_changes)
     if D.env_rank() == 0 and summary:
         print_result(summary)
@@ -158,6 +180,58 @@ def run(args: argparse.Namespace) -> int:
         print("ssdbench train: preempted (exit status 75); the same command resumes", file=sys.stderr)
         return PREEMPTED_EXIT
     return 0 if summary.get("status") in ("success", "finished", None) else 1
+
+
+RUN_SEED_STRIDE = 1000  # run i trains with seed + 1000 i; its ranks use that + rank (up to 1000 ranks)
+
+
+def run_configs(cfg, runs: int) -> list:
+    """The configs of ``runs`` runs of ``cfg``: seeds seed + 1000 i (distinct, also per rank), folders
+    OUT/run_i (OUT: --out, else runs/<preset>-<time>). ValueError unless runs >= 1."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ssdbench import dist as D
+    from ssdbench.train.run_folder import default_run_dir
+
+    if runs < 1:
+        raise ValueError(f"--runs {runs}: must be >= 1")
+    if cfg.out is None and D.env_world_size() > 1:  # ranks must agree on the folders before they meet
+        raise ValueError("--runs under a launcher needs --out (the folder of the runs)")
+    root = cfg.out or str(default_run_dir(cfg.preset))
+    return [replace(cfg, seed=cfg.seed + RUN_SEED_STRIDE * i, out=str(Path(root) / f"run_{i}"))
+            for i in range(runs)]
+
+
+def _several_runs(cfg, runs: int, accept_changes: bool = False) -> int:
+    """Train the runs one after the other; print each result and their olympic mean. A run
+    interrupted by a signal ends the series (exit status 75: the same command resumes it)."""
+    from ssdbench import dist as D
+    from ssdbench.errors import PREEMPTED_EXIT
+    from ssdbench.train.score import format_table, olympic_mean, read_run
+    from ssdbench.train.trainer import run_training
+
+    configs = run_configs(cfg, runs)
+    statuses = []
+    for i, run_cfg in enumerate(configs):
+        if D.env_rank() == 0:
+            print(f"ssdbench train: run {i + 1}/{runs}, seed {run_cfg.seed}, folder {run_cfg.out}", flush=True)
+        summary = run_training(run_cfg, accept_changes=accept_changes)
+        statuses.append(summary.get("status"))
+        if D.env_rank() == 0 and summary:
+            print_result(summary)
+        if summary.get("status") == "interrupted":
+            break
+    if D.env_rank() == 0:
+        done = [c.out for c, s in zip(configs, statuses) if s != "interrupted"]
+        if done:
+            results = [read_run(out) for out in done]
+            print(format_table(results, olympic_mean(results)))
+        print(f"package them: ssdbench package --system NAME --org ORG {' '.join(done)}")
+    if "interrupted" in statuses:
+        print("ssdbench train: preempted (exit status 75); the same command resumes", file=sys.stderr)
+        return PREEMPTED_EXIT
+    return 0 if all(s in ("success", "finished", None) for s in statuses) else 1
 
 
 def _device_type(name: str) -> str:

@@ -12,11 +12,13 @@ image of the file's ``images`` list in file order, empty ones included (5,000 on
 the sample order of MLPerf inference, whose accuracy script reads LoadGen's ``qsl_idx`` as an
 index into that list (benchmark.md §7).
 
-Crowd annotations (``iscrowd=1``) are *excluded from the training targets*. Deliberate deviation:
-the MLPerf training reference keeps them as ordinary boxes. A crowd box covers a group of objects
-("people in a stand"), so training on it teaches the model a box that COCO eval never rewards:
-COCO eval reads crowd regions from the ground-truth file and treats them as ignore regions. Images
-whose annotations are all crowd boxes are kept (they count among the 117,266) with empty targets.
+Crowd annotations (``iscrowd=1``) are ordinary targets by default, as in the MLPerf training
+reference (mlcommons/training retired_benchmarks/ssd-v1/ssd/utils.py:545-550 appends every
+annotation of an image, crowd or not). ``exclude_crowd=True`` is ssdbench's option (open
+division): a crowd box covers a group of objects ("people in a stand"), so training on it teaches
+the model a box that COCO eval never rewards (COCO eval reads crowd regions from the ground-truth
+file and treats them as ignore regions). Either way an image whose annotations are all crowd
+boxes is kept (it counts among the 117,266), with empty targets when they are excluded.
 
 Boxes with non-positive width or height, and boxes with a NaN or infinite coordinate, are skipped
 with one aggregated warning per kind naming the annotation ids; evaluation drops the same boxes
@@ -106,11 +108,13 @@ class CocoDetection:
     Attributes: ``cat_ids`` (file's categories order), ``cat_names``, ``num_classes`` (K + 1,
     background included), ``label_to_cat_id`` {1..K: id}, ``cat_id_to_label``, ``ids`` (sorted
     ids of the images kept; with ``all_images``, every image id in file order), ``ann_file``,
-    ``image_dir``.
+    ``image_dir``. ``exclude_crowd``: leave crowd boxes out of the targets (module docstring).
     """
 
-    def __init__(self, root: str | Path, split: str = "train", decoder: str = "auto", all_images: bool = False):
+    def __init__(self, root: str | Path, split: str = "train", decoder: str = "auto", all_images: bool = False,
+                 exclude_crowd: bool = False):
         self.root, self.split, self.decoder = Path(root), split, decoder
+        self.exclude_crowd = bool(exclude_crowd)
         self.ann_file = annotation_path(root, split)
         self.image_dir = self.root / f"{split}2017"
         data = load_json(self.ann_file)
@@ -137,7 +141,7 @@ class CocoDetection:
         return index
 
     def _index_annotations(self, anns: list[dict]) -> tuple[dict, dict]:
-        """Per image id: boxes float32 (n, 4) ltrb pixels and labels int64 (n,), crowd excluded."""
+        """Per image id: boxes float32 (n, 4) ltrb pixels and labels int64 (n,) (crowd as asked)."""
         boxes: dict[int, list] = {}
         labels: dict[int, list] = {}
         degenerate, non_finite = [], []
@@ -152,8 +156,8 @@ class CocoDetection:
             if w <= 0 or h <= 0:
                 degenerate.append(ann["id"])
                 continue
-            if ann.get("iscrowd", 0):
-                continue  # ignore regions for COCO eval, never training targets (module doc)
+            if self.exclude_crowd and ann.get("iscrowd", 0):
+                continue  # ignore regions for COCO eval; targets only in the reference's rule (module doc)
             boxes[image_id].append((x, y, x + w, y + h))
             labels[image_id].append(self.cat_id_to_label[ann["category_id"]])
         for skipped, why in ((non_finite, "a NaN or infinite coordinate"), (degenerate, "non-positive width/height")):

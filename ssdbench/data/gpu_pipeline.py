@@ -97,16 +97,21 @@ def _keep_samples(samples: list) -> list:
 
 
 def build_byte_loader(dataset, batch_size: int, train: bool = True, rank: int = 0, world_size: int = 1,
-                      seed: int = 0, workers: int = 4, max_objects: int = 200) -> DataLoader:
+                      seed: int = 0, workers: int = 4, max_objects: int = 200,
+                      drop_last: bool | None = None) -> DataLoader:
     """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's shard.
 
-    Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled + drop_last for training),
-    so ``loader.sampler.set_epoch(e)`` and its resume state work the same way.
+    Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled for training;
+    ``drop_last`` default = ``train``, False for training pads the shards as DistributedSampler
+    does and keeps the last partial batch), so ``loader.sampler.set_epoch(e)`` and its resume
+    state work the same way.
     """
-    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=train)
+    drop_last = train if drop_last is None else drop_last
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last,
+                            pad=train and not drop_last)
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(JpegBytesDataset(dataset, max_objects), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, collate_fn=_keep_samples, drop_last=train, **extra)
+                      num_workers=workers, collate_fn=_keep_samples, drop_last=drop_last, **extra)
 
 
 # ---------------------------------------------------------------- decode on the device

@@ -35,16 +35,20 @@ class ShardedSampler(Sampler):
     """Per-rank shard of a per-epoch shuffled order of ``range(num_samples)``.
 
     Epoch e's order is ``default_rng([seed, e]).permutation(num_samples)`` (identical on every
-    rank); rank r takes every ``world_size``-th index from position r. ``drop_last=True``
-    first drops the ``num_samples % world_size`` tail so shards are equal (training: every
-    rank runs the same number of steps); ``drop_last=False`` keeps every sample once, with
-    shards differing by at most one (evaluation). Shards are disjoint and, without
-    drop_last, complete. ``with_epoch`` yields ``(epoch, index)`` pairs (used by
-    `build_loader` to seed augmentation) instead of plain indices.
+    rank); rank r takes every ``world_size``-th index from position r. Equal shards (training:
+    every rank runs the same number of steps) come two ways: ``pad=True`` appends the order's
+    first ``-num_samples % world_size`` indices again, as torch's ``DistributedSampler`` does
+    by default (ceil(n / world_size) per rank; the MLPerf reference's training sampler,
+    train.py:243); ``drop_last=True`` drops the ``num_samples % world_size`` tail instead.
+    With neither, every sample comes once, shards differing by at most one (evaluation).
+    Without drop_last the shards cover every sample; without padding they are disjoint.
+    ``with_epoch`` yields ``(epoch, index)`` pairs (used by `build_loader` to seed
+    augmentation) instead of plain indices.
     """
 
     def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, with_epoch: bool = False):
+                 shuffle: bool = True, drop_last: bool = False, with_epoch: bool = False,
+                 pad: bool = False):
         if num_samples < 0 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad shard: num_samples={num_samples}, rank={rank}, world_size={world_size}")
         if seed < 0:
@@ -52,6 +56,7 @@ class ShardedSampler(Sampler):
         self.num_samples, self.seed = int(num_samples), int(seed)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last, self.with_epoch = shuffle, drop_last, with_epoch
+        self.pad = bool(pad) and not drop_last
         self.epoch = 0
         self._start = 0  # where the next iteration begins in this epoch's shard (resume)
         self._position = 0  # indices handed out so far in this epoch
@@ -63,6 +68,9 @@ class ShardedSampler(Sampler):
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         if self.drop_last:
             order = order[: n - n % self.world_size]
+        elif self.pad and n % self.world_size:
+            extra = -n % self.world_size  # DistributedSampler: indices += indices[:padding_size]
+            order = np.concatenate([order, np.resize(order, extra)])
         return order[self.rank :: self.world_size]
 
     def set_epoch(self, epoch: int) -> None:
@@ -88,7 +96,7 @@ class ShardedSampler(Sampler):
         needed with DataLoader workers, which prefetch ahead. Without it, the indices handed
         out so far are used. The state is the same on every rank.
         """
-        position = self._position if consumed is None else int(consumed)
+        position = self._position if consumed is None else min(int(consumed), len(self.indices()))
         return {"epoch": self.epoch, "position": position, "seed": self.seed,
                 "num_samples": self.num_samples, "world_size": self.world_size}
 
@@ -103,12 +111,12 @@ class ShardedSampler(Sampler):
 
 
 def epoch_sampler(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                  shuffle: bool, drop_last: bool) -> ShardedSampler:
+                  shuffle: bool, drop_last: bool, pad: bool = False) -> ShardedSampler:
     """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return ShardedSampler(num_samples, rank, world_size, seed, shuffle=shuffle, drop_last=drop_last,
-                          with_epoch=True)
+                          with_epoch=True, pad=pad)
 
 
 class AugmentedDataset(Dataset):
@@ -209,14 +217,18 @@ def build_loader(dataset, batch_size: int, train: bool, size: int = 300, rank: i
     """DataLoader of padded batches (see the module docstring) over this rank's shard.
 
     ``dataset``: anything with ``len`` and ``load(i)`` -> (uint8 (H, W, 3) image, target), e.g.
-    ``CocoDetection``. ``train`` picks `TrainTransform` (shuffled, drop_last) or `EvalTransform`
-    (in order, every sample once). ``decoder`` overrides the dataset's JPEG decoder (on a copy).
+    ``CocoDetection``. ``train`` picks `TrainTransform` (shuffled) or `EvalTransform` (in order,
+    every sample once). Training batches: ``drop_last`` (default True) drops each rank's last
+    partial batch and the shard tail; ``drop_last=False`` keeps the partial batch and pads the
+    shards as torch's DistributedSampler does (the MLPerf reference, train.py:242-250: at 8 x 128
+    on COCO, 115 steps per epoch instead of 114). ``decoder`` overrides the dataset's JPEG decoder (on a copy).
     ``defer_jitter``: images come as uint8 and colour jitter + normalisation are left to the
     caller, on the device. ``pin_memory`` defaults to CUDA being available. Call
     ``loader.sampler.set_epoch(e)`` before each epoch; ``loader.sampler`` also resumes.
     """
     drop_last = train if drop_last is None else drop_last
-    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last)
+    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last,
+                            pad=train and not drop_last)
     if decoder is not None:
         dataset = copy.copy(dataset)
         dataset.decoder = decoder

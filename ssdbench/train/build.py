@@ -85,7 +85,9 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     from ssdbench.model.specs import get_spec
 
     root = data_root(cfg)
-    train_set, val_set = CocoDetection(root, cfg.train_split), CocoDetection(root, cfg.val_split)
+    # crowd boxes are training targets unless exclude_crowd (the reference: utils.py:545-550)
+    train_set = CocoDetection(root, cfg.train_split, exclude_crowd=cfg.exclude_crowd)
+    val_set = CocoDetection(root, cfg.val_split)
     if train_set.num_classes != val_set.num_classes:
         raise ValueError(f"{root}: train has {train_set.num_classes - 1} categories, val {val_set.num_classes - 1}")
     size = get_spec(cfg.model).input_size
@@ -115,12 +117,13 @@ def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common:
     from ssdbench.data.loader import build_loader
 
     if cfg.input_pipeline != "device":
-        return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples, **common), None
+        return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples,
+                            drop_last=cfg.drop_last, **common), None
     from ssdbench.data.gpu_pipeline import DevicePipeline, build_byte_loader
     from ssdbench.model.encoder import Encoder
 
     loader = build_byte_loader(train_set, cfg.batch_size, True, launch.rank, launch.world_size, cfg.seed,
-                               cfg.workers, cfg.max_objects)
+                               cfg.workers, cfg.max_objects, drop_last=cfg.drop_last)
     encoder = Encoder(cfg.model) if cfg.step == "fast" else None
     pipeline = DevicePipeline(size, launch.device, train=True, seed=cfg.seed, max_objects=cfg.max_objects,
                               max_samples=cfg.max_samples, encoder=encoder)
@@ -159,7 +162,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
         model = torch.compile(model)
     optimizer = _optimizer(cfg, net, launch)
     schedule = MLPerfSchedule(iters_per_epoch, warmup_iters, cfg.warmup_factor,
-                              cfg.decay_epochs, cfg.decay_factor)
+                              cfg.decay_epochs, cfg.decay_factor, plateau=not cfg.restore_lr_after_warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = AMP_DTYPES[cfg.precision]
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None

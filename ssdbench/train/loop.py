@@ -52,6 +52,12 @@ class TrainState:
     eval_history: list = field(default_factory=list)  # [{"epoch", "map", "stats"}]
     reached_target: bool = False
     segments: int = 0  # how many times this run was started (1 = never resumed)
+    # Evaluations whose COCO score was still being computed when the checkpoint was written
+    # (`train.async_eval`): [{"epoch": int, "results": float64 tensor (K, 7)}]; scored on resume.
+    pending_evals: list = field(default_factory=list)
+    eval_wait_s: float = 0.0  # seconds training waited for evaluation (inference, BN averaging, scores)
+    score_wait_s: float = 0.0  # ... of which waiting for COCO scores (sync: all of it; async: the last)
+    score_s: float = 0.0  # seconds the recorded COCO scores took to compute (in the background or not)
 
 
 def train_step(parts: StepParts, batch: dict) -> torch.Tensor:
@@ -96,8 +102,10 @@ def _name(fn) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce) -> tuple[float, bool]:
-    """(mean loss of the window over all ranks, any rank asked to stop), in one all-reduce.
+def _window_loss(losses: list[torch.Tensor], first_step: int, flags: tuple[bool, bool],
+                 reduce) -> tuple[float, tuple[bool, bool]]:
+    """(mean loss of the window over all ranks, (any rank asked to stop, any rank saw the
+    target reached)), in one all-reduce.
 
     One host sync per window (not per step). Raises NonFiniteLossError naming the first bad step
     on every rank when any rank saw a NaN/inf loss, so all ranks stop together.
@@ -105,29 +113,39 @@ def _window_loss(losses: list[torch.Tensor], first_step: int, stop: bool, reduce
     values = torch.stack(losses).float().cpu()
     finite = torch.isfinite(values)
     bad_local = -1 if bool(finite.all()) else int((~finite).nonzero()[0])
-    total, count, bad_any, stop_any = reduce([float(values[finite].sum()), float(len(values)),
-                                              float(bad_local >= 0), float(stop)])
+    total, count, bad_any, stop_any, target_any = reduce(
+        [float(values[finite].sum()), float(len(values)), float(bad_local >= 0), *map(float, flags)])
     if bad_any:
         where = (f"step {first_step + bad_local} (loss {values[bad_local].item()})" if bad_local >= 0
                  else f"a step in {first_step}..{first_step + len(values) - 1} on another rank")
         raise NonFiniteLossError(f"non-finite loss at {where}; stopping")
-    return total / max(count, 1.0), stop_any > 0
+    return total / max(count, 1.0), (stop_any > 0, target_any > 0)
+
+
+SIGNAL, TARGET = "signal", "target"  # why `train_one_epoch` stopped early ("" = the epoch ended)
 
 
 def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int, reduce,
                     on_window=None, should_stop=lambda: False, max_steps: int | None = None,
-                    heartbeat=lambda: None) -> bool:
-    """Train until the loader ends (or `max_steps` steps this epoch); True if stopped early.
+                    heartbeat=lambda: None, target_reached=lambda: False) -> str:
+    """Train until the loader ends (or `max_steps` steps this epoch); returns why it stopped early:
+    `SIGNAL` (``should_stop()``), `TARGET` (``target_reached()``: an evaluation scored in the
+    background reached the quality target) or "" (the epoch ended).
 
     `loader` yields the epoch's remaining batches (resume already skipped the done ones).
     Every `log_every` steps `on_window(record)` gets {step, epoch, loss, lr, img_s, time}, the
-    loss averaged over the window and the ranks. `should_stop()` is polled at window ends
-    (all ranks agree through `reduce`) and after every step when running alone.
+    loss averaged over the window and the ranks. ``should_stop()`` and ``target_reached()`` are
+    polled at window ends (all ranks agree through `reduce`, so every rank stops at the same
+    step) and after every step when running alone.
     """
     parts.model.train()
     step = step_function(parts)
     losses, images, t0 = [], 0, time.perf_counter()
     alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
+
+    def polled() -> tuple[bool, bool]:
+        return should_stop(), target_reached()
+
     for batch in loader:
         if max_steps is not None and state.epoch_step >= max_steps:
             break
@@ -137,25 +155,30 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
         state.epoch_step += 1
         heartbeat()
         if len(losses) == log_every:
-            stop = _end_window(parts, state, losses, images, t0, reduce, on_window, should_stop)
+            flags = _end_window(parts, state, losses, images, t0, reduce, on_window, polled)
             losses, images, t0 = [], 0, time.perf_counter()
-            if stop:
-                return True
-        elif alone and should_stop():
+            if any(flags):
+                return _reason(flags)
+        elif alone and any(polled()):
             break
     if losses:
-        _end_window(parts, state, losses, images, t0, reduce, on_window, lambda: False)
-    return alone and should_stop()
+        _end_window(parts, state, losses, images, t0, reduce, on_window, lambda: (False, False))
+    return _reason(polled()) if alone else ""
 
 
-def _end_window(parts, state, losses, images, t0, reduce, on_window, should_stop) -> bool:
-    """Log one window; returns whether every rank should stop (any rank asked to)."""
+def _reason(flags: tuple[bool, bool]) -> str:
+    stop, target = flags
+    return SIGNAL if stop else TARGET if target else ""
+
+
+def _end_window(parts, state, losses, images, t0, reduce, on_window, polled) -> tuple[bool, bool]:
+    """Log one window; returns (any rank asked to stop, any rank saw the target reached)."""
     first_step = state.step - len(losses) + 1  # steps are numbered from 1 in messages and logs
-    loss, stop = _window_loss(losses, first_step, should_stop(), reduce)
+    loss, flags = _window_loss(losses, first_step, polled(), reduce)
     if on_window is not None:
         elapsed = max(time.perf_counter() - t0, 1e-9)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         lr = float(parts.optimizer.param_groups[0]["lr"])  # a device tensor with step=fast: one read
         on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": lr,
                    "img_s": images * world / elapsed})
-    return stop
+    return flags

@@ -2,9 +2,12 @@
 
 ``run_training(cfg)`` is what `ssdbench train` and `ssdbench demo` call, under any launcher.
 The MLPerf clock (benchmark.md §6): ``run_start`` after the model, data and logger are set up, ``run_stop``
-when an evaluation reaches the target (or the epochs run out); time to train is the wall time in
-between, summed over resumed segments (a resumed run is not a valid MLPerf timing, and its
-summary says so).
+as soon as a score reaches the target (or the epochs run out and every pending score is in);
+time to train is the wall time in between, summed over resumed segments (a resumed run is not a
+valid MLPerf timing, and its summary says so). Evaluation (`train.async_eval`): inference at
+eval epochs on the training devices, COCO scoring in a background process while training goes
+on (``--eval-sync``: training waits for it); every rank learns that the target was reached at
+the same step.
 
 The pieces, in order: `open_run` locks the run folder (`ssdbench.io.FolderLock`: a second run
 into it fails at once, naming the first), finds the checkpoint to resume and compares its config
@@ -32,6 +35,7 @@ from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, sh
 from ssdbench.errors import CliError
 from ssdbench.io import FolderLock
 from ssdbench.progress import Progress
+from ssdbench.train.async_eval import Evaluator
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
     find_resume,
@@ -42,7 +46,7 @@ from ssdbench.train.checkpoint import (
     save_training,
 )
 from ssdbench.train.config import TrainConfig, resolve_for_device
-from ssdbench.train.loop import NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench.train.loop import SIGNAL, TARGET, NonFiniteLossError, TrainState, train_one_epoch
 from ssdbench.train.resume import (
     check_changes,
     describe_changes,
@@ -51,7 +55,6 @@ from ssdbench.train.resume import (
     resume_changes,
 )
 from ssdbench.train.run_folder import RunFolder, default_run_dir
-from ssdbench.train.sync_bn import average_bn_stats
 
 
 def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool = False) -> dict:
@@ -182,9 +185,14 @@ class Trainer:
             self._resume(start)
         if launch.is_main:
             self.folder.write_json("config.json", cfg.to_dict())  # what runs from here on
+        if cfg.division(self.data.name) == "closed" and self.data.warmup_iters < 1:
+            raise ValueError(f"warmup: {self.data.warmup_iters} iterations; the 1.1.0 closed ruleset needs at "
+                             "least 1 (opt_learning_rate_warmup_steps >= 1): raise --warmup-epochs or --warmup-steps")
         self.division = self.mllog.setup(mllog_config(cfg, self.data, launch.world_size), self.net)
         self.stop_requested = False
         self.watchdog = Watchdog(0 if launch.world_size == 1 else cfg.dist_timeout_s, launch.rank)
+        self.evaluator: Evaluator | None = None  # started by `run`
+        self._t_start: float | None = None  # the MLPerf clock of this segment, None once stopped
 
     def _resume(self, start: RunStart) -> None:
         fresh = hyperparameters(self.parts) if start.changes else None  # this config's values
@@ -211,10 +219,12 @@ class Trainer:
         """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self.evaluator = Evaluator(self.cfg, self.launch, self.data, self.net, self.parts.amp_dtype, self.mllog,
+                                   self.folder, self.state, self.say, self.watchdog, self.show_progress)
         self.watchdog.start()
         self.mllog.init_stop()
         self.mllog.run_start()
-        t_start, status, done = time.perf_counter(), "running", False
+        self._t_start, status, done = time.perf_counter(), "running", False
         try:
             status, done = self._epochs(), True
         except NonFiniteLossError as exc:
@@ -227,7 +237,8 @@ class Trainer:
             raise
         finally:
             self.watchdog.stop()
-            self._finish(status, time.perf_counter() - t_start, failing=not done)
+            self.evaluator.close()
+            self._finish(status, failing=not done)
             if self.lock is not None:
                 self.lock.release()
         return self.summary(status)
@@ -240,31 +251,60 @@ class Trainer:
               "next step boundary (send again to exit now)", file=sys.stderr, flush=True)
 
     def _save(self, name: str) -> Path | None:
-        return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                             self.data.train_loader.sampler, self.cfg, self.launch)
+        # Scores still being computed are recorded in the checkpoint and scored on resume.
+        self.state.pending_evals = self.evaluator.records() if self.evaluator is not None else []
+        try:
+            return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
+                                 self.data.train_loader.sampler, self.cfg, self.launch)
+        finally:
+            self.state.pending_evals = []
+
+    def _stop_clock(self, success: bool) -> None:
+        """run_stop and this segment's time to train, once (before any final checkpoint)."""
+        if self._t_start is not None:
+            self.state.train_time_s += time.perf_counter() - self._t_start
+            self._t_start = None
+            self.mllog.run_stop(success)
+
+    def _reached(self, name: str) -> str:
+        """A score reached the target: stop the clock first, then checkpoint the finished run."""
+        self._stop_clock(success=True)
+        with self.watchdog.paused():
+            self._save(name)
+        return "success"
 
     def _epochs(self) -> str:
-        """Blocks of epochs ending at an eval epoch (MLPerf block_start/stop); a checkpoint per epoch."""
+        """Blocks of epochs ending at an eval epoch (MLPerf block_start/stop); a checkpoint per epoch.
+        Scores are polled during the epochs (`loop.train_one_epoch`) and decided at each epoch end."""
         cfg, state = self.cfg, self.state
         while state.epoch < cfg.epochs and not state.reached_target:
             first = state.epoch + 1  # MLPerf epoch numbers count from 1
-            block_end = next(e for e in range(first, cfg.epochs + 1) if cfg.is_eval_epoch(e))
+            block_end = next((e for e in range(first, cfg.epochs + 1) if cfg.is_eval_epoch(e)), cfg.epochs)
             self.mllog.block_start(first, block_end - first + 1)
             for epoch in range(first, block_end + 1):
-                if self._train_epoch(epoch):
+                stopped = self._train_epoch(epoch)
+                if stopped == SIGNAL:
                     path = self._save(f"step_{state.step:07d}.pt")  # raises when it cannot be written
                     self.say(f"preempted at step {state.step}: checkpoint {path} written; resume with the "
                              "same command or --resume")
                     return "interrupted"
+                if stopped == TARGET:  # a background score reached the target during this epoch
+                    state.reached_target = True  # rank 0 knew; the window's all-reduce told the others
+                    return self._reached(f"step_{state.step:07d}.pt")
                 if epoch == block_end:
                     self.mllog.block_stop(first)
-                    self._evaluate(epoch)
+                    if cfg.is_eval_epoch(epoch):
+                        self.evaluator.run(epoch)
+                if self.evaluator.decide():
+                    return self._reached(f"epoch_{epoch:04d}.pt")
                 with self.watchdog.paused():
                     self._save(f"epoch_{epoch:04d}.pt")  # every epoch, after its eval if any
+        if not state.reached_target and self.evaluator.drain():  # the last scores may reach it
+            return self._reached(f"step_{state.step:07d}.pt")
         return "success" if state.reached_target else "finished"
 
-    def _train_epoch(self, epoch: int) -> bool:
-        """Train epoch `epoch` (1-based); True when a signal asked to stop mid-epoch.
+    def _train_epoch(self, epoch: int) -> str:
+        """Train epoch `epoch` (1-based); why it stopped early (`loop.train_one_epoch`), "" if not.
 
         Every ``log_every`` steps a window record goes to metrics.jsonl and to the progress
         display: step of the epoch, global img/s since the epoch (re)started, loss, lr, ETA, memory.
@@ -285,42 +325,24 @@ class Trainer:
             stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
                                       lambda v: all_reduce_sum(v, self.launch.device), on_window,
                                       lambda: self.stop_requested, self.cfg.steps_per_epoch,
-                                      self.watchdog.beat)
+                                      self.watchdog.beat, self.evaluator.poll)
         if stopped:
-            return True
+            return stopped
         self.mllog.epoch_stop(epoch)
         state.epoch, state.epoch_step = epoch, 0
-        return False
+        return ""
 
-    def _evaluate(self, epoch: int) -> None:
-        """COCO mAP on the validation set after averaging BN statistics; sets ``reached_target``."""
-        from ssdbench.eval.evaluate import evaluate
-
-        self.mllog.eval_start(epoch)
-        with self.watchdog.paused():
-            average_bn_stats(self.net, self.launch.world_size)  # benchmark.md §6
-            stats, _ = evaluate(self.net, self.data.val_loader, self.data.val_set, self.launch.device,
-                                distributed=self.launch.distributed, progress=self.show_progress,
-                                autocast_dtype=self.parts.amp_dtype)
-        value = float(stats[0])
-        self.mllog.eval_accuracy(value, epoch)
-        self.mllog.eval_stop(epoch)
-        self.state.eval_history.append({"epoch": epoch, "map": value, "stats": [float(s) for s in stats]})
-        self.folder.log_metrics({"kind": "eval", "epoch": epoch, "map": value, "stats": list(stats)})
-        target = self.cfg.target_map
-        self.state.reached_target = target is not None and value >= target
-        self.say(f"epoch {epoch}: mAP {value:.4f}" + (f" (target {target})" if target is not None else ""))
-
-    def _finish(self, status: str, elapsed_s: float, failing: bool = False) -> None:
-        """Stop the MLPerf clock, close the log; rank 0 writes summary.json and the plots.
+    def _finish(self, status: str, failing: bool = False) -> None:
+        """Stop the MLPerf clock (if still running), close the log; rank 0 writes summary.json and the plots.
 
         ``failing``: an error is on its way out; a write that fails here too (the same full
         disk) is noted in one line instead of replacing that error with a second traceback.
         """
-        self.state.train_time_s += elapsed_s
         try:
-            if status != "interrupted":
-                self.mllog.run_stop(status == "success")
+            if status == "interrupted" and self._t_start is not None:  # no run_stop: the run goes on later
+                self.state.train_time_s += time.perf_counter() - self._t_start
+                self._t_start = None
+            self._stop_clock(status == "success")
             self.mllog.close()
             if self.launch.is_main:
                 self.folder.write_json("summary.json", self.summary(status))
@@ -336,6 +358,9 @@ class Trainer:
         return {
             "status": status, "reached_target": s.reached_target, "target_map": cfg.target_map,
             "time_to_train_min": s.train_time_s / 60.0, "epochs": s.epoch, "steps": s.step,
+            "eval_mode": "sync" if cfg.eval_sync else "async", "eval_wait_s": s.eval_wait_s,
+            "score_wait_s": s.score_wait_s, "score_s": s.score_s,
+            "seed": cfg.seed,
             "eval_history": s.eval_history, "final_map": s.eval_history[-1]["map"] if s.eval_history else None,
             "model": cfg.model, "preset": cfg.preset, "dataset": self.data.name,
             "world_size": self.launch.world_size, "global_batch_size": self.data.global_batch,
