@@ -80,8 +80,8 @@ def test_a_dead_worker_falls_back_to_scoring_in_process(data):
         scorer._proc.kill()
         scorer._proc.join(10)
         with pytest.warns(RuntimeWarning, match="COCO scoring process ended"):
-            scorer.submit(1, results_to_array(results))
-            scores = scorer.wait()
+            scorer.submit(1, results_to_array(results))  # the pipe is broken: scored here at once
+        scores = scorer.wait()
         np.testing.assert_array_equal(scores[0].stats, coco_stats(ann, results, image_ids=ids))
     finally:
         scorer.close()
@@ -181,9 +181,10 @@ def _free_port() -> int:
 def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Rank 0 learns at step 4 that a score reached the target; with 3-step windows every rank
     must stop at step 6, the end of the window."""
+    from test_loop import _batches, _parts
+
     from ssdbench import dist as D
     from ssdbench.train.loop import StepParts, TrainState, train_one_epoch
-    from test_loop import _batches, _parts
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -69,7 +69,7 @@ def _train(rank: int, world: int) -> dict:
         net = SB.convert_sync_bn(net, SB.bn_group(world, world), torch.device("cpu"))
         model = torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False)
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(STEPS, 1, 0.0, ()))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(STEPS, 1, 0.0, (), plateau=False))
     parts = StepParts(model, opt, sched, Encoder("ssd128_mini"), torch.device("cpu"), loss_fn=smooth_loss)
     train_one_epoch(parts, _batches(rank, world), TrainState(), log_every=STEPS,
                     reduce=lambda v: L.all_reduce_sum(v, torch.device("cpu")))

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ssdbench.cli.train", "train an SSD model (MLPerf recipe, system presets, demo)"),
     "eval": ("ssdbench.cli.eval", "COCO mAP of a model on a COCO-format dataset"),
     "score": ("ssdbench.cli.score", "MLPerf olympic mean of the time-to-train of several runs"),
+    "package": ("ssdbench.cli.package", "training runs as an MLPerf submission tree; MLPerf's checkers on it"),
+    "check-log": ("ssdbench.cli.check_log", "MLPerf's compliance checker on one training log"),
     "predict": ("ssdbench.cli.predict", "detect objects in images; JSON and drawn boxes"),
     "export": ("ssdbench.cli.export", "export a model (ONNX)"),
     "loadgen": ("ssdbench.cli.loadgen", "SSD-Large under MLPerf LoadGen (four scenarios)"),

@@ -10,6 +10,16 @@ Other run counts (not an MLPerf score, printed as such): n >= 3 drops the fastes
 the same way; n = 1 or 2 reports the plain mean of the converged runs.
 
 A RUN is a run folder (its `summary.json`, else the MLPerf log inside it) or an MLPerf log file.
+
+A submission tree (``results/<system>/ssd/result_*.txt`` + ``systems/<system>.json``, as
+`ssdbench package` lays it out) is scored as `mlperf_logging.result_summarizer` scores it
+(`score_tree`): a result counts when its log passes the compliance checker and records
+run_start and run_stop (the status is not read); more than one that does not makes the result
+invalid; the olympic mean drops the fastest and, unless a dropped result took its place, the
+slowest; it is multiplied by the RCP normalisation: ``scaling.json`` of the benchmark folder
+when present (the RCP checker writes it during the package check), else for the closed division
+the factor the RCP checker computes (RCP mean epochs / the runs' mean epochs when they converge
+faster than the reference within its allowed speedup), else 1.
 """
 
 from __future__ import annotations
@@ -118,4 +128,91 @@ def format_table(results: list[RunResult], summary: dict) -> str:
         rows.append(f"{r.name[-48:]:<48} {minutes:>9} {epochs:>6}  {'yes' if r.reached else 'NO ':<6}  {r.source}")
     score = "-" if summary["score"] is None else f"{summary['score']:.2f} min"
     rows.append(f"score: {score}  ({summary['note']}{'' if summary['valid_mlperf'] else '; not a valid MLPerf score'})")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- submission trees
+def is_tree(path: str | Path) -> bool:
+    """A submission tree: a folder with results/ and systems/."""
+    path = Path(path)
+    return (path / "results").is_dir() and (path / "systems").is_dir()
+
+
+def _start_stop_minutes(path: Path) -> float | None:
+    """run_stop - run_start in minutes (the summarizer's: the last run_start before the first
+    run_stop), None when either is missing."""
+    start = stop = None
+    for line in path.read_text(errors="replace").splitlines():
+        if ":::MLLOG" not in line:
+            continue
+        event = json.loads(line.split(":::MLLOG", 1)[1])
+        if event.get("key") == "run_start":
+            start = float(event["time_ms"])
+        elif event.get("key") == "run_stop":
+            stop = float(event["time_ms"])
+            break
+    return None if start is None or stop is None else (stop - start) / 60_000.0
+
+
+def _scaling(folder: Path, division: str, ruleset: str) -> tuple[float, str]:
+    """(factor, where it came from) as described in the module docstring."""
+    from ssdbench.train.checks import rcp_check
+
+    scaling = folder / "scaling.json"
+    if scaling.is_file():
+        return float(json.loads(scaling.read_text())["scaling_factor"]), "scaling.json"
+    if division != "closed":
+        return 1.0, "open division: no RCP normalisation"
+    passed, message, factor = rcp_check(folder, ruleset)
+    return factor, f"RCP checker: {message} ({'passed' if passed else 'failed'})"
+
+
+def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
+    """One entry per ``results/<system>/ssd`` folder of a submission tree: {"system", "division",
+    "runs": [RunResult], "failures": {file: [failed rules]}, "olympic" (minutes or None),
+    "factor", "factor_source", "score" (minutes or None), "note"}."""
+    from ssdbench.train.checks import compliance
+
+    tree, out = Path(tree), []
+    for system_dir in sorted(p for p in (tree / "results").iterdir() if p.is_dir()):
+        folder = system_dir / "ssd"
+        if not folder.is_dir():
+            continue
+        desc = json.loads((tree / "systems" / f"{system_dir.name}.json").read_text())
+        runs, failures = [], {}
+        for path in sorted(folder.glob("result_*.txt")):
+            failed = compliance(path, ruleset)
+            minutes = _start_stop_minutes(path)
+            if minutes is None:
+                failed = [*failed, "run_start or run_stop not recorded"]
+            if failed:
+                failures[path.name] = failed
+            runs.append(RunResult(path.name, minutes, not failed, None, "compliance passed" if not failed
+                                  else "compliance failed"))
+        scores = sorted(r.minutes for r in runs if r.reached)
+        dropped = len(runs) - len(scores)
+        olympic, note = None, f"invalid: {dropped} results do not count (MLPerf allows {MAX_UNCONVERGED})"
+        if dropped <= MAX_UNCONVERGED:
+            used = scores[1:len(scores) - (1 - dropped)]
+            olympic = sum(used) / len(used) if used else None
+            note = "olympic mean of the compliant results" + (" (no result left)" if not used else "")
+        factor, source = _scaling(folder, desc.get("division", ""), ruleset)
+        out.append({"system": system_dir.name, "division": desc.get("division"), "runs": runs,
+                    "failures": failures, "olympic": olympic, "factor": factor, "factor_source": source,
+                    "score": None if olympic is None else olympic * factor, "note": note})
+    return out
+
+
+def format_tree(entries: list[dict]) -> str:
+    """`score_tree`'s result as lines: one per result file, then the score per system."""
+    rows = []
+    for e in entries:
+        rows.append(f"{e['system']} ({e['division']} division):")
+        for r in e["runs"]:
+            minutes = "-" if r.minutes is None else f"{r.minutes:.4f}"
+            rows.append(f"  {r.name:<14} {minutes:>10} min  {r.source}")
+            rows += [f"      {line}" for line in e["failures"].get(r.name, [])]
+        score = "-" if e["score"] is None else f"{e['score']:.4f} min"
+        rows.append(f"  score: {score} = olympic mean {e['olympic'] if e['olympic'] is None else round(e['olympic'], 6)}"
+                    f" x {e['factor']:.6f} ({e['factor_source']}); {e['note']}")
     return "\n".join(rows)
