@@ -10,8 +10,8 @@ import pytest
 from ssdbench.cli import COMMANDS, main
 
 # The commands the README documents (its command table); written out here, not read from COMMANDS.
-DOCUMENTED = ("demo", "train", "eval", "score", "loadgen", "accuracy", "compliance", "submission", "predict",
-              "export", "data", "model", "benchmark")
+DOCUMENTED = ("demo", "train", "eval", "score", "package", "check-log", "loadgen", "accuracy", "compliance",
+              "submission", "predict", "export", "data", "model", "benchmark")
 
 
 def _run(*args):

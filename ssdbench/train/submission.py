@@ -53,6 +53,14 @@ def _lscpu() -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
 
 
+def _cpuinfo_mhz() -> str | None:
+    try:
+        m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
 def _meminfo_gb() -> str | None:
     try:
         text = Path("/proc/meminfo").read_text()
@@ -93,7 +101,7 @@ def _software() -> tuple[str, str]:
 def machine_facts() -> dict[str, str]:
     """The system description fields this machine can tell (strings, as the rules' examples).
 
-    CPU model, sockets, cores and threads per socket, frequency and caches (lscpu), memory
+    CPU model, sockets, cores and threads per socket, frequency and caches (lscpu, /proc/cpuinfo), memory
     (/proc/meminfo), the disk of the working folder, accelerators (torch.cuda; without one the
     accelerator fields are "N/A" and the count 0), OS, framework and software versions."""
     import torch
@@ -107,7 +115,7 @@ def machine_facts() -> dict[str, str]:
     if cores:
         facts["host_processor_core_count"] = str(cores)
         facts["host_processor_vcpu_count"] = str(cores * threads)
-    mhz = cpu.get("CPU max MHz") or cpu.get("CPU MHz")
+    mhz = cpu.get("CPU max MHz") or cpu.get("CPU MHz") or _cpuinfo_mhz()
     if mhz:
         facts["host_processor_frequency"] = f"{float(mhz):.0f} MHz"
     caches = [f"{k.split()[0]} {cpu[k]}" for k in ("L1d cache", "L1i cache", "L2 cache", "L3 cache") if k in cpu]
