@@ -113,8 +113,9 @@ class FastStep:
     -> scalar``, as ``StepParts.loss_fn`` (`train.loop.step_function` refuses a fast step whose
     loss differs from the parts'). ``amp_dtype``: None (fp32) or torch.bfloat16 (fp16
     would need a grad scaler, which this step does not do). ``cuda_graph`` needs CUDA; the graph
-    is captured on the first call for that batch's shapes, and a batch of another shape runs
-    eagerly on the same parameters, gradients and optimiser state (with a warning).
+    is captured on the first call for that batch's shapes, and a batch of another shape (e.g.
+    the last, partial batch of an epoch, which the reference keeps) runs eagerly on the same
+    parameters, gradients and optimiser state (with a warning the first time).
     """
 
     def __init__(self, model, optimizer, encoder, device, scheduler=None, amp_dtype=None,
@@ -132,6 +133,7 @@ class FastStep:
         self._forward = torch.compile(self._forward_loss) if compile else self._forward_loss
         self._graph = self._static = self._static_loss = None
         self._graph_key = None
+        self._warned_shapes: set = set()
 
     # ------------------------------------------------------------------ the maths
     def _forward_loss(self, images, a, b, encoded: bool):
@@ -171,8 +173,10 @@ class FastStep:
                 self._graph.replay()
                 loss = self._static_loss.clone()  # the next replay overwrites the static loss
             else:
-                warnings.warn(f"batch shapes {key[1:]} differ from the captured {self._graph_key[1:]}; "
-                              "running this step eagerly", RuntimeWarning, stacklevel=2)
+                if key not in self._warned_shapes:
+                    self._warned_shapes.add(key)
+                    warnings.warn(f"batch shapes {key[1:]} differ from the captured {self._graph_key[1:]}; "
+                                  "running such steps eagerly", RuntimeWarning, stacklevel=2)
                 loss = self._eager(tensors, encoded, set_to_none=False)  # grads stay the graph's
         if self.scheduler is not None:
             self.scheduler.step()
