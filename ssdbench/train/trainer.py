@@ -94,8 +94,9 @@ class RunStart:
     lock: FolderLock | None = None  # held by rank 0 while the run writes the folder
 
     def finished(self, cfg: TrainConfig) -> bool:
-        """A resumed run that already reached the target or its last epoch."""
-        return self.payload is not None and (self.state.reached_target or self.state.epoch >= cfg.epochs)
+        """A resumed run that already reached the target, or its last epoch with every score in."""
+        return self.payload is not None and (self.state.reached_target or (
+            self.state.epoch >= cfg.epochs and not self.state.pending_evals))
 
     def release(self) -> None:
         if self.lock is not None:
@@ -217,7 +218,8 @@ class Trainer:
         status: "success" (target reached), "finished" (epochs ran out), "interrupted" (a signal;
         a mid-epoch checkpoint was written). A non-finite loss raises ValueError ("diverged").
         """
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
             signal.signal(sig, self._on_signal)
         self.evaluator = Evaluator(self.cfg, self.launch, self.data, self.net, self.parts.amp_dtype, self.mllog,
                                    self.folder, self.state, self.say, self.watchdog, self.show_progress)
@@ -241,6 +243,8 @@ class Trainer:
             self._finish(status, failing=not done)
             if self.lock is not None:
                 self.lock.release()
+            for sig, handler in previous.items():  # the caller's handlers again (forked workers inherit them)
+                signal.signal(sig, handler)
         return self.summary(status)
 
     def _on_signal(self, signum, _frame) -> None:
