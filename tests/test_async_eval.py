@@ -171,6 +171,8 @@ def test_a_score_in_flight_is_checkpointed_and_scored_on_resume(sync_and_async, 
     monkeypatch.undo()
     summary = run_training(cfg, progress=False)
     assert summary["resumed"] and summary["eval_history"] == reference
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in metrics if r["kind"] == "eval"] == [1, 2, 3]  # each evaluation once
 
 
 # ---------------------------------------------------------------- two ranks agree

@@ -13,8 +13,8 @@ from mlperf_logging.result_summarizer.result_summarizer import summarize_results
 
 from ssdbench.cli import main
 from ssdbench.errors import CliError
-from ssdbench.train.checks import compliance, package_check, rcp_check, seed_check
 from ssdbench.train.mllog import MLPerfLogger
+from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
 from ssdbench.train.score import score_tree
 from ssdbench.train.submission import lay_out, machine_facts
 

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ssdbench.train.checks import compliance
+    from ssdbench.train.mlperf_checks import compliance
 
     path = Path(args.log)
     if path.is_dir():

@@ -40,7 +40,7 @@ def _verdict(name: str, ok: bool | None, detail: str = "", lines=()) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench.train.checks import compliance, package_check, rcp_check, seed_check
+    from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
     from ssdbench.train.score import format_tree, score_tree
     from ssdbench.train.submission import lay_out, read_system_json
 

@@ -4,5 +4,5 @@ config to summary), `build` (data, network, optimiser, DDP, AMP), `loop` (one st
 (payload, atomic files, resume), `run_folder` (metrics, plots, summary.json), `sync_bn` (group
 BatchNorm and BN averaging), `mllog` (MLPerf logging and the compliance checker), `async_eval`
 (evaluation during training, scored in the background), `score` (the olympic mean of several
-runs, a submission tree's score), `submission` (runs -> submission tree) and `checks`
+runs, a submission tree's score), `submission` (runs -> submission tree) and `mlperf_checks`
 (mlperf_logging's checkers)."""

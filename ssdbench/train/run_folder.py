@@ -67,14 +67,17 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
-    def truncate_metrics_after(self, step: int, epoch: int | None = None) -> None:
+    def truncate_metrics_after(self, step: int, epoch: int | None = None, pending=()) -> None:
         """On resume, drop windows logged after the checkpoint's step and evaluations after its
-        ``epoch`` (completed epochs): both are run again, and must not appear twice."""
+        ``epoch`` (completed epochs), and those of the ``pending`` epochs (scores the checkpoint
+        recorded as still being computed): all are run again, and must not appear twice."""
         if not self.enabled or not self.metrics_path.is_file():
             return
+        pending = set(pending)
         kept = [r for r in self.read_metrics()
                 if not (r.get("kind") == "train" and r["step"] > step)
-                and not (r.get("kind") == "eval" and epoch is not None and r["epoch"] > epoch)]
+                and not (r.get("kind") == "eval" and ((epoch is not None and r["epoch"] > epoch)
+                                                     or r["epoch"] in pending))]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot(self) -> list[Path]:

@@ -156,7 +156,7 @@ def _start_stop_minutes(path: Path) -> float | None:
 
 def _scaling(folder: Path, division: str, ruleset: str) -> tuple[float, str]:
     """(factor, where it came from) as described in the module docstring."""
-    from ssdbench.train.checks import rcp_check
+    from ssdbench.train.mlperf_checks import rcp_check
 
     scaling = folder / "scaling.json"
     if scaling.is_file():
@@ -171,7 +171,7 @@ def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
     """One entry per ``results/<system>/ssd`` folder of a submission tree: {"system", "division",
     "runs": [RunResult], "failures": {file: [failed rules]}, "olympic" (minutes or None),
     "factor", "factor_source", "score" (minutes or None), "note"}."""
-    from ssdbench.train.checks import compliance
+    from ssdbench.train.mlperf_checks import compliance
 
     tree, out = Path(tree), []
     for system_dir in sorted(p for p in (tree / "results").iterdir() if p.is_dir()):

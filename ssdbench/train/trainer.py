@@ -199,7 +199,8 @@ class Trainer:
         fresh = hyperparameters(self.parts) if start.changes else None  # this config's values
         restore_training(start.payload, self.net, self.parts, self.data.train_loader.sampler,
                          self.launch.rank, self.launch.world_size, start.checkpoint)
-        self.folder.truncate_metrics_after(self.state.step, self.state.epoch)
+        self.folder.truncate_metrics_after(self.state.step, self.state.epoch,
+                                           [e["epoch"] for e in self.state.pending_evals])
         self.say(f"resuming {start.checkpoint}: epoch {self.state.epoch} done, step {self.state.step}")
         if fresh is not None:  # accepted changes, applied truthfully (`train.resume`)
             rates = restore_hyperparameters(self.parts, fresh)
