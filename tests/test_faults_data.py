@@ -122,7 +122,8 @@ def test_bomb_is_a_bad_sample_far_below_a_memory_limit(bomb_data):
 def test_train_and_eval_skip_the_bomb_under_a_memory_limit(bomb_data, tmp_path):
     root, planted = bomb_data
     out = tmp_path / "run"
-    proc = _run_limited(["train", "--data", str(root), "--model", "ssd128_mini", "--epochs", "1", "--batch-size", "4",
+    proc = _run_limited(["train", "--data", str(root), "--model", "ssd128_mini", "--epochs", "1", "--eval-epochs", "1",
+                         "--batch-size", "4",
                          "--workers", "0", "--log-every", "1", "--lr", "0.01", "--out", str(out)], LIMIT_TORCH)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for split in ("train", "val"):  # the last epoch evaluates: the val bomb is met there

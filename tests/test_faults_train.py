@@ -40,7 +40,7 @@ def data(tmp_path_factory):
 def _argv(data: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return ["train", "--data", str(data), "--model", "ssd128_mini", "--batch-size", "4", "--epochs", str(epochs),
             "--lr", str(LR), "--warmup-steps", "2", "--eval-every", "1", "--workers", "0", "--log-every", "1",
-            "--deterministic", "--out", str(out), *extra]
+            "--deterministic", "--restore-lr-after-warmup", "--out", str(out), *extra]
 
 
 def _train(argv: list[str], preexec=None, prelude: str = "") -> subprocess.CompletedProcess:
@@ -301,7 +301,7 @@ def test_accepted_changes_reach_a_tensor_learning_rate():
         import torch
 
         opt = make_sgd([torch.nn.Parameter(torch.ones(3))], lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(5, 2, decay_epochs=decay))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(5, 2, decay_epochs=decay, plateau=False))
         return StepParts(None, opt, sched, None, torch.device("cpu"))
 
     old = parts(0.5, (40,))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ssdbench.checks import Range
 from ssdbench.train.config import PRESETS, RANGES, resolve_config, resolve_for_device
 
 EPILOG = """presets:
@@ -114,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resume a checkpoint trained with other settings and apply the new ones")
     parser.add_argument("--v07-eval", action="store_true",
                         help="NVIDIA v0.7 eval schedule: only 40, 50, 55, then every 5 (open division)")
-    parser.add_argument("--runs", type=int, default=1, metavar="N",
+    parser.add_argument("--runs", type=Range(int, ge=1), default=1, metavar="N",
                         help="train N runs with distinct seeds (seed + 1000 i), one folder each: OUT/run_i")
     for flag, (field_name, kind, text) in _VALUE_FLAGS.items():
         nargs = "+" if flag in ("--decay-epochs", "--eval-epochs") else None

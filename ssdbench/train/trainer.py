@@ -300,7 +300,8 @@ class Trainer:
                     self.mllog.block_stop(first)
                     if cfg.is_eval_epoch(epoch):
                         self.evaluator.run(epoch)
-                if self.evaluator.decide():
+                # the last epoch waits for every score before its checkpoint (training is over)
+                if self.evaluator.drain() if epoch == cfg.epochs else self.evaluator.decide():
                     return self._reached(f"epoch_{epoch:04d}.pt")
                 with self.watchdog.paused():
                     self._save(f"epoch_{epoch:04d}.pt")  # every epoch, after its eval if any
