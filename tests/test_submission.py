@@ -174,7 +174,8 @@ def test_missing_system_fields_are_named_in_one_error(runs, tmp_path, capsys):
                    *map(str, folders), "--out", str(tmp_path)])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert "lacks required field(s) status, host_storage_capacity, host_storage_type" in err[0]
+    assert "lacks required field(s) status, host_storage_type" in err[0]
+    assert "host_storage_capacity" not in err[0]  # read from the working folder's disk (ssdbench.sysinfo)
     assert "--system-json" in err[0] and not (tmp_path / "open").exists()
     rc = cli.main(["submission", "--org", "O", "--system", "s", "--division", "open", "--category", "datacenter",
                    str(folders[0]), str(folders[0]), "--out", str(tmp_path)])  # fmt: skip

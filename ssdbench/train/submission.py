@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
+from ssdbench import sysinfo
 from ssdbench.errors import CliError
 from ssdbench.io import atomic_write_json
+from ssdbench.sysinfo import as_strings
 
 BENCHMARK = "ssd"
 # mlperf_logging.system_desc_checker, training: every field is required
@@ -41,99 +41,14 @@ REQUIRED_FIELDS = (
 # MLPerf log submission_status -> the system description's availability (the training rules' words)
 STATUS = {"onprem": "Available on-premise", "cloud": "Available cloud", "preview": "Preview",
           "research": "Research, Development, or Internal (RDI)"}
-_ACCELERATOR_FIELDS = [f for f in REQUIRED_FIELDS if f.startswith("accelerator_")]
 
 
 # ---------------------------------------------------------------- the machine
-def _lscpu() -> dict[str, str]:
-    try:
-        out = subprocess.run(["lscpu"], check=True, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
-
-
-def _cpuinfo_mhz() -> str | None:
-    try:
-        m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
-def _meminfo_gb() -> str | None:
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    m = re.search(r"MemTotal:\s+(\d+) kB", text)
-    return f"{int(m.group(1)) / 1024**2:.0f} GB" if m else None
-
-
-def _os_name() -> str:
-    try:
-        text = Path("/etc/os-release").read_text()
-        name = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', text, re.MULTILINE).group(1)
-    except (OSError, AttributeError):
-        name = platform.system()
-    return f"{name} (kernel {platform.release()})"
-
-
-def _software() -> tuple[str, str]:
-    """(framework, other_software_stack) of this environment."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    parts = [f"Python {platform.python_version()}"]
-    for dist in ("ssdbench", "mlperf-logging", "numpy", "faster-coco-eval"):
-        try:
-            parts.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            pass
-    if torch.version.cuda:
-        parts.append(f"CUDA {torch.version.cuda}")
-        if torch.backends.cudnn.is_available():
-            parts.append(f"cuDNN {torch.backends.cudnn.version()}")
-    return f"PyTorch {torch.__version__}", ", ".join(parts)
-
-
 def machine_facts() -> dict[str, str]:
-    """The system description fields this machine can tell (strings, as the rules' examples).
-
-    CPU model, sockets, cores and threads per socket, frequency and caches (lscpu, /proc/cpuinfo), memory
-    (/proc/meminfo), the disk of the working folder, accelerators (torch.cuda; without one the
-    accelerator fields are "N/A" and the count 0), OS, framework and software versions."""
-    import torch
-
-    cpu, facts = _lscpu(), {}
-    sockets = int(cpu.get("Socket(s)", "1") or 1)
-    cores = int(cpu.get("Core(s) per socket", "0") or 0)
-    threads = int(cpu.get("Thread(s) per core", "1") or 1)
-    facts["host_processor_model_name"] = cpu.get("Model name") or platform.processor() or "unknown"
-    facts["host_processors_per_node"] = str(sockets)
-    if cores:
-        facts["host_processor_core_count"] = str(cores)
-        facts["host_processor_vcpu_count"] = str(cores * threads)
-    mhz = cpu.get("CPU max MHz") or cpu.get("CPU MHz") or _cpuinfo_mhz()
-    if mhz:
-        facts["host_processor_frequency"] = f"{float(mhz):.0f} MHz"
-    caches = [f"{k.split()[0]} {cpu[k]}" for k in ("L1d cache", "L1i cache", "L2 cache", "L3 cache") if k in cpu]
-    if caches:
-        facts["host_processor_caches"] = ", ".join(caches)
-    if (memory := _meminfo_gb()) is not None:
-        facts["host_memory_capacity"] = memory
-    facts["host_storage_capacity"] = f"{shutil.disk_usage(os.getcwd()).total / 1e9:.0f} GB"
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    facts["accelerators_per_node"] = str(count)
-    if count:
-        props = torch.cuda.get_device_properties(0)
-        facts["accelerator_model_name"] = props.name
-        facts["accelerator_memory_capacity"] = f"{props.total_memory / 1024**3:.0f} GB"
-    else:
-        facts.update(dict.fromkeys(_ACCELERATOR_FIELDS, "N/A"))
-    facts["framework"], facts["other_software_stack"] = _software()
-    facts["operating_system"] = _os_name()
+    """The system description fields this machine can tell (`ssdbench.sysinfo`), as strings like
+    the rules' examples; ``number_of_nodes`` is left to `system_description` (it depends on the runs)."""
+    facts = as_strings(sysinfo.machine_facts())
+    facts.pop("number_of_nodes", None)
     return facts
 
 
