@@ -94,7 +94,7 @@ def test_accuracy_mode_matches_evaluate(acc_env, tmp_path, capsys):
     data, dataset, weights = acc_env
     out = tmp_path / "out"
     rc = cli.main(["loadgen", "--scenario", "SingleStream", "--mode", "accuracy", "--preset", "cpu",
-                   "--warmup", "0", "--count", "8", "--data", str(data), "--weights", str(weights),
+                   "--dtype", "fp32", "--warmup", "0", "--count", "8", "--data", str(data), "--weights", str(weights),
                    "--out", str(out)])  # fmt: skip
     assert rc == 0
     auto = capsys.readouterr().out

@@ -121,3 +121,20 @@ def test_bad_requests(model):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             make_backend("eager", MODEL, model=model, device="cuda")
+
+
+def test_compile_pads_batches_to_buckets(model):
+    """Batches pad up to 1, 2, 4, ..., max (one graph each, all warmed up before a timed run);
+    the padded rows never reach the caller."""
+    backend = make_backend("compile", MODEL, model=model, compile_backend="aot_eager")
+    assert backend.use_batch_buckets(6) == (1, 2, 4, 6)
+    eager = make_backend("eager", MODEL, model=model)
+    x = torch.randn(3, 3, model.spec.input_size, model.spec.input_size, generator=torch.Generator().manual_seed(2))
+    got, ref = backend.forward_raw(x), eager.forward_raw(x)
+    assert got[0].shape == ref[0].shape and (got[0] - ref[0]).abs().max() < 1e-4
+    from ssdbench.loadgen.run import warmup_sizes
+    from ssdbench.loadgen.settings import resolve
+
+    sut = resolve("Offline", preset="cpu", flags={"backend": "compile", "max_batch_size": 6}).sut
+    assert warmup_sizes(sut) == [1, 2, 4, 6]
+    assert warmup_sizes(resolve("Offline", preset="cpu", flags={"max_batch_size": 6}).sut) == [1, 6]

@@ -11,7 +11,7 @@ from ssdbench.cli import COMMANDS, main
 
 # The commands the README documents (its command table); written out here, not read from COMMANDS.
 DOCUMENTED = ("demo", "train", "eval", "score", "package", "check-log", "loadgen", "accuracy", "compliance",
-              "submission", "predict", "export", "data", "model", "benchmark")
+              "submission", "predict", "export", "quantize", "data", "model", "benchmark")
 
 
 def _run(*args):

@@ -103,7 +103,11 @@ def test_closed_division_rejects_zero_warmup():
 
 
 # ---------------------------------------------------------------- resolution per device
-def test_gpu_presets_resolve_per_device():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_gpu_presets_resolve_per_device(native_bf16, monkeypatch):
+    # precision "auto": bf16 on CPUs with native bf16, fp32 elsewhere; channels_last None: on
+    monkeypatch.setenv("SSDBENCH_CPU_BF16", "1" if native_bf16 else "0")
+    cpu_precision = ("bf16" if native_bf16 else "fp32", True)
     cfg = resolve_config("dgxa100_x8")
     cuda, note = resolve_for_device(cfg, "cuda")
     assert note is None
@@ -111,11 +115,12 @@ def test_gpu_presets_resolve_per_device():
         "fast", True, "device", "bf16", True)
     cpu, note = resolve_for_device(cfg, "cpu")
     assert (cpu.step, cpu.cuda_graph, cpu.input_pipeline, cpu.precision, cpu.channels_last) == (
-        "plain", False, "cpu", "fp32", False)
+        "plain", False, "cpu", *cpu_precision)
     assert note.count("\n") == 0 and "step=plain" in note
     assert resolve_for_device(cpu, "cpu") == (cpu, None)  # idempotent, no second note
     demo, note = resolve_for_device(resolve_config("demo"), "cpu")
     assert note is None and (demo.step, demo.input_pipeline) == ("plain", "cpu")
+    assert (demo.precision, demo.channels_last) == cpu_precision
 
 
 def test_cuda_graph_on_cpu_is_a_one_line_error(capsys, monkeypatch):

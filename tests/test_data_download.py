@@ -163,3 +163,85 @@ def test_cli(server, tmp_path, capsys):
     assert main(["data", "download", "--dest", dest, "--base-url", server.url + "/missing",
                  "--only", "val"]) == 2
     assert "HTTP 404" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the official SSD-Large files
+OFFICIAL_PYTORCH, OFFICIAL_ONNX = "record/3236545/files/resnet34-ssd1200.pytorch", "record/3228411/files/resnet34-ssd1200.onnx"
+
+
+def _official_server(onnx_bytes: bytes, pytorch_bytes: bytes) -> FileServer:
+    return FileServer({OFFICIAL_PYTORCH: pytorch_bytes, OFFICIAL_ONNX: onnx_bytes})
+
+
+def _official_items(onnx_bytes: bytes, sha256: str | None = None) -> dict:
+    """The real entries with the checksum and size of the stand-in ONNX bytes the server holds."""
+    from dataclasses import replace
+
+    from ssdbench.data.download import ARTIFACTS
+
+    onnx = replace(ARTIFACTS["ssd1200_onnx"], sha256=sha256 or hashlib.sha256(onnx_bytes).hexdigest(),
+                   size=len(onnx_bytes))
+    return {**ARTIFACTS, "ssd1200_onnx": onnx}
+
+
+def test_official_files_are_the_references_and_carry_the_published_checksum():
+    from ssdbench.data.download import ARTIFACTS, GROUPS, url_for
+
+    assert GROUPS["ssd1200"] == ("ssd1200_pytorch", "ssd1200_onnx")
+    assert url_for(ARTIFACTS["ssd1200_pytorch"]) == f"https://zenodo.org/{OFFICIAL_PYTORCH}"
+    assert url_for(ARTIFACTS["ssd1200_onnx"]) == f"https://zenodo.org/{OFFICIAL_ONNX}"
+    onnx = ARTIFACTS["ssd1200_onnx"]
+    assert onnx.size == 80363696 and onnx.sha256.startswith("b417a818") and len(onnx.sha256) == 64
+
+
+def test_official_download_checks_checksums_and_resumes(tmp_path):
+    onnx_bytes, pytorch_bytes = b"onnx graph stand-in " * 5000, b"pickled module stand-in " * 3000
+    srv = _official_server(onnx_bytes, pytorch_bytes)
+    try:
+        srv.drop_once.add(OFFICIAL_ONNX)  # first GET breaks off half-way: the second resumes with Range
+        done = download_coco(tmp_path, ["ssd1200"], base_url=srv.url, artifacts=_official_items(onnx_bytes), **QUIET)
+        assert done == {"ssd1200_pytorch": "downloaded", "ssd1200_onnx": "downloaded"}
+        assert (tmp_path / "resnet34-ssd1200.onnx").read_bytes() == onnx_bytes
+        assert (tmp_path / "resnet34-ssd1200.pytorch").read_bytes() == pytorch_bytes
+        onnx_gets = [rng for path, rng in srv.log if path == OFFICIAL_ONNX]
+        assert onnx_gets == [None, f"bytes={len(onnx_bytes) // 2}-"]
+        again = download_coco(tmp_path, ["ssd1200"], base_url=srv.url, artifacts=_official_items(onnx_bytes), **QUIET)
+        assert set(again.values()) == {"already complete"}
+    finally:
+        srv.close()
+
+
+def test_official_download_with_a_wrong_checksum_is_deleted(tmp_path):
+    onnx_bytes = b"a different file " * 1000
+    srv = _official_server(onnx_bytes, b"x")
+    try:
+        wrong = hashlib.sha256(b"the published file").hexdigest()
+        with pytest.raises(ValueError, match=r"resnet34-ssd1200\.onnx is corrupt: sha256 .* expected"):
+            download_coco(tmp_path, ["ssd1200_onnx"], base_url=srv.url,
+                          artifacts=_official_items(onnx_bytes, wrong), **QUIET)
+        assert not (tmp_path / "resnet34-ssd1200.onnx").exists()
+        # the real entry: the stand-in has the wrong size, caught before hashing
+        with pytest.raises(ValueError, match=r"\d+ bytes, expected 80363696"):
+            download_coco(tmp_path, ["ssd1200_onnx"], base_url=srv.url, **QUIET)
+        assert not (tmp_path / "resnet34-ssd1200.onnx").exists()
+    finally:
+        srv.close()
+
+
+def test_cli_official_files_and_sha256_flag(tmp_path, capsys):
+    pytorch_bytes = b"pickled module stand-in " * 100
+    srv = _official_server(b"unused", pytorch_bytes)
+    try:
+        dest = str(tmp_path / "models")
+        bad = "resnet34-ssd1200.pytorch=" + "0" * 64
+        assert main(["data", "download", "--dest", dest, "--base-url", srv.url, "--only", "ssd1200_pytorch",
+                     "--sha256", bad]) == 2
+        assert "resnet34-ssd1200.pytorch is corrupt" in capsys.readouterr().err
+        good = "resnet34-ssd1200.pytorch=" + hashlib.sha256(pytorch_bytes).hexdigest()
+        assert main(["data", "download", "--dest", dest, "--base-url", srv.url, "--only", "ssd1200_pytorch",
+                     "--sha256", good]) == 0
+        assert "ssd1200_pytorch: downloaded" in capsys.readouterr().out
+        assert main(["data", "download", "--dest", dest, "--only", "ssd1200", "--sha256", "nope=1"]) == 2
+        assert "--sha256 'nope=1'" in capsys.readouterr().err
+    finally:
+        srv.close()

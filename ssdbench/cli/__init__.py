@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-log": ("ssdbench.cli.check_log", "MLPerf's compliance checker on one training log"),
     "predict": ("ssdbench.cli.predict", "detect objects in images; JSON and drawn boxes"),
     "export": ("ssdbench.cli.export", "export a model (ONNX)"),
+    "quantize": ("ssdbench.cli.quantize", "INT8 post-training quantization for OpenVINO or ONNX Runtime"),
     "loadgen": ("ssdbench.cli.loadgen", "SSD-Large under MLPerf LoadGen (four scenarios)"),
     "accuracy": ("ssdbench.cli.accuracy", "COCO mAP of a LoadGen accuracy log (MLPerf's scoring rule)"),
     "compliance": ("ssdbench.cli.compliance", "MLPerf compliance tests TEST01/04/05 of a LoadGen run"),

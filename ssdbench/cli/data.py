@@ -19,6 +19,7 @@ EPILOG = """examples:
   ssdbench data check /coco --split val
   ssdbench data download --dest /coco
   ssdbench data download --dest /coco --only annotations,val --base-url http://mirror.example
+  ssdbench data download --dest models --only ssd1200     # official resnet34-ssd1200.pytorch / .onnx
 """
 
 
@@ -42,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     down.add_argument("--base-url", default=None,
                       help="replace the official hosts (mirror); paths stay the same")
     down.add_argument("--only", default="annotations,val,train,backbone",
-                      help="comma-separated subset of annotations,val,train,backbone")
+                      help="comma-separated subset of annotations,val,train,backbone,ssd1200 (ssd1200: the "
+                           "official resnet34-ssd1200.pytorch and .onnx of the MLPerf inference reference)")
+    down.add_argument("--sha256", action="append", default=[], metavar="FILE=HEX",
+                      help="expected sha256 of a downloaded file by name (repeatable), e.g. for "
+                           "resnet34-ssd1200.pytorch, which has no published checksum")
     down.add_argument("--delete-archives", action="store_true", help="delete zips once extracted")
 
 
@@ -75,6 +80,25 @@ def run_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _with_checksums(pairs: list[str]):
+    """The download items with the sha256 values of ``--sha256 FILE=HEX`` set (None when none given)."""
+    import dataclasses
+    import re
+
+    from ssdbench.data.download import ARTIFACTS
+
+    if not pairs:
+        return None
+    by_name = {a.name: key for key, a in ARTIFACTS.items()}
+    items = dict(ARTIFACTS)
+    for pair in pairs:
+        name, _, digest = pair.partition("=")
+        if name not in by_name or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise CliError(f"--sha256 {pair!r}: expected FILE=HEX with one of {', '.join(by_name)} and 64 hex digits")
+        items[by_name[name]] = dataclasses.replace(items[by_name[name]], sha256=digest.lower())
+    return items
+
+
 def run_download(args) -> int:
     from ssdbench.data.download import DownloadError, download_coco
 
@@ -82,7 +106,7 @@ def run_download(args) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     try:
         done = download_coco(args.dest, only, base_url=args.base_url,
-                             keep_archives=not args.delete_archives)
+                             keep_archives=not args.delete_archives, artifacts=_with_checksums(args.sha256))
     except DownloadError as exc:
         raise CliError(str(exc)) from None
     for key, what in done.items():

@@ -19,7 +19,7 @@ from ssdbench.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from ssdbench.errors import PREEMPTED_EXIT
 
 EPILOG = """examples:
-  ssdbench demo                         # about 5 minutes on 2 CPU cores
+  ssdbench demo                         # about 2.5 minutes on 2 CPU cores with native bf16
   ssdbench demo --epochs 4 --out runs/quick
 then:
   ssdbench eval --data ~/.cache/ssdbench/synth-v1 --model ssd128_mini --weights RUN/checkpoints/last.pt

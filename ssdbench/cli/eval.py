@@ -1,7 +1,10 @@
 """COCO mAP of a model on a COCO-format dataset: `ssdbench eval`.
 
 Prints the 12 COCO bbox stats (the pycocotools table) and writes the detections as a COCO results
-JSON. Under torchrun or srun every rank evaluates a shard; rank 0 prints and writes.
+JSON. Under torchrun or srun every rank evaluates a shard; rank 0 prints and writes. On one
+process the network runs through an inference backend (`ssdbench.infer.backends`: eager,
+compile, onnxruntime, openvino; ``--model-file`` for an ONNX / OpenVINO / quantized file, also the
+official ``resnet34-ssd1200.onnx``), in ``--dtype`` (auto: bf16 where the CPU has native bf16).
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from ssdbench.io import atomic_write_json
 
 # Process-group timeout: rank 0 scores the gathered results while the others wait for the stats.
 DIST_TIMEOUT_S = 1800.0
+INFER_BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+COCO_BACKENDS = ("faster", "pycocotools")
 
 EPILOG = """examples:
   ssdbench eval --weights runs/demo/checkpoints/last.pt          # embedded dataset, ssd128_mini
   ssdbench eval --data /coco --weights last.pt --model ssd300_r34 --out val_results.json
-  ssdbench eval --data /coco --weights last.pt --backend pycocotools
+  ssdbench eval --data /coco --weights last.pt --eval-backend pycocotools
+  ssdbench eval --weights runs/demo/checkpoints/last.pt --dtype fp32 --backend compile
+  ssdbench eval --backend openvino --model-file q_ov            # a `ssdbench quantize` folder
+  ssdbench eval --data /coco --backend onnxruntime --model-file resnet34-ssd1200.onnx
   torchrun --nproc_per_node 8 -m ssdbench eval --data /coco --weights last.pt --model ssd300_r34
 
 AP@[.50:.95] is the MLPerf quality metric (training target 0.23 for ssd300_r34).
@@ -29,17 +37,26 @@ AP@[.50:.95] is the MLPerf quality metric (training target 0.23 for ssd300_r34).
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="COCO-format dataset root (default: the embedded synthetic dataset)")
-    parser.add_argument("--weights", required=True, help="checkpoint or state dict (any layout ssdbench reads)")
+    parser.add_argument("--weights", help="checkpoint or state dict (any layout ssdbench reads)")
+    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+                        "(--backend onnxruntime or openvino) instead of --weights")
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd128_mini on the "
                         "embedded dataset and ssd300_r34 otherwise)")
     parser.add_argument("--split", default="val", help="dataset split (default: val)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per batch and rank (default: 32)")
-    parser.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
+    parser.add_argument("--backend", choices=(*INFER_BACKENDS, *COCO_BACKENDS), default="eager",
+                        help="inference backend (default: eager); faster / pycocotools here are the older "
+                             "spelling of --eval-backend")
+    parser.add_argument("--eval-backend", choices=COCO_BACKENDS, default=None,
                         help="COCO evaluation backend (default: faster, i.e. faster-coco-eval)")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                        help="compute precision (default auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA)")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="NHWC for eager/compile (default auto: on with bf16)")
     parser.add_argument("--out", default="detections.json", help="COCO results JSON to write (default: detections.json)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="data loader worker processes (default: 2)")
-    parser.add_argument("--amp", action="store_true", help="autocast to bfloat16 (CUDA, or CPUs with bf16)")
+    parser.add_argument("--amp", action="store_true", help="the same as --dtype bf16")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow weight files that need full unpickling (only for files you trust)")
 
@@ -78,30 +95,103 @@ def _model(args, dataset, device):
     return model.to(device)
 
 
-def run(args: argparse.Namespace) -> int:
+def _backend(args, dataset, device):
+    """The inference backend of one-process evaluation (--backend, --dtype, --model-file)."""
+    from ssdbench.infer.backends import make_backend, model_file_network
+
+    if args.model_file is not None:
+        if args.backend not in ("onnxruntime", "openvino"):
+            raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
+        name = args.model or model_file_network(args.model_file)
+        return make_backend(args.backend, name, device=device, dtype=args.dtype, model_file=args.model_file,
+                            category_ids=list(dataset.cat_ids))  # the official file's labels are category ids
+    model = _model(args, dataset, device)
+    return make_backend(args.backend, model.spec.name, device=device, dtype=args.dtype, model=model,
+                        channels_last=_channels_last(args, device))
+
+
+def _channels_last(args, device) -> bool:
+    from ssdbench.precision import resolve_precision
+
+    if args.backend not in ("eager", "compile") or args.channels_last == "off":
+        return False
+    return args.channels_last == "on" or resolve_precision(args.dtype, device) == "bf16"
+
+
+def evaluate_backend(backend, loader, dataset, eval_backend: str, progress: bool = True):
+    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` (one process)."""
     import torch
 
+    from ssdbench.eval.coco import coco_stats, detections_to_coco
+    from ssdbench.eval.evaluate import _prepare, _progress, merge_shards
+    from ssdbench.model.postprocess import Detections
+
+    by_image: dict[int, list[dict]] = {}
+    for batch in _progress(loader, progress):
+        if len(batch["image_ids"]) == 0:
+            continue
+        with torch.inference_mode():
+            pred = backend.predict(_prepare(batch["images"], torch.device("cpu")).float())
+        for j, image_id in enumerate(int(i) for i in batch["image_ids"]):
+            n = int(pred.counts[j])
+            det = Detections(pred.boxes[j, :n].cpu(), pred.labels[j, :n].cpu(), pred.scores[j, :n].float().cpu())
+            size = tuple(int(v) for v in batch["orig_sizes"][j])
+            by_image.setdefault(image_id, detections_to_coco([det], [image_id], [size], dataset.label_to_cat_id))
+    results = merge_shards([by_image])
+    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results
+
+
+def _resolve_flags(args) -> None:
+    """--amp and the older --backend faster|pycocotools; one of --weights / --model-file."""
+    if args.backend in COCO_BACKENDS:
+        args.eval_backend, args.backend = args.eval_backend or args.backend, "eager"
+    args.eval_backend = args.eval_backend or "faster"
+    if args.amp:
+        if args.dtype not in (None, "bf16"):
+            raise CliError(f"--amp means --dtype bf16; it contradicts --dtype {args.dtype}")
+        args.dtype = "bf16"
+    args.dtype = args.dtype or "auto"
+    if bool(args.weights) == bool(args.model_file):
+        raise CliError("give exactly one of --weights and --model-file")
+    output_file(args.out, "--out")
+
+
+def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
     from ssdbench.data.loader import build_loader
     from ssdbench.eval.coco import format_stats
     from ssdbench.eval.evaluate import evaluate
+    from ssdbench.precision import AMP_DTYPES, resolve_precision
 
-    output_file(args.out, "--out")
+    _resolve_flags(args)
     launch = D.init_distributed(args.device or "auto", DIST_TIMEOUT_S)  # joins the group under torchrun / srun
     device, distributed = launch.device, launch.distributed
     dataset = _dataset(args.data, args.split)
-    model = _model(args, dataset, device)
-    loader = build_loader(dataset, args.batch_size, train=False, size=model.spec.input_size,
-                          rank=D.get_rank(), world_size=D.get_world_size(), workers=args.workers)
     start = time.perf_counter()
-    stats, results = evaluate(model, loader, dataset, device, backend=args.backend, distributed=distributed,
-                              autocast_dtype=torch.bfloat16 if args.amp else None)
+    if distributed:  # every rank a shard: the network itself, under autocast
+        if args.backend != "eager" or args.model_file:
+            raise CliError("distributed eval runs the eager backend on --weights")
+        model = _model(args, dataset, device)
+        loader = build_loader(dataset, args.batch_size, train=False, size=model.spec.input_size,
+                              rank=D.get_rank(), world_size=D.get_world_size(), workers=args.workers)
+        stats, results = evaluate(model, loader, dataset, device, backend=args.eval_backend, distributed=True,
+                                  autocast_dtype=AMP_DTYPES[resolve_precision(args.dtype, device)])
+        name = model.spec.name
+    else:
+        backend = _backend(args, dataset, device)
+        loader = build_loader(dataset, args.batch_size, train=False, size=backend.input_size, workers=args.workers)
+        stats, results = evaluate_backend(backend, loader, dataset, args.eval_backend)
+        name = f"{backend.model_name} ({backend.name}, {backend.dtype}{', int8' if _quantized(backend) else ''})"
     seconds = time.perf_counter() - start
     if D.is_main():
-        print(f"{model.spec.name} on {dataset.root} ({args.split}, {len(dataset.ids)} images), "
-              f"backend {args.backend}: {seconds:.1f} s, {len(dataset.ids) / seconds:.1f} images/s")
+        print(f"{name} on {dataset.root} ({args.split}, {len(dataset.ids)} images), "
+              f"COCO eval {args.eval_backend}: {seconds:.1f} s, {len(dataset.ids) / seconds:.1f} images/s")
         print(format_stats(stats))
         atomic_write_json(args.out, results, indent=None)
         print(f"{len(results)} detections written to {args.out}")
     D.shutdown()
     return 0
+
+
+def _quantized(backend) -> bool:
+    return bool(getattr(getattr(backend, "file", None), "quantized", False))

@@ -21,6 +21,9 @@ EPILOG = """examples:
   ssdbench loadgen --scenario Server --user-conf user.conf --qps 250 --latency 100
   ssdbench loadgen --scenario Offline --round v1.1 --preset cpu      # v1.1's seeds and rules
   ssdbench loadgen --scenario Server --preset cpu --latency 100 --qps 10 --find-peak   # highest VALID qps
+  ssdbench loadgen --scenario Offline --preset cpu --model ssd1200_r34 --backend openvino --model-file q_ov
+  ssdbench loadgen --scenario Offline --preset cpu --model ssd1200_r34 --backend compile --instances 2
+  ssdbench loadgen --scenario Offline --backend onnxruntime --model-file resnet34-ssd1200.onnx --data /coco
 precedence: --round (its mlperf.conf values) < built-in ssd-resnet34.conf < --preset < --user-conf < flags;
 the seeds are always the round's (LoadGen 6.x ignores seed keys in a user conf, so they are refused)
 exit status: 0 VALID (accuracy run: scored), 1 INVALID, 2 error
@@ -39,6 +42,8 @@ def add_arguments(parser) -> None:
     a("--user-conf", default=None, help="LoadGen-syntax file: ssd-resnet34.<Scenario>.<key> = value")
     a("--data", default=None, help="COCO-format dataset root with val2017 (default: the embedded one)")
     a("--weights", default=None, help="model weights (default: random init, for timing only)")
+    a("--model-file", default=None, help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+      "(with --backend onnxruntime or openvino), e.g. the official resnet34-ssd1200.onnx")
     a("--allow-pickle", action="store_true",
       help="allow pickled whole-model weight files (resnet34-ssd1200.pytorch); trusted files only")
     a("--out", default="runs/loadgen", help="output folder (default runs/loadgen)")
@@ -57,8 +62,11 @@ def add_arguments(parser) -> None:
     s.add_argument("--max-batch-size", type=POSITIVE_INT, help="dynamic batcher: largest batch")
     s.add_argument("--batch-timeout-us", type=NON_NEGATIVE_INT, help="dynamic batcher: wait for a fuller batch (µs)")
     s.add_argument("--threads", type=POSITIVE_INT, help="worker threads (batches in flight)")
-    s.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="compute precision")
-    s.add_argument("--backend", choices=("eager", "compile", "onnxruntime"), help="inference backend")
+    s.add_argument("--instances", type=POSITIVE_INT,
+                   help="model instances, each a process pinned to its own cores (CPU)")
+    s.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA, else fp32)")
+    s.add_argument("--backend", choices=("eager", "compile", "onnxruntime", "openvino"), help="inference backend")
     s.add_argument("--model", help="ssd1200_r34 (SSD-Large), ssd300_r34 or ssd128_mini")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     s.add_argument("--space-to-depth", action="store_true", default=None, help="space-to-depth first conv")
@@ -76,7 +84,7 @@ def flags_from_args(args) -> dict:
         "min_duration": ms, "min_query_count": args.min_query_count,
         "performance_sample_count_override": args.performance_sample_count, "count": args.count,
         "max_batch_size": args.max_batch_size, "batch_timeout_us": args.batch_timeout_us,
-        "threads": args.threads, "dtype": args.dtype, "backend": args.backend, "model": args.model,
+        "threads": args.threads, "instances": args.instances, "dtype": args.dtype, "backend": args.backend, "model": args.model,
         "device": args.device, "space_to_depth": args.space_to_depth,
         "channels_last": args.channels_last, "warmup": args.warmup,
         "predict_timeout_s": args.predict_timeout,
@@ -87,8 +95,15 @@ def run(args) -> int:
     from ssdbench.model.weights import checkpoint_model_name
 
     output_folder(args.out, "--out")
-    # Our checkpoints name their network: weights decide the model unless --model says otherwise.
+    # Our checkpoints and quantized files name their network: they decide the model unless --model does.
     args.model = args.model or checkpoint_model_name(args.weights)
+    if args.model_file is not None:
+        from ssdbench.errors import CliError
+        from ssdbench.infer.backends import model_file_network
+
+        if args.backend not in ("onnxruntime", "openvino"):
+            raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
+        args.model = args.model or model_file_network(args.model_file)
     run_settings = S.resolve(args.scenario, "find-peak" if args.find_peak else args.mode, args.preset, args.user_conf, flags_from_args(args),
                              round=args.round)  # fmt: skip
     print("resolved settings (value, source):")
@@ -96,5 +111,5 @@ def run(args) -> int:
     command = shlex.join(args.command_line) if hasattr(args, "command_line") else None
     result = run_loadgen(run_settings, args.out, args.data, args.weights, cache=not args.no_cache,
                          eval_backend=args.eval_backend, allow_pickle=args.allow_pickle,
-                         command=command)  # fmt: skip
+                         command=command, model_file=args.model_file)  # fmt: skip
     return 0 if result.result in ("VALID", "ACCURACY-ONLY") else 1

@@ -17,19 +17,24 @@ EPILOG = """examples:
   ssdbench predict street.jpg --weights resnet34-ssd1200.pt
   ssdbench predict a.jpg b.png --model ssd128_mini --weights runs/demo/checkpoints/last.pt --out preds
   ssdbench predict img.jpg --weights w.pt --data /coco --score-threshold 0.5
+  ssdbench predict img.jpg --backend onnxruntime --model-file resnet34-ssd1200.onnx   # the official file
+  ssdbench predict img.jpg --backend openvino --model-file q_ov --data /coco          # quantized INT8
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--weights", required=True, help="checkpoint or reference weights")
+    parser.add_argument("--weights", help="checkpoint or reference weights")
+    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+                        "(--backend onnxruntime or openvino) instead of --weights")
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
     parser.add_argument("--data", help="COCO-format dataset whose categories name the classes")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--score-threshold", type=FRACTION, default=0.3, help="minimum score kept (default: 0.3)")
-    parser.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime"])
+    parser.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "openvino"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="compute precision (default auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward (default: 4)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickled whole-model files (resnet34-ssd1200.pytorch); trusted files only")
@@ -37,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssdbench.dist import pick_device
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.errors import CliError
+    from ssdbench.infer.backends import make_backend, model_file_network
     from ssdbench.infer.predict import categories, detect, read_image, write_predictions
+    from ssdbench.model.specs import get_spec
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
 
@@ -47,10 +54,18 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]  # every image is checked before any work starts
 
-    args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
-    model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)
-    cats = categories(model.spec.num_classes, args.data)
-    backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)
+    if bool(args.weights) == bool(args.model_file):
+        raise CliError("give exactly one of --weights and --model-file")
+    if args.model_file is not None:
+        args.model = args.model or model_file_network(args.model_file)
+        cats = categories(get_spec(args.model).num_classes, args.data)
+        backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
+                               model_file=args.model_file, category_ids=[c for c, _name in cats])
+    else:
+        args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
+        model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)
+        cats = categories(model.spec.num_classes, args.data)
+        backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)
     dets = detect(backend, images, args.batch_size)
     out = Path(args.out)
     results = write_predictions(out, paths, images, dets, cats, args.score_threshold)

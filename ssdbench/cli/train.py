@@ -75,7 +75,8 @@ _VALUE_FLAGS = {
     "--bn-span": ("bn_span", int, "ranks per sync-BN group (1 = local BatchNorm)"),
     "--dist-timeout": ("dist_timeout_s", float, "seconds before a stalled rank ends the run"),
     "--device": ("device", str, "auto, cpu, cuda, cuda:N"),
-    "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with a grad scaler)"),
+    "--precision": ("precision", str, ("fp32, bf16, fp16 (autocast; fp16 with a grad scaler) or auto "
+                                       "(bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32)")),
     "--seed": ("seed", int, "random seed (rank r uses seed + r)"),
     "--out": ("out", str, "run folder (default runs/<preset>-<time>); an existing one is resumed"),
     "--log-every": ("log_every", int, "steps per metrics.jsonl window"),

@@ -1,9 +1,17 @@
-"""Download COCO 2017 and the torchvision ResNet34 backbone, resumably, with integrity checks.
+"""Download COCO 2017, the torchvision ResNet34 backbone and the official SSD-Large files,
+resumably, with integrity checks.
 
 Sources (official addresses; ``base_url`` replaces the host for mirrors and tests):
 - http://images.cocodataset.org/annotations/annotations_trainval2017.zip (≈241 MB)
 - http://images.cocodataset.org/zips/val2017.zip (≈778 MB), .../zips/train2017.zip (≈18 GB)
 - https://download.pytorch.org/models/resnet34-333f7ec4.pth (≈83 MB)
+- ``--only ssd1200``: the MLPerf inference reference's SSD-Large files (benchmark.md §7; inference
+  r2.0 ``vision/classification_and_detection/README.md``): zenodo record 3236545
+  ``resnet34-ssd1200.pytorch`` (a pickled whole module) and record 3228411
+  ``resnet34-ssd1200.onnx`` (80,363,696 bytes, sha256 ``b417a818...29ef0d`` as listed by
+  OpenVINO's Open Model Zoo ``models/public/ssd-resnet34-1200-onnx/model.yml``). No checksum of
+  the ``.pytorch`` file is published with it: it is checked against the size the server announces
+  only (``--sha256 resnet34-ssd1200.pytorch=HEX`` adds one).
 
 Each file is fetched into ``NAME.part``; an interrupted transfer resumes with an HTTP Range
 request (retried automatically, and on the next run); a server that ignores Range restarts it
@@ -37,6 +45,7 @@ from ssdbench.progress import Progress
 
 COCO_HOST = "http://images.cocodataset.org"
 TORCH_HOST = "https://download.pytorch.org"
+ZENODO_HOST = "https://zenodo.org"
 CHUNK = 1 << 20
 
 
@@ -45,6 +54,8 @@ class Artifact:
     host: str
     path: str  # URL path below the host; its last part is the file name
     extract: bool  # a zip archive to unpack into the destination
+    sha256: str | None = None  # the file's full sha256, checked after the download when known
+    size: int | None = None  # its size in bytes, when known
 
     @property
     def name(self) -> str:
@@ -56,7 +67,13 @@ ARTIFACTS = {
     "val": Artifact(COCO_HOST, "zips/val2017.zip", True),
     "train": Artifact(COCO_HOST, "zips/train2017.zip", True),
     "backbone": Artifact(TORCH_HOST, "models/resnet34-333f7ec4.pth", False),
+    "ssd1200_pytorch": Artifact(ZENODO_HOST, "record/3236545/files/resnet34-ssd1200.pytorch", False),
+    "ssd1200_onnx": Artifact(ZENODO_HOST, "record/3228411/files/resnet34-ssd1200.onnx", False,
+                             sha256="b417a8186967f1e78670b0075aa72a10e5c7d1a6d5c08af9d13dc97f3d29ef0d",
+                             size=80363696),
 }
+GROUPS = {"ssd1200": ("ssd1200_pytorch", "ssd1200_onnx")}  # --only names that stand for several items
+COCO_ITEMS = ("annotations", "val", "train", "backbone")  # the default of --only
 
 
 class DownloadError(OSError):
@@ -134,6 +151,27 @@ def sha256_prefix_of_name(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, sha256: str | None, size: int | None) -> None:
+    """ValueError (after deleting the file) when its size or sha256 differs from the known ones."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        path.unlink()
+        raise ValueError(f"{path} is corrupt: {actual} bytes, expected {size}; deleted it, run again "
+                         "to download it anew")
+    if sha256 is not None and (digest := file_sha256(path)) != sha256.lower():
+        path.unlink()
+        raise ValueError(f"{path} is corrupt: sha256 {digest[:16]}... is not the expected {sha256[:16]}...; "
+                         "deleted it, run again to download it anew")
+
+
 def verify_sha256_prefix(path: Path) -> None:
     """ValueError (after deleting the file) when its sha256 does not start with the name's prefix."""
     prefix = sha256_prefix_of_name(path.name)
@@ -197,20 +235,24 @@ def fetch_artifact(key: str, artifact: Artifact, dest: Path, base_url: str | Non
         action += ", extracted"
         if not keep_archive:
             target.unlink()
+    elif artifact.sha256 or artifact.size:
+        verify_checksum(target, artifact.sha256, artifact.size)
     else:
         verify_sha256_prefix(target)
     atomic_write_text(done, url_for(artifact, base_url) + "\n")
     return action
 
 
-def download_coco(dest, only=("annotations", "val", "train", "backbone"), base_url: str | None = None,
+def download_coco(dest, only=COCO_ITEMS, base_url: str | None = None,
                   progress: bool = True, keep_archives: bool = True, artifacts=None,
                   **kwargs) -> dict[str, str]:
-    """Fetch the selected parts of COCO 2017 (+ backbone) into ``dest``; {key: what was done}."""
+    """Fetch the selected parts of COCO 2017 (+ backbone, + the official SSD-Large files with
+    ``ssd1200``) into ``dest``; {key: what was done}."""
     artifacts = artifacts or ARTIFACTS
+    only = [k for key in only for k in GROUPS.get(key, (key,))]
     unknown = [k for k in only if k not in artifacts]
     if unknown:
-        raise ValueError(f"unknown download item(s) {unknown}; choose from {', '.join(artifacts)}")
+        raise ValueError(f"unknown download item(s) {unknown}; choose from {', '.join([*artifacts, *GROUPS])}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     return {key: fetch_artifact(key, artifacts[key], dest, base_url, progress, keep_archives, **kwargs)

@@ -1,9 +1,10 @@
-"""Inference backends: PyTorch eager, ``torch.compile`` and ONNX Runtime behind one interface.
+"""Inference backends: PyTorch eager, ``torch.compile``, ONNX Runtime and OpenVINO behind one interface.
 
 Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S = ``input_size``) and has
 
 - ``forward_raw(images) -> (locs (N, 4, B), scores (N, C, B))``: the network only, float32 raw
-  maps, so that benchmarks time network and post-processing separately;
+  maps, so that benchmarks time network and post-processing separately (not for model files with
+  post-processing inside: ``has_raw_maps`` is False there);
 - ``predict(images) -> PaddedDetections``: network + benchmark.md §4 post-processing
   (`ssdbench.model.postprocess.postprocess_padded`), fixed-size padded outputs read by name:
   ``boxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 (0 = padding), ``scores`` (N, K)
@@ -11,7 +12,10 @@ Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S 
 
 Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``; `check_export`
 compares an exported file under ONNX Runtime with eager PyTorch (``ssdbench export onnx --check``).
-Imports go one way: this module uses `ssdbench.infer.export` (to fill the ONNX cache), never back.
+The file backends (`ssdbench.infer.file_backends`) take ``model_file`` (an .onnx, an OpenVINO IR,
+a ``ssdbench quantize`` folder, or the official ``resnet34-ssd1200.onnx``); without one the network
+is exported into the ONNX cache first. Imports go one way: this module uses
+`ssdbench.infer.export` (to fill the ONNX cache), never back.
 """
 
 from __future__ import annotations
@@ -24,56 +28,21 @@ import torch
 from torch import nn
 
 from ssdbench.dist import pick_device
+from ssdbench.infer.backend_base import Backend
 from ssdbench.infer.export import export_model
+from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 from ssdbench.io import atomic_write, cache_dir
-from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import build_model
-from ssdbench.precision import DTYPES, autocast
+from ssdbench.precision import autocast, resolve_precision
 
-BACKENDS = ("eager", "compile", "onnxruntime")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+FILE_BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
-
-
-class Backend:
-    """Common part: input checks and post-processing. Subclasses implement `forward_raw`."""
-
-    name = "base"
-
-    def __init__(self, model_name: str, input_size: int, device: str | torch.device, dtype: str):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        self.model_name = model_name
-        self.input_size = input_size
-        self.device = pick_device(str(device))  # "auto", "cpu", "cuda[:i]"; errors name --device
-        self.dtype = dtype
-
-    def check_images(self, images: torch.Tensor) -> None:
-        s = self.input_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
-            raise ValueError(f"{self.name} backend expects images (N, 3, {s}, {s}), got {tuple(images.shape)}")
-
-    def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def postprocess(self, locs: torch.Tensor, scores: torch.Tensor) -> PaddedDetections:
-        """benchmark.md §4 decode + NMS on raw maps locs (N, 4, B), scores (N, C, B) -> padded detections."""
-        return postprocess_padded(locs, scores, self.model_name)
-
-    def predict(self, images: torch.Tensor) -> PaddedDetections:
-        """Images (N, 3, S, S) -> padded detections (module docstring), on the backend's device."""
-        with torch.inference_mode():
-            return self.postprocess(*self.forward_raw(images))
-
-    def synchronize(self) -> None:
-        """Wait for queued device work (for timing)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def describe(self) -> dict:
-        return {"backend": self.name, "model": self.model_name, "device": str(self.device), "dtype": self.dtype}
+__all__ = ["BACKENDS", "Backend", "CompileBackend", "EagerBackend", "OnnxRuntimeBackend", "OpenVinoBackend",
+           "cached_onnx", "check_export", "make_backend", "model_file_network"]
 
 
 class EagerBackend(Backend):
@@ -134,23 +103,47 @@ class CompileBackend(EagerBackend):
         if self.device.type != "cuda" and mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile mode {mode!r} uses CUDA graphs / GPU autotuning; use 'default' on CPU")
         _allow_one_graph_per_batch_size()
+        if self.device.type == "cpu" and compile_backend == "inductor":
+            _freeze_weights()
         self.mode, self.compile_backend = mode, compile_backend
         self.cuda_graphs = mode in ("reduce-overhead", "max-autotune")
         options = {"mode": mode} if compile_backend == "inductor" else {}  # modes are inductor's
         self.module = torch.compile(self.module, backend=compile_backend, dynamic=False, **options)
 
+    batch_buckets: tuple[int, ...] = ()  # set by `use_batch_buckets`; () = every batch size as it comes
+
+    def use_batch_buckets(self, max_batch: int) -> tuple[int, ...]:
+        """Pad every batch up to the next of 1, 2, 4, ..., ``max_batch``: one graph per bucket, so a
+        server's odd batch sizes never compile inside a timed run (warm each bucket up once)."""
+        sizes = {1, max_batch} | {1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch}
+        self.batch_buckets = tuple(sorted(sizes))
+        return self.batch_buckets
+
     def forward_raw(self, images):
+        n = images.shape[0]
+        bucket = next((b for b in self.batch_buckets if b >= n), n)
+        if bucket > n:  # zero images fill the bucket; their outputs are dropped
+            images = torch.cat([images, images.new_zeros((bucket - n, *images.shape[1:]))])
         x = self._prepare(images)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.inference_mode(), autocast(self.device, self.dtype):
             locs, scores = self.module(x)
         if self.cuda_graphs:
-            return locs.float().clone(), scores.float().clone()
-        return locs.float(), scores.float()
+            return locs[:n].float().clone(), scores[:n].float().clone()
+        return locs[:n].float(), scores[:n].float()
 
     def describe(self) -> dict:
         return {**super().describe(), "compile_mode": self.mode, "compile_backend": self.compile_backend}
+
+
+def _freeze_weights() -> None:
+    """Inductor's freezing: weights become constants, so on CPU the convolutions run oneDNN
+    kernels with weights packed once (and bf16-cast once under autocast) instead of per call.
+    Process-wide; it only affects graphs compiled under inference mode."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
 
 
 def _allow_one_graph_per_batch_size(limit: int = 64) -> None:
@@ -162,73 +155,6 @@ def _allow_one_graph_per_batch_size(limit: int = 64) -> None:
     for key in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
         if hasattr(cfg, key):
             setattr(cfg, key, max(getattr(cfg, key), limit))
-
-
-class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime on an exported file (CPU EP; TensorRT / CUDA EPs first on a CUDA device).
-
-    Works with both graph layouts of `ssdbench.infer.export`: raw maps (post-processing in
-    PyTorch afterwards) or post-processing inside (outputs bboxes/labels/scores).
-    """
-
-    name = "onnxruntime"
-
-    def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32"):
-        super().__init__(model_name, input_size, device, dtype)
-        import onnxruntime as ort
-
-        self.onnx_path = Path(onnx_path)
-        if not self.onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {self.onnx_path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()  # respect the process's thread budget
-        self.providers = _providers(ort, self.device, dtype)
-        self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=self.providers)
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.postprocess_inside = "bboxes" in self.outputs
-
-    def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
-        self.check_images(images)
-        feed = {"image": images.detach().to("cpu", torch.float32).contiguous().numpy()}
-        return [torch.from_numpy(a).to(self.device) for a in self.session.run(self.outputs, feed)]
-
-    def forward_raw(self, images):
-        if self.postprocess_inside:
-            raise ValueError(f"{self.onnx_path} has post-processing inside the graph: no raw maps")
-        out = dict(zip(self.outputs, self._run(images)))
-        return out["locs"], out["scores"]
-
-    def predict(self, images):
-        if not self.postprocess_inside:
-            return super().predict(images)
-        out = dict(zip(self.outputs, self._run(images)))
-        labels = out["labels"]  # the graph's padding is label 0, after the valid detections
-        return PaddedDetections(boxes=out["bboxes"], labels=labels, scores=out["scores"],
-                                counts=(labels > 0).sum(dim=1))
-
-    def describe(self) -> dict:
-        return {**super().describe(), "providers": self.providers, "postprocess_inside": self.postprocess_inside}
-
-
-def _providers(ort, device: torch.device, dtype: str) -> list:
-    """Execution providers in preference order for `device` (ONNX Runtime runs fp32 here; fp16
-    only through TensorRT's own fp16 mode)."""
-    available = ort.get_available_providers()
-    if device.type == "cpu":
-        if dtype != "fp32":
-            raise ValueError(f"the onnxruntime backend runs fp32 on CPU, not {dtype}")
-        return ["CPUExecutionProvider"]
-    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-    if not gpu:
-        raise ValueError(f"onnxruntime has no CUDA/TensorRT provider here (has {', '.join(available)})")
-    if dtype == "bf16" or (dtype == "fp16" and "TensorrtExecutionProvider" not in gpu):
-        raise ValueError(f"the onnxruntime backend runs fp32 (fp16 only with TensorRT), not {dtype}")
-    options = {"device_id": device.index or 0}
-    providers = []
-    for p in gpu:
-        extra = {"trt_fp16_enable": True} if p == "TensorrtExecutionProvider" and dtype == "fp16" else {}
-        providers.append((p, {**options, **extra}))
-    return providers + ["CPUExecutionProvider"]
 
 
 def _state_hash(model: nn.Module) -> str:
@@ -245,7 +171,7 @@ def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_
 
     Written atomically (`ssdbench.io.atomic_write`): concurrent processes never read half a file.
     """
-    tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-{_state_hash(model)}"
+    tag = f"{model_name}{'-s2d' if space_to_depth else ''}-{postprocess}-v2-{_state_hash(model)}"
     path = cache_dir("onnx", f"{tag}.onnx")
     if not path.is_file():
         net = apply_space_to_depth(model) if space_to_depth else model
@@ -255,7 +181,7 @@ def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_
 
 def make_backend(
     name: str,
-    model_name: str,
+    model_name: str | None,
     weights=None,
     device="cpu",
     dtype="fp32",
@@ -268,19 +194,37 @@ def make_backend(
     onnx_postprocess="outside",
     model: nn.Module | None = None,
     allow_pickle: bool = False,
+    model_file=None,
+    category_ids=None,
+    threads: int | None = None,
 ) -> Backend:
-    """Build a backend by name ("eager", "compile", "onnxruntime") for `model_name`.
+    """Build a backend by name ("eager", "compile", "onnxruntime", "openvino") for `model_name`.
 
-    `weights` and `allow_pickle` as for `build_model` (None: random init); `model` reuses an already built network
-    instead. For onnxruntime, `onnx_path` is used as is (its graph decides space-to-depth and where
-    post-processing runs); without it the model is exported into the cache first.
+    `weights` and `allow_pickle` as for `build_model` (None: random init); `model` reuses an already
+    built network instead. `dtype` "auto" is `ssdbench.precision.default_precision` of the device (fp32 for
+    onnxruntime on CPU). For the file
+    backends, `model_file` (or the older name `onnx_path`) is used as is: its graph decides
+    space-to-depth, quantization and where post-processing runs (`ssdbench.infer.model_file`);
+    `model_name` may then be None when the file names its network. Without a file the network is
+    exported into the ONNX cache first. `category_ids` maps the official file's labels (COCO ids).
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "onnxruntime" and channels_last:
-        raise ValueError("channels_last does not apply to onnxruntime (it picks its own layouts)")
-    if name == "onnxruntime" and onnx_path is not None:
-        return OnnxRuntimeBackend(onnx_path, model_name, get_spec(model_name).input_size, device, dtype)
+    target = pick_device(str(device))
+    if name == "onnxruntime" and dtype in (None, "auto") and target.type == "cpu":
+        dtype = "fp32"  # ONNX Runtime's CPU provider computes fp32 (INT8 comes from the file)
+    dtype = resolve_precision(dtype, target)
+    model_file = model_file or onnx_path
+    if name in FILE_BACKENDS:
+        if channels_last:
+            raise ValueError(f"channels_last does not apply to {name} (it picks its own layouts)")
+        cls = FILE_BACKENDS[name]
+        if model_file is not None:
+            model_name = model_name or model_file_network(model_file)
+            return cls(model_file, model_name, get_spec(model_name).input_size, device, dtype,
+                       category_ids=category_ids, threads=threads)
+    elif model_file is not None:
+        raise ValueError(f"--model-file runs with --backend onnxruntime or openvino, not {name}")
     if model is None:
         model = build_model(model_name, weights=weights, num_classes=num_classes, allow_pickle=allow_pickle)
     model = model.eval()
@@ -290,7 +234,21 @@ def make_backend(
         return CompileBackend(model, model_name, device, dtype, channels_last, space_to_depth, compile_mode,
                               compile_backend)
     path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
-    return OnnxRuntimeBackend(path, model_name, model.spec.input_size, device, dtype)
+    return FILE_BACKENDS[name](path, model_name, model.spec.input_size, device, dtype,
+                               category_ids=category_ids, threads=threads)
+
+
+def model_file_network(model_file) -> str:
+    """The network a model file was made from (our metadata / quantize.json); the official
+    file's network (SSD-Large) when it names none."""
+    from ssdbench.infer import model_file as MF
+
+    path, sidecar = MF.resolve_path(model_file)
+    if sidecar.get("model"):
+        return sidecar["model"]
+    if path.suffix == ".onnx":
+        return MF.inspect_onnx(path, sidecar).model_name or "ssd1200_r34"
+    return "ssd1200_r34"
 
 
 def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:

@@ -158,5 +158,9 @@ def export_model(
         )
     import onnx
 
+    proto = onnx.load(str(out_path))
+    # The layout and network, read back by `ssdbench.infer.model_file` (the official file has none).
+    onnx.helper.set_model_props(proto, {"ssdbench.layout": postprocess, "ssdbench.model": model_name})
+    onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))
     return out_path

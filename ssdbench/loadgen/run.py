@@ -59,26 +59,52 @@ class LoadgenRun:
     peak_qps: float | None = None  # find-peak mode: the highest VALID Server target_qps
 
 
+def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: torch.device, model_file=None,
+                      category_ids=None, allow_pickle: bool = False) -> dict:  # fmt: skip
+    """`make_backend` keyword arguments of the SUT's backend (plain values: they also go to instances)."""
+    return {"name": sut.backend, "model_name": sut.model, "weights": None if weights is None else str(weights),
+            "device": str(device), "dtype": sut.dtype, "channels_last": sut.channels_last,
+            "space_to_depth": sut.space_to_depth, "num_classes": None if weights or model_file else num_classes,
+            "model_file": None if model_file is None else str(model_file), "category_ids": category_ids,
+            "allow_pickle": allow_pickle}  # fmt: skip
+
+
 def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
-                  allow_pickle: bool = False):
-    """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing)."""
-    backend = make_backend(
-        sut.backend, sut.model, weights=weights, device=device, dtype=sut.dtype,
-        channels_last=sut.channels_last, space_to_depth=sut.space_to_depth,
-        num_classes=None if weights else num_classes, allow_pickle=allow_pickle,
-    )  # fmt: skip
+                  allow_pickle: bool = False, model_file=None, category_ids=None):  # fmt: skip
+    """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing);
+    with ``sut.instances > 1`` an `InstancePool` (its ``predict``; ``close`` it afterwards)."""
+    kwargs = backend_arguments(sut, weights, num_classes, device, model_file, category_ids, allow_pickle)
+    if sut.instances > 1:
+        if device.type != "cpu":
+            raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device}")
+        from ssdbench.loadgen.instances import InstancePool
+
+        warmup = [(n, sut.warmup) for n in warmup_sizes(sut)]
+        return InstancePool(kwargs, sut.instances, warmup=warmup, buckets=sut.max_batch_size)
+    backend = make_backend(**kwargs)
+    if hasattr(backend, "use_batch_buckets"):  # compile: one graph per bucket, all warmed up
+        backend.use_batch_buckets(sut.max_batch_size)
     return backend.predict
 
 
+def warmup_sizes(sut: S.SutSettings) -> list[int]:
+    """Batch sizes to warm up: 1 and the largest; for compile every padding bucket (1, 2, 4, ...)."""
+    if sut.backend == "compile":
+        return sorted({1, sut.max_batch_size} | {1 << k for k in range(sut.max_batch_size.bit_length())
+                                                 if 1 << k < sut.max_batch_size})  # fmt: skip
+    return sorted({sut.max_batch_size, 1})
+
+
 def warm_up(predict, sample_shape, max_batch: int, iterations: int, device: torch.device,
-            timeout_s: float | None = None) -> None:
-    """Untimed batches of zeros at the largest and the smallest batch size (compile, autotune).
+            timeout_s: float | None = None, sizes: list[int] | None = None) -> None:  # fmt: skip
+    """Untimed batches of zeros at each of ``sizes`` (default: the largest and the smallest batch
+    size) before the test: compile, autotune.
 
     Each batch runs on a daemon thread; one that takes over ``timeout_s`` raises RunFailed
     (a model that never answers must not hang the command before LoadGen starts).
     """
     feeder = HostToDevice(device, max_batch, sample_shape)
-    for n in sorted({max_batch, 1}):
+    for n in sizes or sorted({max_batch, 1}):
         for _ in range(iterations):
             _bounded(lambda n=n: _warm_batch(predict, feeder, sample_shape, n), timeout_s,
                      f"warm-up batch of {n}")
@@ -116,8 +142,11 @@ def _bounded(call, timeout_s: float | None, what: str) -> None:
 def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights=None, predict=None,
                 cache: bool = True, progress: bool = True, verbose: bool = True,
                 eval_backend: str = "faster", allow_pickle: bool = False, audit_test: str | None = None,
-                command: str | None = None) -> LoadgenRun:  # fmt: skip
+                command: str | None = None, model_file=None) -> LoadgenRun:  # fmt: skip
     """One LoadGen test; ``predict`` replaces the backend (same contract as `Backend.predict`).
+
+    ``model_file`` (an .onnx, an OpenVINO IR or a ``ssdbench quantize`` folder) is run by the
+    onnxruntime / openvino backends instead of exporting ``weights``.
 
     ``audit_test``: run as that compliance test of the round (TEST01, TEST04-A, TEST04-B, TEST05):
     its audit.config is written into the run folder and given to LoadGen. ``command``: the command
@@ -129,20 +158,42 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     report_stray_audit_config()
     dataset = open_val_dataset(data)
     device = _device(run_settings)
+    pool = None
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle)
+        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file,
+                                list(dataset.cat_ids))  # the official file's labels are category ids
+        if hasattr(predict, "close"):
+            pool, predict = predict, predict.predict
+    try:
+        return _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights, cache, progress,
+                                 verbose, eval_backend, audit_test, command, model_file)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights, cache, progress, verbose,
+                      eval_backend, audit_test, command, model_file) -> LoadgenRun:  # fmt: skip
+    """The QSL, warm-up, test and publication of `run_loadgen` once the backend exists."""
+    sut_settings = run_settings.sut
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
                         run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
     audit = apply.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
     apply.check_settings(run_settings, qsl.performance_count, audit)
     qsl.prepare()
-    warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
-            sut_settings.predict_timeout_s)
+    if pool is None:  # instances warm themselves up
+        warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
+                sut_settings.predict_timeout_s, warmup_sizes(sut_settings))
+    backend = getattr(predict, "__self__", None)  # a Backend's bound predict: record what it resolved to
     staging = run_folder.make_staging(out)
     try:
         extra = {"weights": str(weights), "eval_backend": eval_backend, "audit_test": audit_test,
-                 "audit": audit, "command": command}  # fmt: skip
+                 "audit": audit, "command": command,
+                 "backend_info": {"model_file": None if model_file is None else str(model_file),
+                                  "instances": pool.describe if pool is not None else None,
+                                  "backend_config": backend.describe() if pool is None and hasattr(backend, "describe")
+                                  else None}}  # fmt: skip
         sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra)
     except BaseException as exc:
         failed = run_folder.fail(staging, out, f"{type(exc).__name__}: {exc}")
@@ -194,11 +245,13 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     audit_path = _write_audit(staging, audit, extra["audit_test"])
     info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": extra["weights"],
             "device": str(device), "qsl_count": qsl.count, "audit_test": extra["audit_test"],
-            "command": extra["command"]}  # fmt: skip
+            "command": extra["command"], **extra.get("backend_info", {})}  # fmt: skip
     (staging / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
     sut_settings = run_settings.sut
+    # Every instance gets a batch in flight: at least one worker thread per instance.
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
-                      sut_settings.threads, device, sut_settings.predict_timeout_s)  # fmt: skip
+                      max(sut_settings.threads, sut_settings.instances), device,
+                      sut_settings.predict_timeout_s)  # fmt: skip
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
     checks = _detail_checks(staging, apply.expected_effective(run_settings, qsl.performance_count, audit),

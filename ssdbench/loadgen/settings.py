@@ -50,14 +50,15 @@ class SutSettings:
     """
 
     model: str  # network (`ssdbench.model.specs`): ssd1200_r34 is SSD-Large, ssd128_mini the CPU demo
-    backend: str  # eager | compile | onnxruntime (`ssdbench.infer.backends`)
-    dtype: str  # compute precision: fp32 | bf16 | fp16
+    backend: str  # eager | compile | onnxruntime | openvino (`ssdbench.infer.backends`)
+    dtype: str  # compute precision: auto (bf16 where native, `ssdbench.precision`) | fp32 | bf16 | fp16
     channels_last: bool  # NHWC memory format
     space_to_depth: bool  # 4x4/s1 first conv on 2x2 pixel blocks (benchmark.md §7)
     device: str  # auto | cpu | cuda | cuda:N
     max_batch_size: int  # dynamic batcher: a batch leaves when it holds this many samples ...
     batch_timeout_us: int  # ... or when its first sample has waited this long (µs)
     threads: int  # SUT worker threads: batches in flight
+    instances: int  # model instances, each a process pinned to its own cores (`loadgen.instances`)
     count: int  # QSL samples (0 = every image of the val split)
     warmup: int  # untimed warm-up batches per batch size before the test
     # A batch (or a warm-up batch) the model has not answered after this many seconds ends the run
@@ -68,7 +69,7 @@ class SutSettings:
 # ssdbench keys and their types (bool parses "true/false/1/0/yes/no").
 SUT_KEYS: dict[str, type] = get_type_hints(SutSettings)
 # Smallest accepted value of the numeric SUT keys.
-_SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "count": 0, "warmup": 0, "batch_timeout_us": 0}
+_SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "instances": 1, "count": 0, "warmup": 0, "batch_timeout_us": 0}
 # What the numeric LoadGen keys accept (`ssdbench.checks`): finite, in range. A zero or infinite
 # target_qps makes LoadGen size its query schedule without bound; 1e5 queries/s is far above any
 # SSD-Large system (benchmark.md §7) and keeps a 600 s Server schedule at 6e7 queries.

@@ -168,6 +168,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, launch: Launch, progress: bool = True, start: RunStart | None = None):
         from ssdbench.train.mllog import MLPerfLogger
 
+        cfg, _note = resolve_for_device(cfg, launch.device.type)  # idempotent; presets may say "auto"
         start = start or open_run(cfg, launch)
         self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
         self.folder, self.state, self.lock = start.folder, start.state, start.lock

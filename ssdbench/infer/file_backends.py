@@ -1,0 +1,178 @@
+"""Backends that run a model file: ONNX Runtime (``.onnx``) and OpenVINO (``.onnx`` or IR ``.xml``).
+
+Both read every layout of `ssdbench.infer.model_file` (raw maps, our padded detections, the
+official ``resnet34-ssd1200.onnx``) and INT8 files written by ``ssdbench quantize`` (ONNX QDQ for
+ONNX Runtime, an NNCF-quantized IR for OpenVINO). A file with a fixed batch (the official one has
+batch 1) runs image by image. ``dtype`` is the precision of the float parts: ONNX Runtime's CPU
+provider runs fp32; OpenVINO runs fp32 or bf16 (its ``INFERENCE_PRECISION_HINT``; bf16 needs a CPU
+with native bf16, else OpenVINO falls back to fp32 itself).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from ssdbench.infer import model_file as MF
+from ssdbench.infer.backend_base import Backend
+from ssdbench.model.postprocess import PaddedDetections
+
+
+class FileBackend(Backend):
+    """Shared part: the file's layout, batching for fixed-batch files, outputs -> detections."""
+
+    def _init_file(self, info: MF.ModelFile, category_ids) -> None:
+        self.file = info
+        self.layout = info.layout
+        self.category_ids = tuple(category_ids or MF.COCO80_CATEGORY_IDS)
+
+    @property
+    def has_raw_maps(self) -> bool:
+        return self.layout == "raw"
+
+    def _run_numpy(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _runs(self, images: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """The file's outputs per run: one run per image when its batch is fixed, else one run."""
+        self.check_images(images)
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        step = self.file.batch or len(x)
+        if len(x) % step:
+            raise ValueError(f"{self.file.path} takes batches of {step}, got {len(x)} images")
+        return [self._run_numpy(x[i:i + step]) for i in range(0, len(x), step)]
+
+    def forward_raw(self, images):
+        if self.layout != "raw":
+            raise ValueError(f"{self.file.path} has post-processing inside the graph: no raw maps")
+        runs = self._runs(images)
+        locs = np.concatenate([r["locs"] for r in runs])
+        scores = np.concatenate([r["scores"] for r in runs])
+        return (torch.from_numpy(locs).float().to(self.device), torch.from_numpy(scores).float().to(self.device))
+
+    def predict(self, images) -> PaddedDetections:
+        if self.layout == "raw":
+            return super().predict(images)
+        return MF.concat([MF.detections(r, self.layout, self.category_ids, self.device) for r in self._runs(images)])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model_file": str(self.file.path), "layout": self.layout,
+                "quantized": self.file.quantized, "file_batch": self.file.batch}
+
+
+class OnnxRuntimeBackend(FileBackend):
+    """ONNX Runtime on an ONNX file (CPU EP; TensorRT / CUDA EPs first on a CUDA device)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32",
+                 category_ids=None, threads: int | None = None):
+        super().__init__(model_name, input_size, device, dtype)
+        import onnxruntime as ort
+
+        path, sidecar = MF.resolve_path(onnx_path)
+        if path.suffix != ".onnx":
+            raise ValueError(f"the onnxruntime backend runs .onnx files, not {path.name} (use --backend openvino)")
+        self._init_file(MF.inspect_onnx(path, sidecar), category_ids)
+        self.onnx_path = path
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()  # the process's thread budget
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.providers = _providers(ort, self.device, dtype)
+        self.session = ort.InferenceSession(str(path), opts, providers=self.providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.postprocess_inside = self.layout != "raw"
+
+    def _run_numpy(self, batch):
+        return dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: batch})))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers, "postprocess_inside": self.postprocess_inside}
+
+
+def _providers(ort, device: torch.device, dtype: str) -> list:
+    """Execution providers in preference order for `device` (ONNX Runtime runs fp32 here; fp16
+    only through TensorRT's own fp16 mode)."""
+    available = ort.get_available_providers()
+    if device.type == "cpu":
+        if dtype != "fp32":
+            raise ValueError(f"the onnxruntime backend runs fp32 on CPU (INT8 through a quantized file), not {dtype}")
+        return ["CPUExecutionProvider"]
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if not gpu:
+        raise ValueError(f"onnxruntime has no CUDA/TensorRT provider here (has {', '.join(available)})")
+    if dtype == "bf16" or (dtype == "fp16" and "TensorrtExecutionProvider" not in gpu):
+        raise ValueError(f"the onnxruntime backend runs fp32 (fp16 only with TensorRT), not {dtype}")
+    options = {"device_id": device.index or 0}
+    providers = []
+    for p in gpu:
+        extra = {"trt_fp16_enable": True} if p == "TensorrtExecutionProvider" and dtype == "fp16" else {}
+        providers.append((p, {**options, **extra}))
+    return providers + ["CPUExecutionProvider"]
+
+
+PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}  # our dtype -> OpenVINO's INFERENCE_PRECISION_HINT
+
+
+class OpenVinoBackend(FileBackend):
+    """OpenVINO's CPU plugin on an ONNX file or IR, compiled once per batch size (static shapes).
+
+    Each SUT worker thread gets its own infer request; ``threads`` bounds OpenVINO's thread pool
+    (default: torch's thread count), ``streams`` its parallel streams (1: latency-oriented).
+    """
+
+    name = "openvino"
+
+    def __init__(self, path, model_name: str, input_size: int, device="cpu", dtype="fp32",
+                 category_ids=None, threads: int | None = None, streams: int = 1):
+        super().__init__(model_name, input_size, device, dtype)
+        import openvino as ov
+
+        if self.device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU, not {self.device}")
+        if dtype not in PRECISION_HINT:
+            raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
+        path, sidecar = MF.resolve_path(path)
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(path))
+        self._init_file(MF.inspect_openvino(path, self.model, sidecar), category_ids)
+        self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINT[dtype],
+                       "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+                       "NUM_STREAMS": int(streams), "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+        self._compiled: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _compiled_for(self, n: int):
+        """The model compiled for batch ``n`` (the file's own shape when its batch is fixed)."""
+        with self._lock:
+            if n not in self._compiled:
+                model = self.model
+                if self.file.batch is None:
+                    model = model.clone()
+                    model.reshape({model.inputs[0]: [n, 3, self.input_size, self.input_size]})
+                self._compiled[n] = self.core.compile_model(model, "CPU", self.config)
+            return self._compiled[n]
+
+    def _run_numpy(self, batch):
+        n = len(batch)
+        requests = self._local.__dict__.setdefault("requests", {})
+        if n not in requests:
+            compiled = self._compiled_for(n)
+            requests[n] = (compiled.create_infer_request(), [_output_name(o) for o in compiled.outputs])
+        request, names = requests[n]
+        request.infer({0: batch})
+        return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "openvino_config": self.config}
+
+
+def _output_name(output) -> str:
+    """An OpenVINO output's name, preferring the names of `ssdbench.infer.model_file` layouts."""
+    names = output.get_names()
+    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS) if n in names]
+    return known[0] if known else min(names)

@@ -1,0 +1,162 @@
+"""Model files for the ONNX Runtime and OpenVINO backends: which file, which graph layout, and
+the graph's outputs as `PaddedDetections`.
+
+A model file is an ``.onnx`` file, an OpenVINO IR (``.xml`` with its ``.bin``), or a folder written
+by ``ssdbench quantize`` (``quantize.json`` names the file inside and the model it came from).
+Every layout has the input ``image`` (N, 3, S, S) float32, normalised as benchmark.md §5. Three
+output layouts are recognised:
+
+- ``raw``: outputs ``locs`` (N, 4, B) and ``scores`` (N, C, B), the network's maps (our export with
+  ``--postprocess outside`` and everything ``ssdbench quantize`` writes); post-processing
+  (benchmark.md §4) runs afterwards in PyTorch.
+- ``padded``: our export with ``--postprocess inside`` (ONNX metadata ``ssdbench.layout =
+  inside``): ``bboxes`` (N, 200, 4) ltrb normalised, ``labels`` (N, 200) contiguous 1..C-1 with 0 as
+  padding, ``scores`` (N, 200); dynamic batch.
+- ``official``: the MLPerf file ``resnet34-ssd1200.onnx`` (benchmark.md §7): outputs ``bboxes``
+  (1, K, 4), ``labels`` (1, K), ``scores`` (1, K) for one image, K varying, no padding. Its boxes are
+  (xmin, ymin, xmax, ymax) normalised, i.e. ltrb: the reference's ``PostProcessCocoOnnx``
+  (inference r2.0 ``vision/classification_and_detection/python/coco.py``) writes
+  ``box[1], box[0], box[3], box[2]`` as LoadGen's (ymin, xmin, ymax, xmax). Its labels are COCO
+  category ids (1..90): the reference's ``coco-1200-onnx`` profile maps no labels (its
+  ``use_inv_map`` is off). They are mapped back to contiguous labels with ``category_ids``
+  (label k -> the k-th id; default COCO 2017's 80 ids); an id outside the list is dropped.
+  A file whose outputs carry these names but no ``ssdbench.layout`` metadata is taken for this layout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssdbench.model.postprocess import MAX_PER_IMAGE, PaddedDetections
+
+LAYOUTS = ("raw", "padded", "official")
+RAW_OUTPUTS = ("locs", "scores")
+DETECTION_OUTPUTS = ("bboxes", "labels", "scores")
+META_LAYOUT, META_MODEL = "ssdbench.layout", "ssdbench.model"  # ONNX metadata_props keys of our exports
+# COCO 2017's 80 category ids in file order (annotations/instances_val2017.json): label k -> [k-1].
+COCO80_CATEGORY_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+    *range(84, 91),
+)  # fmt: skip
+SIDECAR = "quantize.json"  # written by `ssdbench quantize` into its output folder
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A resolved model file: ``path`` (.onnx or .xml), its output ``layout`` and what we know of it."""
+
+    path: Path
+    format: str  # "onnx" | "openvino"
+    layout: str  # one of LAYOUTS
+    model_name: str | None  # the network it was exported from (our files), else None
+    quantized: bool  # QuantizeLinear / FakeQuantize nodes present (INT8)
+    batch: int | None  # fixed batch size of the input, None when dynamic
+    info: dict  # the quantize.json of a quantized folder, else {}
+
+
+def resolve_path(path: str | Path) -> tuple[Path, dict]:
+    """``path`` (file or `ssdbench quantize` folder) -> (the .onnx / .xml file, sidecar dict)."""
+    path = Path(path)
+    if path.is_dir():
+        sidecar = path / SIDECAR
+        if not sidecar.is_file():
+            raise FileNotFoundError(f"--model-file {path} is a folder without {SIDECAR} (not written by "
+                                    "`ssdbench quantize`); pass the .onnx or .xml file itself")
+        info = json.loads(sidecar.read_text())
+        return path / info["file"], info
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix not in (".onnx", ".xml"):
+        raise ValueError(f"--model-file {path}: expected an .onnx file, an OpenVINO .xml or a quantize folder")
+    if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"{path}: the OpenVINO IR's weights {path.with_suffix('.bin').name} are missing")
+    sidecar = path.parent / SIDECAR
+    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return path, (info if info.get("file") == path.name else {})
+
+
+def layout_of(outputs: list[str], declared: str | None, path: Path) -> str:
+    """The layout from output names and our metadata (None for files that carry none)."""
+    names = set(outputs)
+    if names >= set(RAW_OUTPUTS) and "bboxes" not in names:
+        return "raw"
+    if names >= set(DETECTION_OUTPUTS):
+        return "padded" if declared == "inside" else "official"
+    raise ValueError(f"{path}: outputs {sorted(names)} match no known layout (raw: locs, scores; "
+                     "with post-processing: bboxes, labels, scores)")
+
+
+def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
+    """Layout, quantization and batch of an ONNX file (graph structure only, weights not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    outputs = [o.name for o in proto.graph.output]
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger") for n in proto.graph.node)
+    info = info or {}
+    return ModelFile(path, "onnx", layout_of(outputs, meta.get(META_LAYOUT) or info.get("layout"), path),
+                     meta.get(META_MODEL) or info.get("model"), quantized,
+                     dim.dim_value if dim.HasField("dim_value") else None, info)
+
+
+def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
+    """The same facts for an OpenVINO model already read (``core.read_model``); an ONNX file's
+    own metadata is read with `inspect_onnx` (OpenVINO does not carry it over)."""
+    if path.suffix == ".onnx":
+        return inspect_onnx(path, info)
+    info = info or {}
+    outputs = [name for out in model.outputs for name in out.get_names()]
+    declared = info.get("layout")
+    if declared is None and model.has_rt_info(["framework", META_LAYOUT]):
+        declared = str(model.get_rt_info(["framework", META_LAYOUT]))
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    shape = model.inputs[0].get_partial_shape()
+    batch = shape[0].get_length() if shape[0].is_static else None
+    return ModelFile(path, "openvino" if path.suffix == ".xml" else "onnx",
+                     layout_of(outputs, declared, path), info.get("model"), quantized, batch, info)
+
+
+def detections(outputs: dict[str, np.ndarray], layout: str, category_ids=COCO80_CATEGORY_IDS,
+               device: torch.device | str = "cpu") -> PaddedDetections:
+    """One run's ``bboxes``/``labels``/``scores`` (layout ``padded`` or ``official``) -> padded detections.
+
+    The official layout gives one image's unpadded (1, K, ...) arrays; they are sorted by score,
+    their labels mapped from category ids to 1..len(category_ids), and padded to MAX_PER_IMAGE.
+    """
+    boxes = np.asarray(outputs["bboxes"], np.float32)
+    labels = np.asarray(outputs["labels"]).astype(np.int64)
+    scores = np.asarray(outputs["scores"], np.float32)
+    if layout == "official":
+        boxes, labels, scores = _official(boxes, labels, scores, category_ids)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
+         for k, v in (("boxes", boxes), ("labels", labels), ("scores", scores))}  # fmt: skip
+    return PaddedDetections(t["boxes"], t["labels"], t["scores"], (t["labels"] > 0).sum(dim=1))
+
+
+def _official(boxes, labels, scores, category_ids):
+    """(1, K, 4), (1, K), (1, K) of the official file -> (1, 200, 4), (1, 200), (1, 200) padded."""
+    boxes, labels, scores = boxes.reshape(-1, 4), labels.reshape(-1), scores.reshape(-1)
+    lookup = {int(cid): k + 1 for k, cid in enumerate(category_ids)}
+    mapped = np.array([lookup.get(int(c), 0) for c in labels], np.int64)
+    keep = np.flatnonzero(mapped > 0)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:MAX_PER_IMAGE]
+    out_b = np.zeros((1, MAX_PER_IMAGE, 4), np.float32)
+    out_l = np.zeros((1, MAX_PER_IMAGE), np.int64)
+    out_s = np.zeros((1, MAX_PER_IMAGE), np.float32)
+    n = len(keep)
+    out_b[0, :n], out_l[0, :n], out_s[0, :n] = boxes[keep], mapped[keep], scores[keep]
+    return out_b, out_l, out_s
+
+
+def concat(parts: list[PaddedDetections]) -> PaddedDetections:
+    """Per-run detections (same D) concatenated along the batch."""
+    if len(parts) == 1:
+        return parts[0]
+    return PaddedDetections(*(torch.cat([getattr(p, f) for p in parts]) for f in PaddedDetections._fields))

@@ -1,0 +1,137 @@
+"""Post-training static INT8 quantization with calibration (`ssdbench quantize`).
+
+The network (our raw-maps ONNX export, or an ONNX file given with ``--model-file``) is quantized
+with calibration images preprocessed exactly as at inference (benchmark.md §5: resize to SxS,
+/255, ImageNet mean/std):
+
+- ``openvino``: NNCF's ``nncf.quantize`` (min/max statistics over the calibration set, per-channel
+  symmetric INT8 weights, INT8 activations, fast bias correction) -> OpenVINO IR ``model.xml/.bin``;
+- ``onnxruntime``: ONNX Runtime's ``quantize_static`` in QDQ format (per-channel INT8 weights,
+  UINT8 activations, min/max calibration) -> ``model.onnx``.
+
+Post-processing (decode + NMS, benchmark.md §4) stays in float32 in PyTorch after the network, so a
+quantized file has the ``raw`` layout of `ssdbench.infer.model_file`. The output folder also gets
+``quantize.json``: the file, its layout, the network, the backend, and the calibration images
+(count, source, first names), which the backends read back (``--model-file DIR``).
+
+Calibration sets: MLPerf's list for ssd-resnet34 (benchmark.md §9: ``calibration/COCO/
+coco_cal_images_list.txt``, 500 COCO train2017 file names, one per line) with ``--calib-list``,
+looked up in ``DATA/train2017``; or ``--calib-count N``: the first N images (by id) of the
+dataset's train split, e.g. of the embedded synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ssdbench.data.decode import read_image
+from ssdbench.data.transforms import preprocess_for_inference
+from ssdbench.io import atomic_write_text
+
+QUANTIZE_BACKENDS = ("openvino", "onnxruntime")
+
+
+def read_calib_list(path: str | Path) -> list[str]:
+    """File names of a calibration list (one per line; blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--calib-list file not found: {path}")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"--calib-list {path} names no images")
+    return names
+
+
+def calibration_files(data: str | Path, calib_list: str | Path | None = None, count: int | None = None,
+                      split: str = "train") -> list[Path]:
+    """The calibration images: those of ``calib_list`` under ``DATA/<split>2017`` (every one must
+    exist), else the first ``count`` images by id of the split's annotation file."""
+    from ssdbench.data.coco import CocoDetection, annotation_path
+
+    data = Path(data)
+    folder = data / f"{split}2017"
+    if calib_list is not None:
+        names = read_calib_list(calib_list)
+        files = [folder / Path(n).name for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(files)} calibration images of {calib_list} are not in "
+                                    f"{folder} (first: {', '.join(missing[:3])})")
+        return files[:count] if count else files
+    if not count or count < 1:
+        raise ValueError("give --calib-list FILE or --calib-count N (N >= 1)")
+    if not annotation_path(data, split).is_file():
+        raise FileNotFoundError(f"{data}: no {split} annotations ({annotation_path(data, split)}) to take "
+                                "calibration images from")
+    dataset = CocoDetection(data, split)
+    if count > len(dataset):
+        raise ValueError(f"--calib-count {count} is more than the {len(dataset)} {split} images of {data}")
+    return [dataset.image_path(i) for i in range(count)]
+
+
+def calibration_batches(files: list[Path], size: int) -> list[np.ndarray]:
+    """Each file preprocessed for inference: float32 (1, 3, S, S)."""
+    return [preprocess_for_inference(read_image(f), size)[None] for f in files]
+
+
+def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list[Path], size: int,
+             model_name: str, source: str, calib_source: str) -> Path:
+    """Quantize ``source_onnx`` (raw layout) with ``files`` into the folder ``out``; returns the model file.
+
+    ``source`` and ``calib_source`` are recorded in quantize.json (where the weights and images came from).
+    """
+    if backend not in QUANTIZE_BACKENDS:
+        raise ValueError(f"unknown quantize backend {backend!r}; choose one of {', '.join(QUANTIZE_BACKENDS)}")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    batches = calibration_batches(files, size)
+    name = _openvino(source_onnx, tmp, batches) if backend == "openvino" else _onnxruntime(source_onnx, tmp, batches)
+    info = {"file": name, "layout": "raw", "model": model_name, "backend": backend, "precision": "int8",
+            "source": str(source), "calibration": {"count": len(files), "source": calib_source,
+                                                   "first": [f.name for f in files[:5]]}}  # fmt: skip
+    atomic_write_text(tmp / "quantize.json", json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out / name
+
+
+def _openvino(source_onnx, folder: Path, batches: list[np.ndarray]) -> str:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source_onnx))
+    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                              subset_size=len(batches), fast_bias_correction=True)  # fmt: skip
+    quantized.set_rt_info("raw", ["framework", "ssdbench.layout"])
+    ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
+    return "model.xml"
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.input_name, self.batches = input_name, iter(batches)
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def _onnxruntime(source_onnx, folder: Path, batches: list[np.ndarray]) -> str:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(str(source_onnx), load_external_data=False).graph.input[0].name
+    quantize_static(str(source_onnx), str(folder / "model.onnx"), _Reader(input_name, batches),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    return "model.onnx"
