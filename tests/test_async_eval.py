@@ -21,16 +21,6 @@ from ssdbench.train.config import resolve_config
 from ssdbench.train.trainer import run_training
 
 
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    det = torch.are_deterministic_algorithms_enabled()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    torch.use_deterministic_algorithms(det)
-    for s, h in handlers.items():
-        signal.signal(s, h)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from ssdbench.data.synth import make_synthetic_coco

@@ -9,7 +9,6 @@ batch 4); the closed-division run is a subprocess of the CLI.
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -32,17 +31,6 @@ ENV = {**os.environ, "SSDBENCH_DEBUG": "1", "OMP_NUM_THREADS": "1"}
 # A training progress line where the output is not a terminal (`ssdbench.progress.Progress`).
 PROGRESS_LINE = re.compile(r"epoch (\d+)/(\d+) \| step (\d+)/(\d+) \(\d+%\) \| [\d.]+ img/s \| loss [\d.]+ "
                            r"\| lr [\d.]+e[+-]\d+ \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_state():
-    """Runs set deterministic algorithms and SIGTERM/SIGINT handlers process-wide; undo both."""
-    det = torch.are_deterministic_algorithms_enabled()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    torch.use_deterministic_algorithms(det)
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.fixture(scope="module")
