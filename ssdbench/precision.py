@@ -5,8 +5,9 @@ training, evaluation and inference.
 
 - CUDA: bf16 (every GPU the presets target has bf16 tensor cores);
 - CPU: bf16 when the cores have AMX-BF16 or AVX512-BF16 (flags ``amx_bf16`` / ``avx512_bf16`` of
-  ``/proc/cpuinfo``, or torch's CPU capability ``AVX512_BF16`` / ``AMX_BF16``), fp32 otherwise,
-  because bf16 emulated on plain AVX2/AVX-512 is slower than fp32.
+  ``/proc/cpuinfo``), fp32 otherwise, because bf16 emulated on plain AVX2/AVX-512 is slower than
+  fp32. (torch's ``get_cpu_capability()`` names only the vector ISA, e.g. ``AVX512``, never bf16.)
+  Where ``/proc/cpuinfo`` is absent (not Linux) the answer is fp32.
 
 ``SSDBENCH_CPU_BF16=0`` (or ``1``) overrides the CPU detection, e.g. to compare both on one machine.
 """
@@ -55,10 +56,7 @@ def native_cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 @functools.cache
 def _detect_bf16(cpuinfo: str) -> bool:
-    if cpu_flags(cpuinfo) & set(NATIVE_BF16_FLAGS):
-        return True
-    capability = str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()).upper()
-    return "BF16" in capability or "AMX" in capability
+    return bool(cpu_flags(cpuinfo) & set(NATIVE_BF16_FLAGS))
 
 
 def default_precision(device: torch.device | str) -> str:
