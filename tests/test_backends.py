@@ -138,3 +138,26 @@ def test_compile_pads_batches_to_buckets(model):
     sut = resolve("Offline", preset="cpu", flags={"backend": "compile", "max_batch_size": 6}).sut
     assert warmup_sizes(sut) == [1, 2, 4, 6]
     assert warmup_sizes(resolve("Offline", preset="cpu", flags={"max_batch_size": 6}).sut) == [1, 6]
+
+
+def test_device_and_dtype_per_backend(model, monkeypatch):
+    """auto dtype: fp32 for onnxruntime on every device; openvino: the CPU for --device auto even
+    where a GPU is there, one line naming --device for any other device."""
+    import ssdbench.infer.backends as B
+
+    monkeypatch.setenv("SSDBENCH_CPU_BF16", "0")
+    monkeypatch.setattr(B, "pick_device", lambda name: torch.device("cuda", 0) if name in ("auto", "cuda")
+                        else torch.device(name))  # a machine with a GPU
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert B.backend_target("onnxruntime", "cuda", "auto") == (gpu, "fp32")
+    assert B.backend_target("onnxruntime", None, None) == (gpu, "fp32")
+    assert B.backend_target("eager", "auto", "auto") == (gpu, "bf16")  # default_precision of the GPU
+    assert B.backend_target("openvino", "auto", "auto") == (cpu, "fp32")
+    assert B.backend_target("openvino", None, "bf16") == (cpu, "bf16")
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(ValueError, match=f"^--device {device}: the openvino backend runs on the CPU; pass "
+                                             "--device cpu$"):
+            make_backend("openvino", MODEL, model=model, device=device)
+    with pytest.raises(ValueError, match="--device 'tpu0' is not a device"):
+        B.backend_target("openvino", "tpu0")
+    assert make_backend("openvino", MODEL, model=model, device="auto").device == cpu

@@ -52,9 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                         help="compute precision (default auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="NHWC for eager/compile (default auto: on with bf16)")
+                        help="NHWC for eager/compile (default auto: on with bf16; on is an error for the "
+                             "file backends)")
     parser.add_argument("--out", default="detections.json", help="COCO results JSON to write (default: detections.json)")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu; the openvino "
+                        "backend runs on the cpu only)")
     parser.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="data loader worker processes (default: 2)")
     parser.add_argument("--amp", action="store_true", help="the same as --dtype bf16")
     parser.add_argument("--allow-pickle", action="store_true",
@@ -99,12 +101,17 @@ def _backend(args, dataset, device):
     """The inference backend of one-process evaluation (--backend, --dtype, --model-file)."""
     from ssdbench.infer.backends import make_backend, model_file_network
 
+    if args.backend == "openvino":
+        device = args.device  # the CPU: auto picks it, another device is an error naming --device
     if args.model_file is not None:
         if args.backend not in ("onnxruntime", "openvino"):
             raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
         name = args.model or model_file_network(args.model_file)
-        return make_backend(args.backend, name, device=device, dtype=args.dtype, model_file=args.model_file,
-                            category_ids=list(dataset.cat_ids))  # the official file's labels are category ids
+        backend = make_backend(args.backend, name, device=device, dtype=args.dtype, model_file=args.model_file)
+        if backend.num_classes != dataset.num_classes:  # before any inference
+            raise CliError(f"--model-file {args.model_file} predicts {backend.num_classes} classes but --data "
+                           f"{dataset.root} has {dataset.num_classes} (with background)")
+        return backend
     model = _model(args, dataset, device)
     return make_backend(args.backend, model.spec.name, device=device, dtype=args.dtype, model=model,
                         channels_last=_channels_last(args, device))
@@ -153,6 +160,9 @@ def _resolve_flags(args) -> None:
     args.dtype = args.dtype or "auto"
     if bool(args.weights) == bool(args.model_file):
         raise CliError("give exactly one of --weights and --model-file")
+    if args.channels_last == "on" and args.backend not in ("eager", "compile"):  # so with every --model-file too
+        raise CliError(f"--channels-last on does not apply to --backend {args.backend} (the runtime picks the "
+                       "model file's memory layout); leave it auto or off")
     output_file(args.out, "--out")
 
 

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--score-threshold", type=FRACTION, default=0.3, help="minimum score kept (default: 0.3)")
     parser.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "openvino"])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda[:i] (default: cpu; openvino: cpu only)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="compute precision (default auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per forward (default: 4)")
@@ -41,16 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench.dist import pick_device
     from ssdbench.errors import CliError
-    from ssdbench.infer.backends import make_backend, model_file_network
+    from ssdbench.infer.backends import backend_target, make_backend, model_file_network
     from ssdbench.infer.predict import categories, detect, read_image, write_predictions
-    from ssdbench.model.specs import get_spec
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
 
     output_folder(args.out, "--out")
-    pick_device(args.device, flag="--device")  # a device that is not there fails before any work
+    backend_target(args.backend, args.device)  # a device that is not there (or not for --backend) fails first
     paths = [Path(p) for p in args.images]
     images = [read_image(p) for p in paths]  # every image is checked before any work starts
 
@@ -58,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("give exactly one of --weights and --model-file")
     if args.model_file is not None:
         args.model = args.model or model_file_network(args.model_file)
-        cats = categories(get_spec(args.model).num_classes, args.data)
         backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                               model_file=args.model_file, category_ids=[c for c, _name in cats])
+                               model_file=args.model_file)
+        cats = categories(backend.num_classes, args.data)  # contiguous label k -> the k-th category
     else:
         args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
         model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)

@@ -30,7 +30,7 @@ from torch import nn
 from ssdbench.dist import pick_device
 from ssdbench.infer.backend_base import Backend
 from ssdbench.infer.export import export_model
-from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend
+from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend, openvino_device
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 from ssdbench.io import atomic_write, cache_dir
@@ -42,7 +42,7 @@ BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 FILE_BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
 __all__ = ["BACKENDS", "Backend", "CompileBackend", "EagerBackend", "OnnxRuntimeBackend", "OpenVinoBackend",
-           "cached_onnx", "check_export", "make_backend", "model_file_network"]
+           "backend_target", "cached_onnx", "check_export", "make_backend", "model_file_network"]
 
 
 class EagerBackend(Backend):
@@ -195,25 +195,20 @@ def make_backend(
     model: nn.Module | None = None,
     allow_pickle: bool = False,
     model_file=None,
-    category_ids=None,
     threads: int | None = None,
 ) -> Backend:
     """Build a backend by name ("eager", "compile", "onnxruntime", "openvino") for `model_name`.
 
     `weights` and `allow_pickle` as for `build_model` (None: random init); `model` reuses an already
-    built network instead. `dtype` "auto" is `ssdbench.precision.default_precision` of the device (fp32 for
-    onnxruntime on CPU). For the file
+    built network instead. `device` and `dtype` as `backend_target` resolves them. For the file
     backends, `model_file` (or the older name `onnx_path`) is used as is: its graph decides
     space-to-depth, quantization and where post-processing runs (`ssdbench.infer.model_file`);
     `model_name` may then be None when the file names its network. Without a file the network is
-    exported into the ONNX cache first. `category_ids` maps the official file's labels (COCO ids).
+    exported into the ONNX cache first.
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    target = pick_device(str(device))
-    if name == "onnxruntime" and dtype in (None, "auto") and target.type == "cpu":
-        dtype = "fp32"  # ONNX Runtime's CPU provider computes fp32 (INT8 comes from the file)
-    dtype = resolve_precision(dtype, target)
+    device, dtype = backend_target(name, device, dtype)
     model_file = model_file or onnx_path
     if name in FILE_BACKENDS:
         if channels_last:
@@ -221,8 +216,7 @@ def make_backend(
         cls = FILE_BACKENDS[name]
         if model_file is not None:
             model_name = model_name or model_file_network(model_file)
-            return cls(model_file, model_name, get_spec(model_name).input_size, device, dtype,
-                       category_ids=category_ids, threads=threads)
+            return cls(model_file, model_name, get_spec(model_name).input_size, device, dtype, threads=threads)
     elif model_file is not None:
         raise ValueError(f"--model-file runs with --backend onnxruntime or openvino, not {name}")
     if model is None:
@@ -234,13 +228,26 @@ def make_backend(
         return CompileBackend(model, model_name, device, dtype, channels_last, space_to_depth, compile_mode,
                               compile_backend)
     path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
-    return FILE_BACKENDS[name](path, model_name, model.spec.input_size, device, dtype,
-                               category_ids=category_ids, threads=threads)
+    return FILE_BACKENDS[name](path, model_name, model.spec.input_size, device, dtype, threads=threads)
+
+
+def backend_target(name: str, device="auto", dtype: str | None = "auto") -> tuple[torch.device, str]:
+    """(device, dtype) backend ``name`` runs with for ``--device`` and ``--dtype`` values.
+
+    ``device`` auto (or None) is the GPU when there is one, else the CPU (`ssdbench.dist.pick_device`),
+    except for openvino, which runs on the CPU only (auto picks it; another device is a ValueError
+    naming ``--device``). ``dtype`` auto (or None) is `ssdbench.precision.default_precision` of the
+    device, except for onnxruntime: fp32 on every device (INT8 comes from a quantized file).
+    """
+    target = openvino_device(device) if name == "openvino" else pick_device(str(device or "auto"))
+    if name == "onnxruntime" and dtype in (None, "auto"):
+        dtype = "fp32"
+    return target, resolve_precision(dtype, target)
 
 
 def model_file_network(model_file) -> str:
-    """The network a model file was made from (our metadata / quantize.json); the official
-    file's network (SSD-Large) when it names none."""
+    """The network a model file was made from (quantize.json, our ONNX metadata, our OpenVINO IR's
+    rt_info); the official file's network (SSD-Large) when it names none."""
     from ssdbench.infer import model_file as MF
 
     path, sidecar = MF.resolve_path(model_file)
@@ -248,7 +255,9 @@ def model_file_network(model_file) -> str:
         return sidecar["model"]
     if path.suffix == ".onnx":
         return MF.inspect_onnx(path, sidecar).model_name or "ssd1200_r34"
-    return "ssd1200_r34"
+    import openvino as ov
+
+    return MF.inspect_openvino(path, ov.Core().read_model(str(path)), sidecar).model_name or "ssd1200_r34"
 
 
 def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:

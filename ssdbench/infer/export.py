@@ -138,6 +138,7 @@ def export_model(
     if postprocess not in POSTPROCESS_MODES:
         raise ValueError(f"unknown postprocess mode {postprocess!r}; choose one of {', '.join(POSTPROCESS_MODES)}")
     model = copy.deepcopy(model).eval().cpu().float()  # never move or cast the caller's model
+    classes = getattr(getattr(model, "spec", None), "num_classes", None)  # with background
     if getattr(model, "space_to_depth", False):
         model = _SpaceToDepthInput(model)
     if postprocess == "inside":
@@ -159,8 +160,10 @@ def export_model(
     import onnx
 
     proto = onnx.load(str(out_path))
-    # The layout and network, read back by `ssdbench.infer.model_file` (the official file has none).
-    onnx.helper.set_model_props(proto, {"ssdbench.layout": postprocess, "ssdbench.model": model_name})
+    # The layout, network and class count, read back by `ssdbench.infer.model_file` (the official
+    # file has none).
+    props = {"ssdbench.layout": postprocess, "ssdbench.model": model_name}
+    onnx.helper.set_model_props(proto, props | ({"ssdbench.num_classes": str(classes)} if classes else {}))
     onnx.save(proto, str(out_path))
     onnx.checker.check_model(str(out_path))
     return out_path

@@ -2,10 +2,11 @@
 
 Both read every layout of `ssdbench.infer.model_file` (raw maps, our padded detections, the
 official ``resnet34-ssd1200.onnx``) and INT8 files written by ``ssdbench quantize`` (ONNX QDQ for
-ONNX Runtime, an NNCF-quantized IR for OpenVINO). A file with a fixed batch (the official one has
-batch 1) runs image by image. ``dtype`` is the precision of the float parts: ONNX Runtime's CPU
-provider runs fp32; OpenVINO runs fp32 or bf16 (its ``INFERENCE_PRECISION_HINT``; bf16 needs a CPU
-with native bf16, else OpenVINO falls back to fp32 itself).
+ONNX Runtime, an NNCF-quantized IR for OpenVINO). A file with a fixed batch F (the official one has
+batch 1) runs F images at a time; a last group of fewer is filled up with zero images whose outputs
+are dropped. ``dtype`` is the precision of the float parts: ONNX Runtime runs fp32 (fp16 only
+through TensorRT); OpenVINO runs on the CPU only, fp32 or bf16 (its ``INFERENCE_PRECISION_HINT``;
+bf16 needs a CPU with native bf16, else OpenVINO falls back to fp32 itself).
 """
 
 from __future__ import annotations
@@ -18,31 +19,42 @@ import torch
 from ssdbench.infer import model_file as MF
 from ssdbench.infer.backend_base import Backend
 from ssdbench.model.postprocess import PaddedDetections
+from ssdbench.model.specs import get_spec
 
 
 class FileBackend(Backend):
     """Shared part: the file's layout, batching for fixed-batch files, outputs -> detections."""
 
-    def _init_file(self, info: MF.ModelFile, category_ids) -> None:
+    def _init_file(self, info: MF.ModelFile) -> None:
         self.file = info
         self.layout = info.layout
-        self.category_ids = tuple(category_ids or MF.COCO80_CATEGORY_IDS)
 
     @property
     def has_raw_maps(self) -> bool:
         return self.layout == "raw"
 
+    @property
+    def num_classes(self) -> int:
+        """The file's classes with background (`ModelFile.num_classes`), else its network's spec."""
+        return self.file.num_classes or get_spec(self.model_name).num_classes
+
     def _run_numpy(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def _runs(self, images: torch.Tensor) -> list[dict[str, np.ndarray]]:
-        """The file's outputs per run: one run per image when its batch is fixed, else one run."""
+        """The file's outputs per run: one run per ``file.batch`` images when the batch is fixed
+        (the last one filled up with zero images, whose outputs are dropped), else one run."""
         self.check_images(images)
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        step = self.file.batch or len(x)
-        if len(x) % step:
-            raise ValueError(f"{self.file.path} takes batches of {step}, got {len(x)} images")
-        return [self._run_numpy(x[i:i + step]) for i in range(0, len(x), step)]
+        n = len(x)
+        step = self.file.batch or n
+        fill = -n % step
+        if fill:
+            x = np.concatenate([x, np.zeros((fill, *x.shape[1:]), x.dtype)])
+        runs = [self._run_numpy(x[i:i + step]) for i in range(0, len(x), step)]
+        if fill:  # every output of every layout is batch-first
+            runs[-1] = {name: out[:step - fill] for name, out in runs[-1].items()}
+        return runs
 
     def forward_raw(self, images):
         if self.layout != "raw":
@@ -55,7 +67,7 @@ class FileBackend(Backend):
     def predict(self, images) -> PaddedDetections:
         if self.layout == "raw":
             return super().predict(images)
-        return MF.concat([MF.detections(r, self.layout, self.category_ids, self.device) for r in self._runs(images)])
+        return MF.concat([MF.detections(r, self.layout, self.num_classes, self.device) for r in self._runs(images)])
 
     def describe(self) -> dict:
         return {**super().describe(), "model_file": str(self.file.path), "layout": self.layout,
@@ -68,14 +80,14 @@ class OnnxRuntimeBackend(FileBackend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 category_ids=None, threads: int | None = None):
+                 threads: int | None = None):
         super().__init__(model_name, input_size, device, dtype)
         import onnxruntime as ort
 
         path, sidecar = MF.resolve_path(onnx_path)
         if path.suffix != ".onnx":
             raise ValueError(f"the onnxruntime backend runs .onnx files, not {path.name} (use --backend openvino)")
-        self._init_file(MF.inspect_onnx(path, sidecar), category_ids)
+        self._init_file(MF.inspect_onnx(path, sidecar))
         self.onnx_path = path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()  # the process's thread budget
@@ -127,18 +139,16 @@ class OpenVinoBackend(FileBackend):
     name = "openvino"
 
     def __init__(self, path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 category_ids=None, threads: int | None = None, streams: int = 1):
-        super().__init__(model_name, input_size, device, dtype)
+                 threads: int | None = None, streams: int = 1):
+        super().__init__(model_name, input_size, openvino_device(device), dtype)
         import openvino as ov
 
-        if self.device.type != "cpu":
-            raise ValueError(f"the openvino backend runs on the CPU, not {self.device}")
         if dtype not in PRECISION_HINT:
             raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
         path, sidecar = MF.resolve_path(path)
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
-        self._init_file(MF.inspect_openvino(path, self.model, sidecar), category_ids)
+        self._init_file(MF.inspect_openvino(path, self.model, sidecar))
         self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINT[dtype],
                        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
                        "NUM_STREAMS": int(streams), "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
@@ -169,6 +179,20 @@ class OpenVinoBackend(FileBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "openvino_config": self.config}
+
+
+def openvino_device(device) -> torch.device:
+    """The CPU for a ``--device`` value given to the openvino backend: auto (or None) picks it;
+    any other device is a ValueError naming ``--device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cpu")
+    try:
+        kind = torch.device(str(device)).type
+    except RuntimeError:
+        raise ValueError(f"--device {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if kind != "cpu":
+        raise ValueError(f"--device {device}: the openvino backend runs on the CPU; pass --device cpu")
+    return torch.device("cpu")
 
 
 def _output_name(output) -> str:

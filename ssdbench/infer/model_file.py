@@ -11,15 +11,16 @@ output layouts are recognised:
   (benchmark.md §4) runs afterwards in PyTorch.
 - ``padded``: our export with ``--postprocess inside`` (ONNX metadata ``ssdbench.layout =
   inside``): ``bboxes`` (N, 200, 4) ltrb normalised, ``labels`` (N, 200) contiguous 1..C-1 with 0 as
-  padding, ``scores`` (N, 200); dynamic batch.
+  padding, ``scores`` (N, 200); dynamic batch (fixed with ``export --static-batch``).
 - ``official``: the MLPerf file ``resnet34-ssd1200.onnx`` (benchmark.md §7): outputs ``bboxes``
   (1, K, 4), ``labels`` (1, K), ``scores`` (1, K) for one image, K varying, no padding. Its boxes are
   (xmin, ymin, xmax, ymax) normalised, i.e. ltrb: the reference's ``PostProcessCocoOnnx``
   (inference r2.0 ``vision/classification_and_detection/python/coco.py``) writes
-  ``box[1], box[0], box[3], box[2]`` as LoadGen's (ymin, xmin, ymax, xmax). Its labels are COCO
-  category ids (1..90): the reference's ``coco-1200-onnx`` profile maps no labels (its
-  ``use_inv_map`` is off). They are mapped back to contiguous labels with ``category_ids``
-  (label k -> the k-th id; default COCO 2017's 80 ids); an id outside the list is dropped.
+  ``box[1], box[0], box[3], box[2]`` as LoadGen's (ymin, xmin, ymax, xmax). Its labels are
+  contiguous, 1..80 with 0 for background (Open Model Zoo's model card of
+  ``ssd-resnet34-1200-onnx``; MLPerf scores SSD-Large logs with ``accuracy-coco.py --use-inv-map``,
+  label k -> the k-th category id): they are kept as they are, and a label outside 1..C-1 (C the
+  network's class count with background, 81) is dropped.
   A file whose outputs carry these names but no ``ssdbench.layout`` metadata is taken for this layout.
 """
 
@@ -37,12 +38,8 @@ from ssdbench.model.postprocess import MAX_PER_IMAGE, PaddedDetections
 LAYOUTS = ("raw", "padded", "official")
 RAW_OUTPUTS = ("locs", "scores")
 DETECTION_OUTPUTS = ("bboxes", "labels", "scores")
-META_LAYOUT, META_MODEL = "ssdbench.layout", "ssdbench.model"  # ONNX metadata_props keys of our exports
-# COCO 2017's 80 category ids in file order (annotations/instances_val2017.json): label k -> [k-1].
-COCO80_CATEGORY_IDS = (
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
-    *range(84, 91),
-)  # fmt: skip
+# ONNX metadata_props keys of our exports (the first two also in the rt_info of our OpenVINO IRs)
+META_LAYOUT, META_MODEL, META_CLASSES = "ssdbench.layout", "ssdbench.model", "ssdbench.num_classes"
 SIDECAR = "quantize.json"  # written by `ssdbench quantize` into its output folder
 
 
@@ -57,6 +54,9 @@ class ModelFile:
     quantized: bool  # QuantizeLinear / FakeQuantize nodes present (INT8)
     batch: int | None  # fixed batch size of the input, None when dynamic
     info: dict  # the quantize.json of a quantized folder, else {}
+    # classes with background: the raw ``scores`` maps' C, or our metadata; None when the file does
+    # not say (the official file: the network's, 81)
+    num_classes: int | None = None
 
 
 def resolve_path(path: str | Path) -> tuple[Path, dict]:
@@ -101,9 +101,14 @@ def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger") for n in proto.graph.node)
     info = info or {}
-    return ModelFile(path, "onnx", layout_of(outputs, meta.get(META_LAYOUT) or info.get("layout"), path),
-                     meta.get(META_MODEL) or info.get("model"), quantized,
-                     dim.dim_value if dim.HasField("dim_value") else None, info)
+    layout = layout_of(outputs, meta.get(META_LAYOUT) or info.get("layout"), path)
+    classes = int(meta[META_CLASSES]) if meta.get(META_CLASSES, "").isdigit() else None
+    if layout == "raw":
+        score_dims = next(o for o in proto.graph.output if o.name == "scores").type.tensor_type.shape.dim
+        if len(score_dims) == 3 and score_dims[1].HasField("dim_value"):
+            classes = score_dims[1].dim_value
+    return ModelFile(path, "onnx", layout, meta.get(META_MODEL) or info.get("model"), quantized,
+                     dim.dim_value if dim.HasField("dim_value") else None, info, classes)
 
 
 def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
@@ -113,45 +118,53 @@ def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
         return inspect_onnx(path, info)
     info = info or {}
     outputs = [name for out in model.outputs for name in out.get_names()]
-    declared = info.get("layout")
-    if declared is None and model.has_rt_info(["framework", META_LAYOUT]):
-        declared = str(model.get_rt_info(["framework", META_LAYOUT]))
+    layout = layout_of(outputs, info.get("layout") or _rt_info(model, META_LAYOUT), path)
     quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
     shape = model.inputs[0].get_partial_shape()
     batch = shape[0].get_length() if shape[0].is_static else None
-    return ModelFile(path, "openvino" if path.suffix == ".xml" else "onnx",
-                     layout_of(outputs, declared, path), info.get("model"), quantized, batch, info)
+    classes = None
+    if layout == "raw":
+        scores = next(o for o in model.outputs if "scores" in o.get_names()).get_partial_shape()
+        classes = scores[1].get_length() if scores.rank.is_static and scores[1].is_static else None
+    return ModelFile(path, "openvino" if path.suffix == ".xml" else "onnx", layout,
+                     info.get("model") or _rt_info(model, META_MODEL), quantized, batch, info, classes)
 
 
-def detections(outputs: dict[str, np.ndarray], layout: str, category_ids=COCO80_CATEGORY_IDS,
+def _rt_info(model, key: str) -> str | None:
+    """``key`` of an OpenVINO model's ``framework`` rt_info (written by `ssdbench quantize`), else None."""
+    if not model.has_rt_info(["framework", key]):
+        return None
+    return model.get_rt_info(["framework", key]).astype(str)  # an OVAny; str() would give its class
+
+
+def detections(outputs: dict[str, np.ndarray], layout: str, num_classes: int = 81,
                device: torch.device | str = "cpu") -> PaddedDetections:
     """One run's ``bboxes``/``labels``/``scores`` (layout ``padded`` or ``official``) -> padded detections.
 
-    The official layout gives one image's unpadded (1, K, ...) arrays; they are sorted by score,
-    their labels mapped from category ids to 1..len(category_ids), and padded to MAX_PER_IMAGE.
+    The official layout gives one image's unpadded (1, K, ...) arrays: the detections whose label
+    is in 1..``num_classes``-1 (the network's class count with background) are kept with their
+    labels as they are, sorted by score and padded to MAX_PER_IMAGE.
     """
     boxes = np.asarray(outputs["bboxes"], np.float32)
     labels = np.asarray(outputs["labels"]).astype(np.int64)
     scores = np.asarray(outputs["scores"], np.float32)
     if layout == "official":
-        boxes, labels, scores = _official(boxes, labels, scores, category_ids)
+        boxes, labels, scores = _official(boxes, labels, scores, num_classes)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
          for k, v in (("boxes", boxes), ("labels", labels), ("scores", scores))}  # fmt: skip
     return PaddedDetections(t["boxes"], t["labels"], t["scores"], (t["labels"] > 0).sum(dim=1))
 
 
-def _official(boxes, labels, scores, category_ids):
+def _official(boxes, labels, scores, num_classes: int):
     """(1, K, 4), (1, K), (1, K) of the official file -> (1, 200, 4), (1, 200), (1, 200) padded."""
     boxes, labels, scores = boxes.reshape(-1, 4), labels.reshape(-1), scores.reshape(-1)
-    lookup = {int(cid): k + 1 for k, cid in enumerate(category_ids)}
-    mapped = np.array([lookup.get(int(c), 0) for c in labels], np.int64)
-    keep = np.flatnonzero(mapped > 0)
+    keep = np.flatnonzero((labels >= 1) & (labels <= num_classes - 1))
     keep = keep[np.argsort(-scores[keep], kind="stable")][:MAX_PER_IMAGE]
     out_b = np.zeros((1, MAX_PER_IMAGE, 4), np.float32)
     out_l = np.zeros((1, MAX_PER_IMAGE), np.int64)
     out_s = np.zeros((1, MAX_PER_IMAGE), np.float32)
     n = len(keep)
-    out_b[0, :n], out_l[0, :n], out_s[0, :n] = boxes[keep], mapped[keep], scores[keep]
+    out_b[0, :n], out_l[0, :n], out_s[0, :n] = boxes[keep], labels[keep], scores[keep]
     return out_b, out_l, out_s
 
 

@@ -60,20 +60,19 @@ class LoadgenRun:
 
 
 def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: torch.device, model_file=None,
-                      category_ids=None, allow_pickle: bool = False) -> dict:  # fmt: skip
+                      allow_pickle: bool = False) -> dict:  # fmt: skip
     """`make_backend` keyword arguments of the SUT's backend (plain values: they also go to instances)."""
     return {"name": sut.backend, "model_name": sut.model, "weights": None if weights is None else str(weights),
             "device": str(device), "dtype": sut.dtype, "channels_last": sut.channels_last,
             "space_to_depth": sut.space_to_depth, "num_classes": None if weights or model_file else num_classes,
-            "model_file": None if model_file is None else str(model_file), "category_ids": category_ids,
-            "allow_pickle": allow_pickle}  # fmt: skip
+            "model_file": None if model_file is None else str(model_file), "allow_pickle": allow_pickle}  # fmt: skip
 
 
 def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
-                  allow_pickle: bool = False, model_file=None, category_ids=None):  # fmt: skip
+                  allow_pickle: bool = False, model_file=None):  # fmt: skip
     """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing);
     with ``sut.instances > 1`` an `InstancePool` (its ``predict``; ``close`` it afterwards)."""
-    kwargs = backend_arguments(sut, weights, num_classes, device, model_file, category_ids, allow_pickle)
+    kwargs = backend_arguments(sut, weights, num_classes, device, model_file, allow_pickle)
     if sut.instances > 1:
         if device.type != "cpu":
             raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device}")
@@ -160,8 +159,7 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     device = _device(run_settings)
     pool = None
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file,
-                                list(dataset.cat_ids))  # the official file's labels are category ids
+        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file)
         if hasattr(predict, "close"):
             pool, predict = predict, predict.predict
     try:
@@ -212,9 +210,12 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
 
 
 def _device(run_settings: S.RunSettings) -> torch.device:
-    """The SUT's torch device; an error names ``--device`` or the file / preset that chose it."""
+    """The SUT's torch device (auto: the CPU for openvino); an error names ``--device`` or the file /
+    preset that chose it."""
     source = run_settings.sources.get("device", "flags")
     flag = "--device" if source == "flags" else f"device (from {source})"
+    if run_settings.sut.backend == "openvino" and run_settings.sut.device in (None, "auto"):
+        return torch.device("cpu")  # OpenVINO runs on the CPU only
     return pick_device(run_settings.sut.device, flag=flag)
 
 
