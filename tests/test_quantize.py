@@ -133,3 +133,57 @@ def test_int8_model_file_serves_loadgen_offline(checkpoint, data, tmp_path, caps
     assert settings["model_file"] == str(out) and settings["sut"]["backend"] == "openvino"
     assert "Result is : VALID" in (run / "mlperf_log_summary.txt").read_text()
     torch.set_num_threads(torch.get_num_threads())  # the CLI left the thread count as it was
+
+
+@pytest.mark.filterwarnings("ignore:.*non-positive")
+def test_a_moved_openvino_ir_still_names_its_network(tmp_path):
+    """The IR's rt_info carries the network: model.xml/.bin away from quantize.json are not taken
+    for SSD-Large."""
+    from data_fixtures import tiny_coco
+
+    from ssdbench.infer import model_file as MF
+    from ssdbench.model.ssd import build_model
+
+    data = tiny_coco(tmp_path / "coco", "train")
+    torch.manual_seed(0)
+    model = build_model("ssd128_mini", num_classes=4).eval()
+    quantize("openvino", cached_onnx(model, "ssd128_mini"), tmp_path / "q", calibration_files(data, count=2), 128,
+             "ssd128_mini", "random init", "tiny")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("model.xml", "model.bin"):
+        (tmp_path / "q" / name).rename(moved / name)
+    backend = make_backend("openvino", None, model_file=moved / "model.xml")
+    assert backend.file.info == {} and backend.file.model_name == backend.model_name == "ssd128_mini"
+    assert MF._rt_info(backend.model, MF.META_LAYOUT) == "raw"
+    assert backend.describe()["layout"] == "raw" and backend.file.quantized and backend.num_classes == 4
+    assert backend.predict(torch.zeros(1, 3, 128, 128)).boxes.shape == (1, 200, 4)
+
+
+def test_quantize_cleans_up_and_checks_out_first(tmp_path, monkeypatch, capsys):
+    from ssdbench.infer.quantize import check_out
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the runtime raises
+        quantize("onnxruntime", bad, tmp_path / "q", [], 128, "ssd128_mini", "bad", "none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # no q.tmp (nor q) left behind
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not to be replaced")
+    cases = [("bad.onnx", "is a file, not a folder"), ("bad.onnx/q", "is a file, not a folder"),
+             (".", "is the working directory or a folder above it"), ("..", "is the working directory"),
+             ("/", "is the working directory"), ("mine", "a folder with files but no quantize.json")]
+    for out, message in cases:
+        assert main(["quantize", "--backend", "openvino", "--weights", "missing.pt", "--calib-count", "1",
+                     "--out", out]) == 2  # --out fails before the missing weights
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and message in err and len(err.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "not to be replaced"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "quantize.json").write_text("{}")
+    assert check_out("empty") == tmp_path / "empty" and check_out("again/") == tmp_path / "again"
+    assert check_out("new") == tmp_path / "new"

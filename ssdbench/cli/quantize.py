@@ -1,6 +1,7 @@
 """`ssdbench quantize`: post-training static INT8 quantization for OpenVINO or ONNX Runtime.
 
-Writes a folder (``--out``) holding the quantized model (OpenVINO IR ``model.xml/.bin`` or QDQ
+Writes a folder (``--out``: new, empty, or written by quantize before, which is replaced; checked
+before any work) holding the quantized model (OpenVINO IR ``model.xml/.bin`` or QDQ
 ``model.onnx``) and ``quantize.json``; ``--backend openvino|onnxruntime --model-file DIR`` of
 `loadgen`, `eval` and `predict` runs it (`ssdbench.infer.quantize`).
 """
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--split", default="train", help="split the calibration images come from (default: train)")
     a("--calib-list", help="file names, one per line (MLPerf: coco_cal_images_list.txt, 500 train2017 images)")
     a("--calib-count", type=POSITIVE_INT, help="use the first N images of the split (or of --calib-list)")
-    a("--out", required=True, help="output folder (replaced when it exists)")
+    a("--out", required=True, help="output folder (a folder written by quantize before is replaced)")
     a("--allow-pickle", action="store_true", help="allow pickled whole-model files (trusted files only)")
 
 
@@ -63,9 +64,10 @@ def _source_onnx(args) -> tuple[Path, str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench.infer.quantize import calibration_files, quantize
+    from ssdbench.infer.quantize import calibration_files, check_out, quantize
     from ssdbench.model.specs import get_spec
 
+    check_out(args.out)  # before any work
     if args.data is None:
         from ssdbench.data.synth import default_dataset
 

@@ -12,7 +12,10 @@ with calibration images preprocessed exactly as at inference (benchmark.md §5: 
 Post-processing (decode + NMS, benchmark.md §4) stays in float32 in PyTorch after the network, so a
 quantized file has the ``raw`` layout of `ssdbench.infer.model_file`. The output folder also gets
 ``quantize.json``: the file, its layout, the network, the backend, and the calibration images
-(count, source, first names), which the backends read back (``--model-file DIR``).
+(count, source, first names), which the backends read back (``--model-file DIR``). An OpenVINO IR
+also carries its layout and network in its rt_info (``framework`` / ``ssdbench.layout``,
+``ssdbench.model``), so a ``model.xml`` moved away from its quantize.json still names its network.
+On any failure the half-written ``OUT.tmp`` folder is removed and ``OUT`` is left as it was.
 
 Calibration sets: MLPerf's list for ssd-resnet34 (benchmark.md §9: ``calibration/COCO/
 coco_cal_images_list.txt``, 500 COCO train2017 file names, one per line) with ``--calib-list``,
@@ -30,6 +33,7 @@ import numpy as np
 
 from ssdbench.data.decode import read_image
 from ssdbench.data.transforms import preprocess_for_inference
+from ssdbench.infer.model_file import META_LAYOUT, META_MODEL, SIDECAR
 from ssdbench.io import atomic_write_text
 
 QUANTIZE_BACKENDS = ("openvino", "onnxruntime")
@@ -87,30 +91,53 @@ def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list
     """
     if backend not in QUANTIZE_BACKENDS:
         raise ValueError(f"unknown quantize backend {backend!r}; choose one of {', '.join(QUANTIZE_BACKENDS)}")
-    out = Path(out)
+    out = check_out(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    batches = calibration_batches(files, size)
-    name = _openvino(source_onnx, tmp, batches) if backend == "openvino" else _onnxruntime(source_onnx, tmp, batches)
-    info = {"file": name, "layout": "raw", "model": model_name, "backend": backend, "precision": "int8",
-            "source": str(source), "calibration": {"count": len(files), "source": calib_source,
-                                                   "first": [f.name for f in files[:5]]}}  # fmt: skip
-    atomic_write_text(tmp / "quantize.json", json.dumps(info, indent=2) + "\n")
+    try:
+        batches = calibration_batches(files, size)
+        name = (_openvino(source_onnx, tmp, batches, model_name) if backend == "openvino"
+                else _onnxruntime(source_onnx, tmp, batches))  # fmt: skip
+        info = {"file": name, "layout": "raw", "model": model_name, "backend": backend, "precision": "int8",
+                "source": str(source), "calibration": {"count": len(files), "source": calib_source,
+                                                       "first": [f.name for f in files[:5]]}}  # fmt: skip
+        atomic_write_text(tmp / "quantize.json", json.dumps(info, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder is left behind
+        raise
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
     return out / name
 
 
-def _openvino(source_onnx, folder: Path, batches: list[np.ndarray]) -> str:
+def check_out(out: str | Path) -> Path:
+    """``out`` as the folder `quantize` writes (it replaces the folder whole): ValueError naming
+    ``--out`` when it is a file, under a file, the working directory or a folder above it, or an
+    existing folder that holds files but no quantize.json (not written by `ssdbench quantize`)."""
+    from ssdbench.checks import output_folder
+
+    path = output_folder(out, "--out")
+    full = path.resolve()
+    if full == Path.cwd().resolve() or full in Path.cwd().resolve().parents:
+        raise ValueError(f"--out {out} is the working directory or a folder above it, which quantize would "
+                         "replace; name a new folder, e.g. --out q")
+    if full.is_dir() and any(full.iterdir()) and not (full / SIDECAR).is_file():
+        raise ValueError(f"--out {out} is a folder with files but no {SIDECAR} (not written by "
+                         "`ssdbench quantize`), which quantize would replace; name a new or empty folder")
+    return full
+
+
+def _openvino(source_onnx, folder: Path, batches: list[np.ndarray], model_name: str) -> str:
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(source_onnx))
     quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(batches), fast_bias_correction=True)  # fmt: skip
-    quantized.set_rt_info("raw", ["framework", "ssdbench.layout"])
+    quantized.set_rt_info("raw", ["framework", META_LAYOUT])  # read back by `ssdbench.infer.model_file`
+    quantized.set_rt_info(model_name, ["framework", META_MODEL])  # also without quantize.json beside it
     ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
     return "model.xml"
 
