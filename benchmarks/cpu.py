@@ -11,8 +11,8 @@ One run prints one table (and writes JSON to ``--out``):
    backend and precision: end-to-end samples/s (network + benchmark.md §4 post-processing, median
    after warm-up: compile / autotune outside the timed runs), the fraction of the matching peak
    (GFLOP/image x samples/s over the bf16, fp32 or int8 peak), the speed-up over the plain PyTorch
-   eager fp32 row (the baseline; none when ``--variants`` leaves it out), and the output difference against fp32 eager (max |diff| of the
-   raw maps / max |reference|). INT8 rows run files from `ssdbench.infer.quantize`, calibrated on
+   eager fp32 row (the baseline; none when ``--variants`` leaves it out), and the output
+   difference against fp32 eager (max |diff| of the raw maps / max |reference|). INT8 rows run files from `ssdbench.infer.quantize`, calibrated on
    ``--calib-count`` embedded-dataset train images. Random weights (speed does not depend on them).
    The variants are timed in interleaved rounds (``--iters``), so on a shared machine every row
    sees the same load.
