@@ -8,6 +8,7 @@ import instance_fakes
 import pytest
 import torch
 
+from ssdbench.errors import CliError
 from ssdbench.loadgen import instances as I
 from ssdbench.loadgen.instances import InstanceFailed, InstancePool, split_cores
 
@@ -129,6 +130,7 @@ def test_an_instance_that_dies_while_starting_is_one_quick_error():
         InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.die)
     assert time.monotonic() - start < 120  # not READY_TIMEOUT_S (900 s)
     assert _children() <= before
+    assert issubclass(InstanceFailed, CliError)  # `ssdbench loadgen` prints it as one line, exit status 2
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
