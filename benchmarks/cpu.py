@@ -11,8 +11,8 @@ One run prints one table (and writes JSON to ``--out``):
    backend and precision: end-to-end samples/s (network + benchmark.md §4 post-processing, median
    after warm-up: compile / autotune outside the timed runs), the fraction of the matching peak
    (GFLOP/image x samples/s over the bf16, fp32 or int8 peak), the speed-up over the plain PyTorch
-   eager fp32 row (the baseline), and the output difference against fp32 eager (max |diff| of the
-   raw maps / max |reference|). INT8 rows run files from `ssdbench.infer.quantize`, calibrated on
+   eager fp32 row (the baseline; none when ``--variants`` leaves it out), and the output
+   difference against fp32 eager (max |diff| of the raw maps / max |reference|). INT8 rows run files from `ssdbench.infer.quantize`, calibrated on
    ``--calib-count`` embedded-dataset train images. Random weights (speed does not depend on them).
    The variants are timed in interleaved rounds (``--iters``), so on a shared machine every row
    sees the same load.
@@ -56,7 +56,7 @@ GFLOP = {"ssd1200_r34": 433.2, "ssd128_mini": None}  # benchmark.md §1 (`ssdben
 VARIANTS = ("eager:fp32", "eager:bf16:cl", "compile:fp32:cl", "compile:bf16:cl", "onnxruntime:fp32",
             "onnxruntime:int8", "openvino:fp32", "openvino:bf16", "openvino:int8")
 LOADGEN = ("eager:fp32", "compile:bf16:cl", "openvino:bf16", "onnxruntime:int8", "openvino:int8",
-           "openvino:int8:x2", "eager:fp32")  # x2 = two instances of one core each; the baseline twice
+           "openvino:int8:x2", "eager:fp32")  # x2 = two instances, each on half of the cores; the baseline twice
 
 
 def parse_args(argv=None):
@@ -193,9 +193,9 @@ def table(args, model, model_name, qfiles, peak) -> list[dict]:
             frac = gflop * sps / 1e3 / peak[v["precision"]] if gflop else None
             rows.append({**v, "batch": bs, "samples_per_s": sps, "peak_fraction": frac, "rel_diff": diff,
                          "times_s": times[v["name"], bs], "config": backend.describe()})
-    for r in rows:
-        base = next(b for b in rows if b["name"] == "eager:fp32" and b["batch"] == r["batch"])
-        r["speedup"] = r["samples_per_s"] / base["samples_per_s"]
+    base = {b["batch"]: b["samples_per_s"] for b in rows if b["name"] == "eager:fp32"}
+    for r in rows:  # without eager:fp32 in --variants there is no baseline: no speed-ups
+        r["speedup"] = r["samples_per_s"] / base[r["batch"]] if r["batch"] in base else None
     return rows
 
 
@@ -209,8 +209,9 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
         v = _parse(variant)
         name = variant.replace(":x2", "")
         table_rows = [r for r in rows if r["name"] == name and r["batch"] == 8] or [r for r in rows if r["name"] == name]
-        # 1.5x the table's rate: a faster run would end before min_duration (INVALID); a slower one runs longer
-        expected = 1.5 * (table_rows[-1]["samples_per_s"] * v["instances"] if table_rows else 1.0)
+        # 1.5x the table's rate: a faster run would end before min_duration (INVALID); a slower one runs longer.
+        # Not times the instances: they share the same cores the table's row used.
+        expected = 1.5 * (table_rows[-1]["samples_per_s"] if table_rows else 1.0)
         dtype = v["precision"] if v["precision"] != "int8" else ("auto" if v["backend"] == "openvino" else "fp32")
         flags = {"model": model_name, "backend": v["backend"], "dtype": dtype, "channels_last": v["cl"],
                  "instances": v["instances"], "count": args.loadgen_samples, "max_batch_size": 8,
@@ -225,7 +226,8 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
         if run.result != "VALID" and sps:  # faster than expected: too short; once more at its own rate
             flags["target_qps"] = expected = 1.2 * sps
             settings = S.resolve("Offline", "performance", "cpu", None, flags)
-            run = run_loadgen(settings, Path(f"{folder}-again"), model_file=model_file, progress=False, verbose=False)
+            folder = Path(f"{folder}-again")  # the run recorded below is this one
+            run = run_loadgen(settings, folder, model_file=model_file, progress=False, verbose=False)
             sps = run.summary.metrics.get("Samples per second")
         results.append({**v, "result": run.result, "samples_per_s": sps, "expected_qps": expected,
                         "folder": str(folder), "wall_s": time.perf_counter() - t0})
@@ -257,17 +259,22 @@ def accuracy(args, out: Path) -> list[dict]:
         stats, _ = evaluate_backend(build(v, model, "ssd128_mini", qfiles), loader, dataset, "faster", progress=False)
         rows.append({**v, "map": float(stats[0])})
         print(f"  accuracy {variant:<18} mAP {stats[0]:.4f}", flush=True)
-    ref = next(r["map"] for r in rows if r["name"] == "eager:fp32")
-    for r in rows:
-        r["ratio"] = r["map"] / ref
+    ref = next((r["map"] for r in rows if r["name"] == "eager:fp32"), None)
+    for r in rows:  # the fp32 eager mAP is the reference; without it in --variants, no ratios
+        r["ratio"] = r["map"] / ref if ref else None
     return rows
 
 
 # ---------------------------------------------------------------- output
+def _print_accuracy(acc) -> None:
+    for r in acc:
+        ratio = f"{100 * r['ratio']:.2f}% of fp32" if r["ratio"] is not None else "(no eager:fp32 reference)"
+        print(f"mAP {r['name']:<20} {r['map']:.4f}  {ratio}")
+
+
 def print_tables(peak, rows, lg, acc) -> None:
     if peak is None:  # --only-accuracy
-        for r in acc:
-            print(f"mAP {r['name']:<20} {r['map']:.4f}  {100 * r['ratio']:.2f}% of fp32")
+        _print_accuracy(acc)
         return
     print(f"\npeaks (this process, {torch.get_num_threads()} threads): bf16 {peak['bf16']:.3f} TFLOP/s, "
           f"fp32 {peak['fp32']:.3f} TFLOP/s (3x3 conv, channels_last), int8 {peak['int8_matmul']:.3f} TOPS "
@@ -275,13 +282,13 @@ def print_tables(peak, rows, lg, acc) -> None:
     print(f"{'variant':<20}{'batch':>6}{'samples/s':>11}{'x eager fp32':>14}{'of peak':>9}{'rel.diff':>10}")
     for r in rows:
         frac = f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] is not None else "-"
-        print(f"{r['name']:<20}{r['batch']:>6}{r['samples_per_s']:>11.3f}{r['speedup']:>13.2f}x{frac:>9}"
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] is not None else "-"
+        print(f"{r['name']:<20}{r['batch']:>6}{r['samples_per_s']:>11.3f}{speed:>14}{frac:>9}"
               f"{r['rel_diff']:>10.1e}")
     for r in lg:
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         print(f"loadgen Offline {r['name']:<22} {r['result']:<8} {r['samples_per_s']} samples/s  {speed}")
-    for r in acc:
-        print(f"mAP {r['name']:<20} {r['map']:.4f}  {100 * r['ratio']:.2f}% of fp32")
+    _print_accuracy(acc)
 
 
 def main(argv=None) -> int:

@@ -117,6 +117,12 @@ def test_gpu_presets_resolve_per_device(native_bf16, monkeypatch):
     assert (cpu.step, cpu.cuda_graph, cpu.input_pipeline, cpu.precision, cpu.channels_last) == (
         "plain", False, "cpu", *cpu_precision)
     assert note.count("\n") == 0 and "step=plain" in note
+    # the host-dependent choices are visible: the precision the CPU resolved and channels_last
+    why = "this CPU computes bf16 natively" if native_bf16 else "no native bf16 here"
+    assert note.endswith(f"cuda_graph=False, precision={cpu_precision[0]} (auto: {why}; --precision fp32 "
+                         "pins it), channels_last=True")
+    pinned, note = resolve_for_device(resolve_config("dgxa100_x8", overrides={"precision": "fp32"}), "cpu")
+    assert pinned.precision == "fp32" and "precision" not in note  # given, not chosen: not listed
     assert resolve_for_device(cpu, "cpu") == (cpu, None)  # idempotent, no second note
     demo, note = resolve_for_device(resolve_config("demo"), "cpu")
     assert note is None and (demo.step, demo.input_pipeline) == ("plain", "cpu")

@@ -206,7 +206,7 @@ def test_official_download_checks_checksums_and_resumes(tmp_path):
         onnx_gets = [rng for path, rng in srv.log if path == OFFICIAL_ONNX]
         assert onnx_gets == [None, f"bytes={len(onnx_bytes) // 2}-"]
         again = download_coco(tmp_path, ["ssd1200"], base_url=srv.url, artifacts=_official_items(onnx_bytes), **QUIET)
-        assert set(again.values()) == {"already complete"}
+        assert again == {"ssd1200_pytorch": "already complete", "ssd1200_onnx": "already complete, sha256 verified"}
     finally:
         srv.close()
 
@@ -241,7 +241,87 @@ def test_cli_official_files_and_sha256_flag(tmp_path, capsys):
         assert main(["data", "download", "--dest", dest, "--base-url", srv.url, "--only", "ssd1200_pytorch",
                      "--sha256", good]) == 0
         assert "ssd1200_pytorch: downloaded" in capsys.readouterr().out
+        # done, then a different --sha256: one line naming the file and both digests
+        assert main(["data", "download", "--dest", dest, "--base-url", srv.url, "--only", "ssd1200_pytorch",
+                     "--sha256", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "resnet34-ssd1200.pytorch is corrupt: sha256 " \
+            f"{hashlib.sha256(pytorch_bytes).hexdigest()} is not the expected {'0' * 64}" in err
         assert main(["data", "download", "--dest", dest, "--only", "ssd1200", "--sha256", "nope=1"]) == 2
         assert "--sha256 'nope=1'" in capsys.readouterr().err
     finally:
         srv.close()
+
+
+# ------------------------------------------------------------------ sha256 of finished steps
+def _with_sha256(key: str, digest: str) -> dict:
+    from dataclasses import replace
+
+    from ssdbench.data.download import ARTIFACTS
+
+    return {**ARTIFACTS, key: replace(ARTIFACTS[key], sha256=digest)}
+
+
+def test_a_finished_file_is_rehashed_when_a_sha256_is_known(tmp_path):
+    pytorch_bytes = b"pickled module stand-in " * 100
+    good, wrong = hashlib.sha256(pytorch_bytes).hexdigest(), "0" * 64
+    srv = _official_server(b"unused", pytorch_bytes)
+    try:
+        done = download_coco(tmp_path, ["ssd1200_pytorch"], base_url=srv.url, **QUIET)  # no checksum known
+        assert done == {"ssd1200_pytorch": "downloaded"}
+        target = tmp_path / "resnet34-ssd1200.pytorch"
+        requests = len(srv.log)
+        # marked done, then a sha256 is given: checked, not skipped
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(target))} is corrupt: sha256 {good} is not the "
+                                             rf"expected {wrong}; deleted it"):
+            download_coco(tmp_path, ["ssd1200_pytorch"], base_url=srv.url,
+                          artifacts=_with_sha256("ssd1200_pytorch", wrong), **QUIET)
+        assert not target.exists() and len(srv.log) == requests  # the bad file is not used
+        ok = download_coco(tmp_path, ["ssd1200_pytorch"], base_url=srv.url,
+                           artifacts=_with_sha256("ssd1200_pytorch", good), **QUIET)
+        assert ok == {"ssd1200_pytorch": "downloaded"} and target.read_bytes() == pytorch_bytes
+        marker = tmp_path / ".ssdbench-download" / "ssd1200_pytorch.done"
+        assert f"sha256 {good}" in marker.read_text()
+        target.write_bytes(b"changed on disk " * 10)  # a finished file altered afterwards
+        with pytest.raises(ValueError, match=rf"sha256 {hashlib.sha256(b'changed on disk ' * 10).hexdigest()} "
+                                             rf"is not the expected {good}"):
+            download_coco(tmp_path, ["ssd1200_pytorch"], base_url=srv.url,
+                          artifacts=_with_sha256("ssd1200_pytorch", good), **QUIET)
+        assert not target.exists() and not marker.exists()
+    finally:
+        srv.close()
+
+
+def test_an_archive_is_checked_before_it_is_extracted(server, tmp_path):
+    archive = server.files["zips/val2017.zip"]
+    wrong = "ab" * 32
+    with pytest.raises(ValueError, match=rf"val2017\.zip is corrupt: sha256 {hashlib.sha256(archive).hexdigest()} "
+                                         rf"is not the expected {wrong}"):
+        download_coco(tmp_path, ["val"], base_url=server.url, artifacts=_with_sha256("val", wrong), **QUIET)
+    assert not (tmp_path / "val2017").exists() and not (tmp_path / "val2017.zip").exists()
+    assert not list(tmp_path.glob(".extract-*"))
+
+
+def test_a_deleted_archive_is_checked_by_its_recorded_digest(server, tmp_path):
+    good = hashlib.sha256(server.files["zips/val2017.zip"]).hexdigest()
+    done = download_coco(tmp_path, ["val"], base_url=server.url, keep_archives=False,
+                         artifacts=_with_sha256("val", good), **QUIET)
+    assert done == {"val": "downloaded, extracted"} and not (tmp_path / "val2017.zip").exists()
+    again = download_coco(tmp_path, ["val"], base_url=server.url, artifacts=_with_sha256("val", good), **QUIET)
+    assert again == {"val": "already complete, sha256 verified"}
+    wrong = "cd" * 32
+    marker = tmp_path / ".ssdbench-download" / "val.done"
+    with pytest.raises(ValueError, match=rf"val2017\.zip is corrupt: sha256 \(recorded in {re.escape(str(marker))}\) "
+                                         rf"{good} is not the expected {wrong}"):
+        download_coco(tmp_path, ["val"], base_url=server.url, artifacts=_with_sha256("val", wrong), **QUIET)
+    assert not marker.exists()  # the next run downloads and extracts it anew
+
+
+def test_a_finished_archive_without_recorded_digest_is_rehashed_or_refused(server, tmp_path):
+    good = hashlib.sha256(server.files["zips/val2017.zip"]).hexdigest()
+    download_coco(tmp_path, ["val"], base_url=server.url, **QUIET)  # no sha256: the marker records none
+    again = download_coco(tmp_path, ["val"], base_url=server.url, artifacts=_with_sha256("val", good), **QUIET)
+    assert again == {"val": "already complete, sha256 verified"}  # the archive, still here, re-hashed
+    (tmp_path / "val2017.zip").unlink()
+    with pytest.raises(ValueError, match=r"val2017\.zip was extracted and deleted before its sha256 was recorded"):
+        download_coco(tmp_path, ["val"], base_url=server.url, artifacts=_with_sha256("val", good), **QUIET)

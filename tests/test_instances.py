@@ -1,14 +1,20 @@
 """Multi-instance CPU serving: core sets, pinned instance processes, the same detections as one backend."""
 
+import multiprocessing as mp
 import os
+import time
 
+import instance_fakes
 import pytest
 import torch
 
-from ssdbench.loadgen.instances import InstancePool, split_cores
+from ssdbench.errors import CliError
+from ssdbench.loadgen import instances as I
+from ssdbench.loadgen.instances import InstanceFailed, InstancePool, split_cores
 
 
-def test_split_cores_contiguous_and_balanced():
+def test_split_cores_without_topology_contiguous_and_balanced(monkeypatch):
+    monkeypatch.setattr(I, "read_topology", lambda cpus: None)  # /sys unreadable
     assert split_cores(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
     assert split_cores(1, [4, 5]) == [[4, 5]]
     assert split_cores(3, [0, 1, 2]) == [[0], [1], [2]]
@@ -50,7 +56,7 @@ def test_two_pinned_instances_answer_like_one_backend(tmp_path):
 
 def test_an_instance_that_cannot_start_is_one_error(tmp_path):
     kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(tmp_path / "missing.pt")}
-    with pytest.raises(ValueError, match=r"model instance on cores \[\d+\] failed to start: .*missing\.pt"):
+    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) failed to start: .*missing\.pt"):
         InstancePool(kwargs, 1, cores=[[min(os.sched_getaffinity(0))]])
 
 
@@ -73,3 +79,108 @@ def test_loadgen_offline_with_two_instances(tmp_path, capsys):
     assert settings["sut"]["instances"] == 2 and len(settings["instances"]) == 2
     assert sorted(c for inst in settings["instances"] for c in inst["cores"]) == sorted(os.sched_getaffinity(0))
     assert "Result is : VALID" in (out / "mlperf_log_summary.txt").read_text()
+
+
+def _children() -> set[int]:
+    return {p.pid for p in mp.active_children()}
+
+
+def _fake_topology(packages: int, cores_per_package: int, threads: int = 2):
+    """Linux numbering: CPUs 0..P*C-1 are every core's first thread, the next P*C their siblings."""
+    physical = packages * cores_per_package
+    return {cpu: ((cpu % physical) // cores_per_package, (cpu % physical) % cores_per_package)
+            for cpu in range(physical * threads)}
+
+
+def test_split_cores_keeps_smt_siblings_together(monkeypatch):
+    monkeypatch.setattr(I, "read_topology", lambda cpus: {c: _fake_topology(1, 8)[c] for c in cpus})
+    cpus = list(range(16))
+    assert split_cores(2, cpus) == [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]]
+    assert split_cores(3, cpus) == [[0, 1, 2, 8, 9, 10], [3, 4, 5, 11, 12, 13], [6, 7, 14, 15]]
+    assert split_cores(8, cpus)[7] == [7, 15]
+    with pytest.raises(ValueError, match=r"^--instances 9 needs at least 9 physical cores, this process has 8 "
+                                         r"\(16 logical CPUs"):
+        split_cores(9, cpus)
+
+
+def test_split_cores_keeps_instances_inside_one_package(monkeypatch):
+    monkeypatch.setattr(I, "read_topology", lambda cpus: {c: _fake_topology(2, 4)[c] for c in cpus})
+    cpus = list(range(16))  # package 0: cores of CPUs 0-3 + 8-11, package 1: 4-7 + 12-15
+    assert split_cores(2, cpus) == [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]]
+    assert split_cores(4, cpus) == [[0, 1, 8, 9], [2, 3, 10, 11], [4, 5, 12, 13], [6, 7, 14, 15]]
+    monkeypatch.setattr(I, "read_topology", lambda cpus: {c: _fake_topology(2, 5, threads=1)[c] for c in cpus})
+    # 10 cores, 4 instances: 3+2 per package, not 3+3+2+2 across the package boundary
+    assert split_cores(4, list(range(10))) == [[0, 1, 2], [3, 4], [5, 6, 7], [8, 9]]
+
+
+def test_topology_reader_reads_sys_or_gives_none():
+    cpus = sorted(os.sched_getaffinity(0))
+    topology = I.read_topology(cpus)
+    if os.path.isdir("/sys/devices/system/cpu/cpu0/topology"):
+        assert topology is not None and set(topology) == set(cpus)
+    assert I.read_topology([10**6]) is None  # no such CPU: the plain split
+    assert sorted(c for s in split_cores(1) for c in s) == cpus
+
+
+def test_an_instance_that_dies_while_starting_is_one_quick_error():
+    before = _children()
+    start = time.monotonic()
+    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) died while starting "
+                                             r"\(exit code 3\)$"):
+        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.die)
+    assert time.monotonic() - start < 120  # not READY_TIMEOUT_S (900 s)
+    assert _children() <= before
+    assert issubclass(InstanceFailed, CliError)  # `ssdbench loadgen` prints it as one line, exit status 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_dead_instance_stops_the_others_still_starting():
+    before = _children()
+    c0, c1 = sorted(os.sched_getaffinity(0))[:2]
+    start = time.monotonic()
+    with pytest.raises(InstanceFailed, match=rf"^model instance 0 of 2 \(cores \[{c0}\]\) died while starting"):
+        InstancePool({}, 2, cores=[[c0], [c0, c1]], factory=instance_fakes.die_if_one_thread_else_hang)
+    assert time.monotonic() - start < 120  # the hanging instance is terminated, not waited for
+    assert _children() <= before
+
+
+def test_an_instance_not_ready_in_time_is_one_error(monkeypatch):
+    monkeypatch.setattr(I, "READY_TIMEOUT_S", 1.0)
+    before = _children()
+    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) not ready after 1 s"):
+        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.hang)
+    assert _children() <= before
+
+
+def test_an_interrupted_start_leaves_no_instance(monkeypatch):
+    def interrupted(conns, timeout=None):
+        assert I.mp.active_children()  # the instance runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(I, "_wait", interrupted)
+    before = _children()
+    with pytest.raises(KeyboardInterrupt):
+        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.hang)
+    assert _children() <= before
+
+
+def test_a_broken_instance_is_set_aside_and_named():
+    before = _children()
+    core = min(os.sched_getaffinity(0))
+    pool = InstancePool({"die_at": 2}, 2, cores=[[core], [core]], factory=instance_fakes.tiny)
+    try:
+        assert pool.predict(torch.zeros(1, 3, 8, 8)).counts.tolist() == [1]
+        with pytest.raises(InstanceFailed, match=rf"^model instance \d of 2 \(cores \[{core}\]\) stopped answering "
+                                                 r"\(EOFError.*\(exit code 5\)$"):
+            pool.predict(torch.zeros(2, 3, 8, 8))
+        # the other instance still answers, every time: the broken one is never handed out again
+        for _ in range(4):
+            assert pool.predict(torch.zeros(3, 3, 8, 8)).counts.tolist() == [1, 1, 1]
+        with pytest.raises(InstanceFailed, match="stopped answering"):
+            pool.predict(torch.zeros(2, 3, 8, 8))
+        for _ in range(2):  # none left: an error, not a caller waiting forever
+            with pytest.raises(InstanceFailed, match=r"^every model instance has failed \(2 of 2\)$"):
+                pool.predict(torch.zeros(1, 3, 8, 8))
+    finally:
+        pool.close()
+    assert _children() <= before

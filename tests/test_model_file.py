@@ -222,3 +222,31 @@ def test_cli_eval_checks_the_model_file_before_inference(official_onnx, tmp_path
     assert main(["eval", "--data", str(data), "--backend", "openvino", "--model-file", str(four),
                  "--dtype", "fp32", "--out", out]) == 0
     assert "ssd128_mini (openvino, fp32)" in capsys.readouterr().out
+
+
+def test_loadgen_model_file_checks_the_resolved_backend(tmp_path, capsys):
+    """`loadgen --model-file`: the backend may come from --preset or --user-conf (the resolved one
+    counts, not the flag); --weights and --space-to-depth, which the file would silently override,
+    are refused by name."""
+    from ssdbench.cli import main
+
+    missing = str(tmp_path / "absent.onnx")
+    user = tmp_path / "user.conf"
+    user.write_text("ssd-resnet34.*.backend = openvino\n")
+    base = ["loadgen", "--scenario", "Offline", "--out", str(tmp_path / "lg"), "--model-file", missing]
+    # backend from the user conf: accepted, so the next problem is the file itself
+    assert main([*base, "--user-conf", str(user)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"model file not found: {missing}")
+    # backend eager from the preset (no --backend flag): refused, naming where eager came from
+    assert main([*base, "--preset", "cpu"]) == 2
+    assert "--model-file needs --backend onnxruntime or openvino (got eager, backend from preset cpu)" \
+        in capsys.readouterr().err
+    # a flag still overrides a user conf
+    assert main([*base, "--user-conf", str(user), "--backend", "compile"]) == 2
+    assert "(got compile, --backend)" in capsys.readouterr().err
+    for extra, named in ((["--weights", "w.pt"], "--weights cannot"),
+                         (["--space-to-depth"], "--space-to-depth cannot"),
+                         (["--weights", "w.pt", "--space-to-depth"], "--weights and --space-to-depth cannot")):
+        assert main([*base, "--backend", "onnxruntime", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {named} go with --model-file" in err and len(err.strip().splitlines()) == 1

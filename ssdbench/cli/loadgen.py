@@ -43,7 +43,8 @@ def add_arguments(parser) -> None:
     a("--data", default=None, help="COCO-format dataset root with val2017 (default: the embedded one)")
     a("--weights", default=None, help="model weights (default: random init, for timing only)")
     a("--model-file", default=None, help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
-      "(with --backend onnxruntime or openvino), e.g. the official resnet34-ssd1200.onnx")
+      "(backend onnxruntime or openvino, from a flag, preset or user conf; not with --weights or "
+      "--space-to-depth), e.g. the official resnet34-ssd1200.onnx")
     a("--allow-pickle", action="store_true",
       help="allow pickled whole-model weight files (resnet34-ssd1200.pytorch); trusted files only")
     a("--out", default="runs/loadgen", help="output folder (default runs/loadgen)")
@@ -91,21 +92,43 @@ def flags_from_args(args) -> dict:
     }  # fmt: skip
 
 
+def check_model_file(args, run_settings: S.RunSettings) -> None:
+    """--model-file runs on the RESOLVED backend (flag, preset or user conf) of a file runtime; the
+    file holds the network, so --weights and --space-to-depth, which it would ignore, are refused."""
+    from ssdbench.errors import CliError
+
+    backend = run_settings.sut.backend
+    if backend not in ("onnxruntime", "openvino"):
+        source = run_settings.sources.get("backend", "flags")
+        origin = "--backend" if source == "flags" else f"backend from {source}"
+        raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {backend}, {origin})")
+    ignored = [flag for flag, given in (("--weights", args.weights is not None),
+                                        ("--space-to-depth", bool(args.space_to_depth))) if given]  # fmt: skip
+    if ignored:
+        raise CliError(f"{' and '.join(ignored)} cannot go with --model-file (the file holds the weights "
+                       "and decides space-to-depth)")  # fmt: skip
+
+
+def _resolve(args) -> S.RunSettings:
+    return S.resolve(args.scenario, "find-peak" if args.find_peak else args.mode, args.preset, args.user_conf,
+                     flags_from_args(args), round=args.round)  # fmt: skip
+
+
 def run(args) -> int:
     from ssdbench.model.weights import checkpoint_model_name
 
     output_folder(args.out, "--out")
     # Our checkpoints and quantized files name their network: they decide the model unless --model does.
-    args.model = args.model or checkpoint_model_name(args.weights)
+    if args.model_file is None:
+        args.model = args.model or checkpoint_model_name(args.weights)
+    run_settings = _resolve(args)
     if args.model_file is not None:
-        from ssdbench.errors import CliError
         from ssdbench.infer.backends import model_file_network
 
-        if args.backend not in ("onnxruntime", "openvino"):
-            raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
-        args.model = args.model or model_file_network(args.model_file)
-    run_settings = S.resolve(args.scenario, "find-peak" if args.find_peak else args.mode, args.preset, args.user_conf, flags_from_args(args),
-                             round=args.round)  # fmt: skip
+        check_model_file(args, run_settings)
+        if args.model is None:
+            args.model = model_file_network(args.model_file)
+            run_settings = _resolve(args)
     print("resolved settings (value, source):")
     print("  " + S.format_settings(run_settings).replace("\n", "\n  "))
     command = shlex.join(args.command_line) if hasattr(args, "command_line") else None

@@ -15,10 +15,13 @@ Sources (official addresses; ``base_url`` replaces the host for mirrors and test
 
 Each file is fetched into ``NAME.part``; an interrupted transfer resumes with an HTTP Range
 request (retried automatically, and on the next run); a server that ignores Range restarts it
-from zero. Integrity: the size announced by Content-Length; for archives every member's CRC while
-extracting (zipfile); for ``.pth`` files the sha256 prefix in the file name (torchvision's
-convention: ``resnet34-333f7ec4.pth`` has a sha256 starting with ``333f7ec4``). A corrupt file is
-deleted with an error that says so. Archives extract into the standard layout (``annotations/``,
+from zero. Integrity: the size announced by Content-Length; a known sha256 (the official ONNX file's, or
+``--sha256 NAME=HEX`` for any item, archives included: checked before extracting); for archives
+every member's CRC while extracting (zipfile); for ``.pth`` files the sha256 prefix in the file
+name (torchvision's convention: ``resnet34-333f7ec4.pth`` has a sha256 starting with
+``333f7ec4``). A corrupt file is deleted with an error that names it and both digests. A step
+already done is checked again whenever a sha256 is known: the file is re-hashed, or, for an
+archive, its digest recorded in the ``.done`` marker is compared. Archives extract into the standard layout (``annotations/``,
 ``train2017/``, ``val2017/``) through a temporary folder; finished steps are recorded in
 ``DEST/.ssdbench-download/`` so a second run skips them.
 
@@ -159,17 +162,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checksum(path: Path, sha256: str | None, size: int | None) -> None:
-    """ValueError (after deleting the file) when its size or sha256 differs from the known ones."""
+def verify_checksum(path: Path, sha256: str | None, size: int | None) -> str | None:
+    """ValueError (after deleting the file) when its size or sha256 differs from the known ones;
+    returns the file's sha256 when one was known (and so computed), else None."""
     actual = path.stat().st_size
     if size is not None and actual != size:
         path.unlink()
         raise ValueError(f"{path} is corrupt: {actual} bytes, expected {size}; deleted it, run again "
                          "to download it anew")
-    if sha256 is not None and (digest := file_sha256(path)) != sha256.lower():
+    if sha256 is None:
+        return None
+    if (digest := file_sha256(path)) != sha256.lower():
         path.unlink()
-        raise ValueError(f"{path} is corrupt: sha256 {digest[:16]}... is not the expected {sha256[:16]}...; "
+        raise ValueError(f"{path} is corrupt: sha256 {digest} is not the expected {sha256.lower()}; "
                          "deleted it, run again to download it anew")
+    return digest
 
 
 def verify_sha256_prefix(path: Path) -> None:
@@ -220,26 +227,64 @@ def _merge_move(src: Path, dst: Path) -> None:
 
 
 # --- the whole set ----------------------------------------------------------------------------
+def _recorded_sha256(done: Path) -> str | None:
+    """The sha256 a ``.done`` marker records (line ``sha256 HEX``), None for markers without one."""
+    for line in done.read_text().splitlines():
+        if line.startswith("sha256 "):
+            return line.split()[1].lower()
+    return None
+
+
+def _check_finished(artifact: Artifact, done: Path, target: Path) -> None:
+    """A finished step, again against a known sha256: a file still here is re-hashed (an archive
+    whose marker records its digest is compared with that), a deleted archive by the marker's
+    digest. On a mismatch the file and the marker are deleted (the next run downloads anew) and
+    ValueError names the file and both digests."""
+    expected = artifact.sha256.lower()
+    recorded = _recorded_sha256(done)
+    if target.is_file() and not (artifact.extract and recorded is not None):
+        actual, where = file_sha256(target), "sha256"
+    elif recorded is not None:
+        actual, where = recorded, f"sha256 (recorded in {done})"
+    else:
+        raise ValueError(f"{target} was extracted and deleted before its sha256 was recorded: it cannot be "
+                         f"checked against {expected}; delete {done} to download it anew")  # fmt: skip
+    if actual != expected:
+        target.unlink(missing_ok=True)
+        done.unlink()
+        raise ValueError(f"{target} is corrupt: {where} {actual} is not the expected {expected}; deleted "
+                         "it, run again to download it anew")  # fmt: skip
+
+
 def fetch_artifact(key: str, artifact: Artifact, dest: Path, base_url: str | None = None,
                    progress: bool = True, keep_archive: bool = True, **kwargs) -> str:
-    """Download, verify and (for archives) extract one artifact; returns what was done."""
+    """Download, verify and (for archives) extract one artifact; returns what was done.
+
+    A step already done is checked again when a sha256 is known (`_check_finished`); an archive
+    is checked before it is extracted. The ``.done`` marker records the URL and, when one was
+    checked, the file's sha256.
+    """
     done = dest / ".ssdbench-download" / f"{key}.done"
     target = dest / artifact.name
     if done.is_file():
+        if artifact.sha256:
+            _check_finished(artifact, done, target)
+            return "already complete, sha256 verified"
         return "already complete"
     action = "verified (already downloaded)" if target.is_file() else "downloaded"
     if not target.is_file():
         download_file(url_for(artifact, base_url), target, progress=progress, **kwargs)
+    digest = None
+    if artifact.sha256 or artifact.size:
+        digest = verify_checksum(target, artifact.sha256, artifact.size)  # before any extraction
+    elif not artifact.extract:
+        verify_sha256_prefix(target)
     if artifact.extract:
         extract_zip(target, dest, progress)
         action += ", extracted"
         if not keep_archive:
             target.unlink()
-    elif artifact.sha256 or artifact.size:
-        verify_checksum(target, artifact.sha256, artifact.size)
-    else:
-        verify_sha256_prefix(target)
-    atomic_write_text(done, url_for(artifact, base_url) + "\n")
+    atomic_write_text(done, url_for(artifact, base_url) + "\n" + (f"sha256 {digest}\n" if digest else ""))
     return action
 
 

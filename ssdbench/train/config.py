@@ -84,7 +84,9 @@ class TrainConfig:
     # --- device and precision ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # "auto" and None below are resolved per device at run time (`resolve_for_device`): the GPU
-    # presets ask for the fast path on CUDA and fall back to the plain CPU path elsewhere.
+    # presets ask for the fast path on CUDA; elsewhere step, input pipeline and CUDA graph fall
+    # back to the plain CPU path while precision auto and channels_last None still resolve per
+    # device (bf16 where the CPU computes it natively, NHWC on), and the run's note lists them.
     # auto = bf16 on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16, `ssdbench.precision`), else fp32
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler) | auto
     # NHWC; None = on (CUDA; and CPU, where it measured 1.13x the NCHW fp32 SSD300 step and 1.1-1.2x
@@ -175,7 +177,9 @@ SSDBENCH_RULES = dict.fromkeys(REFERENCE_RULES, True)
 _V07_EVAL = (40, 50, 55)  # benchmark.md §6: NVIDIA v0.7 evaluates at 40, 50, 55 then every 5
 
 # The GPU presets' fast path, resolved per device (`resolve_for_device`): on CUDA step=fast with a
-# CUDA graph, the device input pipeline, bf16 and channels_last; on CPU the plain defaults.
+# CUDA graph, the device input pipeline, bf16 and channels_last; on CPU the plain step, the CPU
+# loader and no graph, with bf16 only where the CPU computes bf16 natively (else fp32) and
+# channels_last on (docs/DEVIATIONS.md: a host-dependent precision; --precision fp32 pins it).
 # Deviation: the published DGX runs used fp16 AMP (benchmark.md §6); bf16 needs no loss scaling, trains
 # the same on A100/H100, and is what the graph-captured FastStep supports. --precision fp16
 # --step plain restores the published setting.
@@ -315,8 +319,11 @@ def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig,
     """(cfg with every "auto"/None device choice made for ``device_type``, one-line note or None).
 
     On CUDA the GPU presets get step=fast, a CUDA graph, the device input pipeline, bf16 and
-    channels_last; elsewhere the plain CPU path (the note says so). Idempotent. Raises ValueError
-    for a CUDA graph asked for on a non-CUDA device, or fp16 with the fast step.
+    channels_last. Elsewhere step, input pipeline and CUDA graph fall back to plain, cpu and off,
+    while precision auto becomes `default_precision` of the device (bf16 on a CPU with native bf16,
+    else fp32) and channels_last None becomes on; the note lists every value chosen for the
+    fall-back, precision and channels_last included. Idempotent. Raises ValueError for a CUDA
+    graph asked for on a non-CUDA device, or fp16 with the fast step.
     """
     cuda = device_type == "cuda"
     native_bf16 = default_precision(device_type) == "bf16"  # CUDA, or a CPU with AMX / AVX512-BF16
@@ -335,10 +342,15 @@ def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig,
         raise ValueError(f"--cuda-graph needs --step fast (the graph captures FastStep), got --step {step}")
     resolved = replace(cfg, **values)
     validate(resolved)
-    # precision / channels_last "auto" are chosen on every device: no fall-back to report for them
     fell_back = [k for k in ("step", "input_pipeline", "cuda_graph") if getattr(cfg, k) in ("auto", None)]
     note = None
     if fell_back and not cuda:
-        chosen = ", ".join(f"{k}={values[k]}" for k in fell_back)
-        note = f"note: preset {cfg.preset}'s GPU fast path needs CUDA; on {device_type}: {chosen}"
+        # precision / channels_last are chosen per device too; on a CPU the choice depends on the host
+        chosen = [f"{k}={values[k]}" for k in fell_back]
+        if cfg.precision == "auto":
+            why = "this CPU computes bf16 natively" if values["precision"] == "bf16" else "no native bf16 here"
+            chosen.append(f"precision={values['precision']} (auto: {why}; --precision fp32 pins it)")
+        if cfg.channels_last is None:
+            chosen.append("channels_last=True")
+        note = f"note: preset {cfg.preset}'s GPU fast path needs CUDA; on {device_type}: {', '.join(chosen)}"
     return resolved, note
