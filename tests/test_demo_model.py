@@ -41,7 +41,7 @@ def test_a_run_in_progress_elsewhere_is_waited_for(tmp_path, monkeypatch, capsys
         time.sleep(0.5)
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.pt").write_bytes(b"trained")
-        (folder / "summary.json").write_text("{}")
+        (folder / "summary.json").write_text('{"status": "finished"}')
         lock.release()
 
     worker = threading.Thread(target=finish)
@@ -62,3 +62,27 @@ def test_waiting_for_a_run_in_progress_is_bounded(tmp_path, monkeypatch):
             demo_model.demo_checkpoint()
     finally:
         lock.release()
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted", None])
+def test_a_killed_run_is_resumed_not_returned(tmp_path, monkeypatch, status):
+    """A run killed mid-training (e.g. a test's timeout) leaves a checkpoint and a summary.json saying
+    "failed": the model is not finished, so the next call trains on instead of returning it."""
+    from ssdbench.train import trainer
+
+    folder = _demo_folder(tmp_path, monkeypatch)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"epoch 6 of 22")
+    (folder / "summary.json").write_text("{}" if status is None else f'{{"status": "{status}"}}')
+    calls = []
+
+    def resume(cfg, progress=False):
+        calls.append(cfg.out)
+        (folder / "summary.json").write_text('{"status": "finished"}')
+        return {"status": "finished"}
+
+    monkeypatch.setattr(trainer, "run_training", resume)
+    assert demo_model.demo_checkpoint() == folder / "checkpoints" / "last.pt"
+    assert calls == [str(folder)]
+    assert demo_model.demo_checkpoint() == folder / "checkpoints" / "last.pt"  # finished now: no training
+    assert len(calls) == 1

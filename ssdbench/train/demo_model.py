@@ -33,6 +33,7 @@ from ssdbench.train.config import TrainConfig, resolve_config
 
 LOCK_WAIT_S = 900.0  # another process training the same demo model: wait this long for it ...
 LOCK_POLL_S = 5.0  # ... looking every this many seconds
+FINISHED = ("success", "finished")  # summary.json statuses of a run that trained all its epochs
 
 
 def cache_key(cfg: TrainConfig) -> str:
@@ -75,7 +76,7 @@ def _train(folder: Path, overrides: dict, progress: bool) -> Path:
     from ssdbench.train.trainer import run_training
 
     last = folder / "checkpoints" / "last.pt"
-    if (folder / "summary.json").is_file() and last.is_file():
+    if _finished(folder) and last.is_file():
         return last
     cfg = resolve_config("demo", None, {**overrides, "out": str(folder)})
     threads = torch.get_num_threads()
@@ -85,6 +86,16 @@ def _train(folder: Path, overrides: dict, progress: bool) -> Path:
         summary = run_training(cfg, progress=progress)
     finally:
         torch.set_num_threads(threads)
-    if summary.get("status") == "interrupted" or not last.is_file():
+    if summary.get("status") not in FINISHED or not last.is_file():
         raise RuntimeError(f"the demo model's training in {folder} did not finish; call again to resume it")
     return last
+
+
+def _finished(folder: Path) -> bool:
+    """True when ``folder``'s summary.json records a run that ended by itself: a killed or failed run
+    ("failed", "interrupted") also writes one, and resuming it is what finishes the model."""
+    try:
+        status = json.loads((folder / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status in FINISHED
