@@ -45,7 +45,7 @@ def cli(capsys, *argv, seconds: int = 120) -> tuple[int, str, str]:
 
 def cli_process(*argv, seconds: int = 120, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """``python -m ssdbench ARGV`` in a subprocess killed after ``seconds`` (TimeoutExpired fails the test)."""
-    return subprocess.run([sys.executable, "-m", "ssdbench", *map(str, argv)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ssdbench", *map(str, argv)], capture_output=True, text=True, check=False,
                           timeout=seconds, env={**ENV, **(env or {})}, cwd=cwd)  # fmt: skip
 
 
