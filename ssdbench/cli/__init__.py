@@ -52,7 +52,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line, not the whole usage block before it (usage is for --help).
         message = re.sub(r"^argument ([^:]+): (must be )", r"\1 \2", message)
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

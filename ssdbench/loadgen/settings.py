@@ -74,9 +74,10 @@ _SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "instances": 1, "count": 0, "
 # target_qps makes LoadGen size its query schedule without bound; 1e5 queries/s is far above any
 # SSD-Large system (benchmark.md §7) and keeps a 600 s Server schedule at 6e7 queries.
 # Bounds of what one machine can hold (a value past them used to hang or overflow): a batch of
-# 1024 SSD-Large inputs is 17.7 GB of fp32; threads beyond 256 only wait on the same device;
+# 1024 SSD-Large inputs is 17.7 GB of fp32; 1024 threads (batches in flight) is above the seed
+# presets' largest (384, Cloud TPU);
 # 1024 samples per MultiStream query is far above any round's (8 since v1.1).
-MAX_BATCH, MAX_THREADS, MAX_SAMPLES_PER_QUERY = 1024, 256, 1024
+MAX_BATCH, MAX_THREADS, MAX_SAMPLES_PER_QUERY = 1024, 1024, 1024
 LOADGEN_RANGES: dict[str, Range] = {
     "target_qps": Range(float, gt=0, le=1e5), "target_latency": POSITIVE,
     "target_latency_percentile": Range(float, gt=0, lt=100), "samples_per_query": Range(int, ge=1, le=MAX_SAMPLES_PER_QUERY),
