@@ -76,3 +76,5 @@ def test_a_scenario_read_from_a_file_must_be_a_scenario(tmp_path, scenario):
     (run / "settings.json").write_text(json.dumps({"scenario": scenario, "mode": "performance"}))
     with pytest.raises(Exception, match=r"scenario .* is not one of SingleStream"):
         classify([run])
+    (run / "settings.json").write_text(json.dumps({"scenario": "Offline", "mode": "performance"}))
+    assert classify([run]) == {"Offline": {"performance": run}}

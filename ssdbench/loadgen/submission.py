@@ -66,10 +66,10 @@ def classify(folders) -> dict[str, dict[str, Path]]:
             scenario, kind = info.get("scenario"), info.get("mode")
             if kind not in ("performance", "accuracy"):
                 raise CliError(f"{folder / 'settings.json'}: mode {kind!r} is neither performance nor accuracy")
-        if scenario not in SCENARIOS:  # it becomes a folder name
-            raise CliError(f"{folder}: scenario {scenario!r} is not one of {', '.join(SCENARIOS)}")
         else:
             raise CliError(f"{folder} is neither an ssdbench loadgen run nor an ssdbench compliance folder")
+        if scenario not in SCENARIOS:  # it becomes a folder name
+            raise CliError(f"{folder}: scenario {scenario!r} is not one of {', '.join(SCENARIOS)}")
         slot = found.setdefault(scenario, {})
         if kind in slot:
             raise CliError(f"two {scenario} {kind} folders: {slot[kind]} and {folder}")
