@@ -170,3 +170,27 @@ def test_a_folder_whose_first_checkpoint_write_was_killed_is_reused(capsys, tmp_
     assert rc == 0, err
     assert "killed while writing its first checkpoint; starting it afresh" in out
     assert not list((run / "checkpoints").glob(".*tmp*")) and (run / "checkpoints" / "epoch_0001.pt").is_file()
+
+
+def test_a_category_order_other_than_the_checkpoints_is_warned_about(capsys, tmp_path, data):
+    """Shuffled `categories` in the eval file: every label is scored as another category (0.058%
+    mAP used to come without a word)."""
+    from ssdbench.model.weights import checkpoint_categories
+
+    rc, _out, err = cli(capsys, "train", "--preset", "demo", "--data", data, "--epochs", "1", "--batch-size", "2",
+                        "--workers", "0", "--out", tmp_path / "run", seconds=300)  # fmt: skip
+    assert rc == 0, err
+    weights = tmp_path / "run" / "checkpoints" / "epoch_0001.pt"
+    trained = checkpoint_categories(weights)
+    assert trained == CocoDetection(data, "train").cat_ids
+    rc, _out, err = cli(capsys, "eval", "--data", data, "--weights", weights, "--out", tmp_path / "a.json")
+    assert rc == 0 and "warning" not in err
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(data, shuffled)
+    ann = shuffled / "annotations" / "instances_val2017.json"
+    content = json.loads(ann.read_text())
+    content["categories"] = content["categories"][::-1]
+    ann.write_text(json.dumps(content))
+    rc, _out, err = cli(capsys, "eval", "--data", shuffled, "--weights", weights, "--out", tmp_path / "b.json")
+    assert rc == 0 and f"warning: {weights} was trained with category ids {trained[:8]}" in err
+    assert "the same categories in another order" in err

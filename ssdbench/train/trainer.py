@@ -271,7 +271,8 @@ class Trainer:
         self.state.pending_evals = self.evaluator.records() if self.evaluator is not None else []
         try:
             return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                                 self.data.train_loader.sampler, self.cfg, self.launch)
+                                 self.data.train_loader.sampler, self.cfg, self.launch,
+                                 list(getattr(self.data.train_set, "cat_ids", None) or []) or None)
         finally:
             self.state.pending_evals = []
 
