@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +133,34 @@ def output_file(path: str | Path, flag: str) -> Path:
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
     return path
+
+
+# A name that becomes a folder or file name (an organisation, a system, a scenario read from a
+# file): the characters of MLPerf's own submission trees (letters, digits, '_', '-', '.', '+'),
+# starting with a letter or digit, so that it is never '.', '..', absolute or nested.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def safe_name(value, what: str) -> str:
+    """``value`` when it is a safe path component; ValueError naming ``what`` (a flag, a file's key)."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r}: use 1-100 letters, digits, '_', '-', '.', '+' starting with a letter "
+                         "or digit (it becomes a folder or file name)")
+    return value
+
+
+def inside(path: str | Path, root: str | Path, what: str) -> Path:
+    """``path`` when it resolves to ``root`` or below (symbolic links followed); ValueError naming
+    ``what`` otherwise: a write must never land outside the output folder."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ValueError(f"{what}: {path} would be written outside {root}")
+    return Path(path)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

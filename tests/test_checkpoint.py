@@ -16,7 +16,8 @@ from ssdbench.train.loop import StepParts, TrainState
 from ssdbench.train.schedule import MLPerfSchedule
 
 TRAINING = {"model": {}, "state": {}, "sampler": {}, "rng": []}  # the keys a resume needs
-PAYLOAD_KEYS = {"model", "optimizer", "scheduler", "scaler", "state", "sampler", "rng", "config", "world_size"}
+PAYLOAD_KEYS = {"model", "optimizer", "scheduler", "scaler", "state", "sampler", "rng", "config", "world_size",
+                "categories"}
 
 
 def test_checkpoint_files_are_atomic_and_pointed(tmp_path):

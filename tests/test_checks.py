@@ -86,7 +86,7 @@ def test_every_numeric_flag_refuses_nan_and_inf(prefix, flag, rule, text, capsys
 @pytest.mark.parametrize("argv, message", [
     (["loadgen", "--qps", "0"], "--qps must be a finite number > 0, got 0"),
     (["loadgen", "--min-duration", "-1"], "--min-duration must be a finite number >= 0, got -1"),
-    (["train", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["train", "--batch-size", "0"], "--batch-size must be an integer in [1, 4096], got 0"),
     (["train", "--momentum", "1"], "--momentum must be a finite number in [0, 1), got 1"),
     (["train", "--decay-epochs", "40", "-5"], "--decay-epochs must be an integer >= 1, got -5"),
     (["predict", "x.jpg", "--weights", "w", "--score-threshold", "1.5"],
@@ -159,7 +159,7 @@ def test_config_file_nan_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"^config lr must be a finite number > 0, got nan$"):
         resolve_config(config_file=str(path))
     path.write_text(json.dumps({"batch_size": True}))
-    with pytest.raises(ValueError, match="config batch_size must be an integer >= 1, got True"):
+    with pytest.raises(ValueError, match=r"config batch_size must be an integer in \[1, 4096\], got True"):
         resolve_config(config_file=str(path))
 
 

@@ -107,6 +107,7 @@ def test_closed_division_rejects_zero_warmup():
 def test_gpu_presets_resolve_per_device(native_bf16, monkeypatch):
     # precision "auto": bf16 on CPUs with native bf16, fp32 elsewhere; channels_last None: on
     monkeypatch.setenv("SSDBENCH_CPU_BF16", "1" if native_bf16 else "0")
+    monkeypatch.setattr("ssdbench.train.config.usable_cores", lambda: 64)  # no workers cap note on a small host
     cpu_precision = ("bf16" if native_bf16 else "fp32", True)
     cfg = resolve_config("dgxa100_x8")
     cuda, note = resolve_for_device(cfg, "cuda")

@@ -11,6 +11,7 @@ import importlib
 import re
 import sys
 
+from ssdbench.cli.env import check_environment
 from ssdbench.errors import CliError
 
 # command -> (module, one-line help)
@@ -49,8 +50,9 @@ class Parser(argparse.ArgumentParser):
     number > 0, got nan`` (argparse writes ``argument --qps: must be ...``; `ssdbench.checks`)."""
 
     def error(self, message: str):
+        # One line, not the whole usage block before it (usage is for --help).
         message = re.sub(r"^argument ([^:]+): (must be )", r"\1 \2", message)
-        super().error(message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     args.command_line = ["ssdbench", name, *rest]  # recorded by commands whose outputs must say how they were made
     try:
+        check_environment()  # variables are values too: one line naming a bad one, before any work
         return int(module.run(args) or 0)
     except (CliError, OSError, ValueError) as exc:
         # One clear line naming the culprit; tracebacks only with SSDBENCH_DEBUG=1. OSError:

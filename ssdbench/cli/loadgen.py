@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import shlex
 
-from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, output_folder
+from ssdbench.checks import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Range,
+    output_folder,
+    usable_cores,
+)
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.rounds import DEFAULT_ROUND, ROUNDS
 from ssdbench.loadgen.run import run_loadgen
@@ -54,16 +62,19 @@ def add_arguments(parser) -> None:
     g.add_argument("--qps", type=POSITIVE, help="target_qps: Server arrival rate / Offline expected rate")
     g.add_argument("--latency", type=POSITIVE, help="target_latency in ms (Server bound; expected latency "
                    "for SingleStream/MultiStream)")  # fmt: skip
-    g.add_argument("--samples-per-query", type=POSITIVE_INT, help="MultiStream samples per query")
+    g.add_argument("--samples-per-query", type=S.LOADGEN_RANGES["samples_per_query"],
+                   help=f"MultiStream samples per query (at most {S.MAX_SAMPLES_PER_QUERY})")
     g.add_argument("--min-duration", type=NON_NEGATIVE, help="min_duration in seconds")
     g.add_argument("--min-query-count", type=NON_NEGATIVE_INT, help="min_query_count (Offline: samples)")
     g.add_argument("--performance-sample-count", type=POSITIVE_INT, help="samples resident in performance mode")
     s = parser.add_argument_group("system under test")
     s.add_argument("--count", type=NON_NEGATIVE_INT, help="samples in the QSL (0 = the whole val split)")
-    s.add_argument("--max-batch-size", type=POSITIVE_INT, help="dynamic batcher: largest batch")
+    s.add_argument("--max-batch-size", type=S.SUT_RANGES["max_batch_size"], help="dynamic batcher: largest batch "
+                   f"(at most {S.MAX_BATCH})")
     s.add_argument("--batch-timeout-us", type=NON_NEGATIVE_INT, help="dynamic batcher: wait for a fuller batch (µs)")
-    s.add_argument("--threads", type=POSITIVE_INT, help="worker threads (batches in flight)")
-    s.add_argument("--instances", type=POSITIVE_INT,
+    s.add_argument("--threads", type=S.SUT_RANGES["threads"],
+                   help=f"worker threads (batches in flight, at most {S.MAX_THREADS})")
+    s.add_argument("--instances", type=Range(int, ge=1, le=usable_cores()),
                    help="model instances, each a process pinned to its own cores (CPU)")
     s.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA, else fp32)")

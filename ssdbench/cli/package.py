@@ -40,10 +40,13 @@ def _verdict(name: str, ok: bool | None, detail: str = "", lines=()) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssdbench.checks import safe_name
     from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
     from ssdbench.train.score import format_tree, score_tree
     from ssdbench.train.submission import lay_out, read_system_json
 
+    safe_name(args.system, "--system")  # it names results/<system>/ and systems/<system>.json
+    safe_name(args.org, "--org")  # the submitter, also a folder name in the inference tree
     tree = lay_out(args.out, args.system, args.org, args.runs, read_system_json(args.system_json))
     print(f"submission tree: {args.out} ({len(tree['files'])} results in {tree['results']}, "
           f"{tree['system_json']}, {tree['division']} division)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ssdbench.checks import safe_name
 from ssdbench.errors import CliError
 from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.rules import WAIVABLE
@@ -50,6 +51,8 @@ def run(args) -> int:
         missing = [f for f in ("org", "system", "division", "category", "out") if not getattr(args, f)]
         if missing or not args.runs:
             raise CliError(f"building a tree needs --{', --'.join(missing or ['...'])} and RUN_DIRs (or --check DIR)")
+        safe_name(args.org, "--org")  # both become folder names under --out
+        safe_name(args.system, "--system")
         root, round_name = build_submission(args.org, args.system, args.division, args.category, args.runs,
                                             args.out, args.system_json, args.round)  # fmt: skip
         print(f"submission tree written to {root} (round {round_name})")

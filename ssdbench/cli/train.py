@@ -109,9 +109,10 @@ _BOOL_FLAGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="starting point (default: demo without --data, else mlperf)")
     parser.add_argument("--config", help="JSON file of config keys (applied after the preset)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+    resume = parser.add_mutually_exclusive_group()  # together, the last one used to win silently
+    resume.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                         help="continue a run: its folder or a checkpoint (no value: the newest run of the preset)")
-    parser.add_argument("--no-resume", action="store_true", help="start fresh even if --out holds a checkpoint")
+    resume.add_argument("--no-resume", action="store_true", help="start fresh even if --out holds a checkpoint")
     parser.add_argument("--accept-changes", action="store_true",
                         help="resume a checkpoint trained with other settings and apply the new ones")
     parser.add_argument("--v07-eval", action="store_true",

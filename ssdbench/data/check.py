@@ -28,7 +28,7 @@ BOX_TOLERANCE_PX = 1.0  # boxes may exceed the image by this much (rounding in r
 ERRORS = {"malformed_json", "missing_file", "unreadable_file", "corrupt_image", "image_too_large",
           "non_finite_box", "size_mismatch",
           "unknown_category", "unknown_image", "duplicate_image_id", "duplicate_annotation_id",
-          "duplicate_category_id", "malformed_annotation"}
+          "duplicate_category_id", "malformed_annotation", "duplicate_file_name"}
 # everything else (degenerate_box, box_outside_image, grayscale, cmyk, alpha, palette, not_jpeg,
 # jpeg_warning) is a warning
 
@@ -145,6 +145,12 @@ def _check_ids(report: CheckReport, split: str, data: dict) -> dict[int, dict]:
         if img.get("id") in images:
             report.add(split, "duplicate_image_id", f"image {img.get('id')}")
         images[img.get("id")] = img
+    by_file: dict = {}
+    for img in data["images"]:  # one picture under two ids is trained on, or scored, twice
+        by_file.setdefault(img.get("file_name"), []).append(img.get("id"))
+    for name, ids in by_file.items():
+        if len(ids) > 1:
+            report.add(split, "duplicate_file_name", f"{name} (images {', '.join(map(str, ids))})")
     cats = [c.get("id") for c in data["categories"]]
     for cid in {c for c in cats if cats.count(c) > 1}:
         report.add(split, "duplicate_category_id", f"category {cid}")

@@ -88,8 +88,12 @@ def load_json(path: str | Path) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed JSON in {path}: {exc}") from None
+    kind = type(data).__name__  # a ValueError, the CLI's one-line error, also for a JSON list
+    if kind != "dict":
+        raise ValueError(f"{path} is not a COCO detection file: a JSON {kind}, not an object "
+                         "with lists images, annotations, categories")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if not isinstance(data, dict) or missing:
+    if missing:
         raise ValueError(f"{path} is not a COCO detection file: missing list(s) {missing}")
     return data
 
@@ -100,6 +104,28 @@ def normalized_targets(boxes: np.ndarray, labels: np.ndarray, h: int, w: int) ->
     boxes = np.clip(boxes / np.array([w, h, w, h], np.float32), 0.0, 1.0)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return boxes[keep], labels[keep]
+
+
+def _outside(x: float, y: float, w: float, h: float, image: dict) -> bool:
+    """True when the box has no pixel inside the image's annotated width and height."""
+    try:
+        width, height = float(image["width"]), float(image["height"])
+    except (KeyError, TypeError, ValueError):
+        return False  # no size to compare with (a malformed image entry is `data check`'s)
+    return x >= width or y >= height or x + w <= 0 or y + h <= 0
+
+
+def warn_shared_files(images: list[dict], source: str) -> list[str]:
+    """Warn (and return them) about file names listed under more than one image id: the same
+    picture would be trained on, or scored, twice."""
+    seen: dict[str, list] = {}
+    for img in images:
+        seen.setdefault(str(img.get("file_name")), []).append(img.get("id"))
+    shared = [f"{name} (ids {', '.join(map(str, ids))})" for name, ids in seen.items() if len(ids) > 1]
+    if shared:
+        warnings.warn(f"{source}: {len(shared)} image file(s) listed under several image ids: "
+                      f"{name_ids(shared)}", stacklevel=3)
+    return shared
 
 
 class CocoDetection:
@@ -138,13 +164,14 @@ class CocoDetection:
             if img["id"] in index:
                 raise ValueError(f"{self.ann_file}: duplicate image id {img['id']}")
             index[img["id"]] = img
+        warn_shared_files(images, self.ann_file.name)
         return index
 
     def _index_annotations(self, anns: list[dict]) -> tuple[dict, dict]:
         """Per image id: boxes float32 (n, 4) ltrb pixels and labels int64 (n,) (crowd as asked)."""
         boxes: dict[int, list] = {}
         labels: dict[int, list] = {}
-        degenerate, non_finite = [], []
+        degenerate, non_finite, outside = [], [], []
         for ann in anns:
             image_id = self._check_annotation(ann)
             boxes.setdefault(image_id, [])  # any annotation keeps the image (reference rule)
@@ -156,11 +183,14 @@ class CocoDetection:
             if w <= 0 or h <= 0:
                 degenerate.append(ann["id"])
                 continue
+            if _outside(x, y, w, h, self._images[image_id]):
+                outside.append(ann.get("id"))  # kept here; `normalized_targets` drops it at load
             if self.exclude_crowd and ann.get("iscrowd", 0):
                 continue  # ignore regions for COCO eval; targets only in the reference's rule (module doc)
             boxes[image_id].append((x, y, x + w, y + h))
             labels[image_id].append(self.cat_id_to_label[ann["category_id"]])
-        for skipped, why in ((non_finite, "a NaN or infinite coordinate"), (degenerate, "non-positive width/height")):
+        for skipped, why in ((non_finite, "a NaN or infinite coordinate"), (degenerate, "non-positive width/height"),
+                             (outside, "no pixel inside its image (wholly outside)")):  # fmt: skip
             if skipped:
                 warnings.warn(f"{self.ann_file.name}: skipped {len(skipped)} box(es) with {why}: "
                               f"annotation ids {name_ids(skipped)}", stacklevel=3)

@@ -26,6 +26,7 @@ class FileBackend(Backend):
     """Shared part: the file's layout, batching for fixed-batch files, outputs -> detections."""
 
     def _init_file(self, info: MF.ModelFile) -> None:
+        MF.check_input_size(info, self.model_name, self.input_size)  # before any inference (a runtime error)
         self.file = info
         self.layout = info.layout
 
@@ -147,7 +148,11 @@ class OpenVinoBackend(FileBackend):
             raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
         path, sidecar = MF.resolve_path(path)
         self.core = ov.Core()
-        self.model = self.core.read_model(str(path))
+        try:
+            self.model = self.core.read_model(str(path))
+        except RuntimeError as exc:  # OpenVINO's parse errors: one line naming the file
+            raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
+                             f"({str(exc).strip().splitlines()[0][:200]})") from None
         self._init_file(MF.inspect_openvino(path, self.model, sidecar))
         self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINT[dtype],
                        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),

@@ -26,13 +26,13 @@ output layouts are recognised:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ssdbench.io import read_json
 from ssdbench.model.postprocess import MAX_PER_IMAGE, PaddedDetections
 
 LAYOUTS = ("raw", "padded", "official")
@@ -57,6 +57,7 @@ class ModelFile:
     # classes with background: the raw ``scores`` maps' C, or our metadata; None when the file does
     # not say (the official file: the network's, 81)
     num_classes: int | None = None
+    input_size: int | None = None  # the input's fixed square side in pixels, None when not fixed
 
 
 def resolve_path(path: str | Path) -> tuple[Path, dict]:
@@ -67,7 +68,11 @@ def resolve_path(path: str | Path) -> tuple[Path, dict]:
         if not sidecar.is_file():
             raise FileNotFoundError(f"--model-file {path} is a folder without {SIDECAR} (not written by "
                                     "`ssdbench quantize`); pass the .onnx or .xml file itself")
-        info = json.loads(sidecar.read_text())
+        info = read_json(sidecar, "quantize folder file")
+        if not isinstance(info, dict) or not isinstance(info.get("file"), str) or "/" in info["file"]:
+            raise ValueError(f"{sidecar}: no model file name under \"file\" (not written by `ssdbench quantize`?)")
+        if not (path / info["file"]).is_file():
+            raise FileNotFoundError(f"{sidecar} names {info['file']}, which is not in {path}")
         return path / info["file"], info
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -76,8 +81,8 @@ def resolve_path(path: str | Path) -> tuple[Path, dict]:
     if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
         raise FileNotFoundError(f"{path}: the OpenVINO IR's weights {path.with_suffix('.bin').name} are missing")
     sidecar = path.parent / SIDECAR
-    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return path, (info if info.get("file") == path.name else {})
+    info = read_json(sidecar, "quantize folder file") if sidecar.is_file() else {}
+    return path, (info if isinstance(info, dict) and info.get("file") == path.name else {})
 
 
 def layout_of(outputs: list[str], declared: str | None, path: Path) -> str:
@@ -95,7 +100,11 @@ def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
     """Layout, quantization and batch of an ONNX file (graph structure only, weights not loaded)."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: one line naming the file
+        raise ValueError(f"{path}: not a readable ONNX file, truncated or damaged ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     outputs = [o.name for o in proto.graph.output]
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -107,8 +116,11 @@ def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
         score_dims = next(o for o in proto.graph.output if o.name == "scores").type.tensor_type.shape.dim
         if len(score_dims) == 3 and score_dims[1].HasField("dim_value"):
             classes = score_dims[1].dim_value
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    sides = {d.dim_value for d in list(dims)[2:] if d.HasField("dim_value")} if len(dims) == 4 else set()
     return ModelFile(path, "onnx", layout, meta.get(META_MODEL) or info.get("model"), quantized,
-                     dim.dim_value if dim.HasField("dim_value") else None, info, classes)
+                     dim.dim_value if dim.HasField("dim_value") else None, info, classes,
+                     sides.pop() if len(sides) == 1 else None)
 
 
 def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
@@ -126,8 +138,21 @@ def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
     if layout == "raw":
         scores = next(o for o in model.outputs if "scores" in o.get_names()).get_partial_shape()
         classes = scores[1].get_length() if scores.rank.is_static and scores[1].is_static else None
+    side = shape[2].get_length() if shape.rank.is_static and len(shape) == 4 and shape[2].is_static else None
     return ModelFile(path, "openvino" if path.suffix == ".xml" else "onnx", layout,
-                     info.get("model") or _rt_info(model, META_MODEL), quantized, batch, info, classes)
+                     info.get("model") or _rt_info(model, META_MODEL), quantized, batch, info, classes, side)
+
+
+def check_input_size(info: ModelFile, model_name: str, input_size: int) -> None:
+    """ValueError naming the file and the model when the file's fixed input size is another's."""
+    if info.input_size is None or info.input_size == input_size:
+        return
+    from ssdbench.model.specs import SPECS
+
+    fits = [name for name, spec in SPECS.items() if spec.input_size == info.input_size]
+    hint = f"pass --model {fits[0]}" if fits else "export it again for this model"
+    raise ValueError(f"{info.path} takes {info.input_size}x{info.input_size} images, but model {model_name} "
+                     f"takes {input_size}x{input_size} ({hint})")
 
 
 def _rt_info(model, key: str) -> str | None:

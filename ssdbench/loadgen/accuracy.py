@@ -15,12 +15,13 @@ detections included. Target: 99% of the fp32 reference, 0.198 on COCO.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssdbench.data.coco import CocoDetection
+from ssdbench.data.coco import CocoDetection, name_ids
 from ssdbench.data.synth import default_dataset
 from ssdbench.eval.coco import coco_stats, detections_to_coco
 from ssdbench.io import read_json
@@ -38,10 +39,13 @@ def decode_log(path: str | Path) -> dict[int, np.ndarray]:
     """
     path = Path(path)
     entries = read_json(path, "accuracy log", bad_hint="; was the LoadGen run interrupted?")
+    kind = type(entries).__name__  # a ValueError, the CLI's one-line error, also for a JSON object
+    if kind != "list":
+        raise ValueError(f"{path}: not a LoadGen accuracy log (a JSON {kind}, not a list of "
+                         "{seq_id, qsl_idx, data} entries)")  # fmt: skip
     samples: dict[int, np.ndarray] = {}
     for n, entry in enumerate(entries):
-        idx = int(entry["qsl_idx"])
-        raw = bytes.fromhex(entry["data"])
+        idx, raw = _entry(path, n, entry)
         if len(raw) % 28:
             raise ValueError(f"{path}: entry {n} (qsl_idx {idx}) has {len(raw)} bytes, not float32 7-tuples")
         dets = np.frombuffer(raw, np.float32).reshape(-1, 7)
@@ -49,6 +53,30 @@ def decode_log(path: str | Path) -> dict[int, np.ndarray]:
             raise ValueError(f"{path}: entry {n} carries detections of another sample than qsl_idx {idx}")
         samples.setdefault(idx, dets)
     return samples
+
+
+def _entry(path: Path, n: int, entry) -> tuple[int, bytes]:
+    """(qsl_idx, response bytes) of entry ``n``; ValueError naming the file and the entry."""
+    if not isinstance(entry, dict) or "qsl_idx" not in entry or "data" not in entry:
+        raise ValueError(f"{path}: entry {n} is not an object with qsl_idx and data: {str(entry)[:80]}")
+    idx = entry["qsl_idx"]
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise ValueError(f"{path}: entry {n} has qsl_idx {idx!r}, not a sample index (an integer >= 0)")
+    try:
+        return idx, bytes.fromhex(entry["data"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: entry {n} (qsl_idx {idx}) has data that is not hexadecimal bytes: "
+                         f"{str(entry['data'])[:40]!r}") from None
+
+
+def missing_samples(samples: dict[int, np.ndarray], dataset_size: int) -> str | None:
+    """A warning line when the log lacks some of the dataset's samples (an accuracy run logs every
+    QSL sample: a missing one would silently leave its image out of the score); None otherwise."""
+    missing = [i for i in range(dataset_size) if i not in samples]
+    if not missing:
+        return None
+    return (f"warning: {len(missing)} of the dataset's {dataset_size} samples are not in the log "
+            f"(qsl_idx {name_ids(missing)}); the mAP covers only the logged ones")
 
 
 def tuples_to_detections(dets: np.ndarray) -> Detections:
@@ -78,6 +106,8 @@ def evaluate_log(log: str | Path, dataset, backend: str = "faster") -> tuple[np.
     if not samples:
         raise ValueError(f"{log} holds no samples; run LoadGen with --mode accuracy")
     results, ids = coco_results(samples, dataset)
+    if warning := missing_samples(samples, len(dataset)):
+        print(warning, file=sys.stderr)
     return coco_stats(dataset.ann_file, results, image_ids=ids, backend=backend), len(ids)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,7 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
                         run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
+    run_settings = _cap_count(run_settings, qsl.count)
     audit = apply.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
     apply.check_settings(run_settings, qsl.performance_count, audit)
     qsl.prepare()
@@ -207,6 +208,18 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
     if verbose and checks.peak_qps is not None:
         print(f"FindPeakPerformance: peak target_qps = {checks.peak_qps:g}")
     return LoadgenRun(out, summary.result, summary, sut, run_settings, score, checks.peak_qps)
+
+
+def _cap_count(run_settings: S.RunSettings, available: int) -> S.RunSettings:
+    """The settings with ``count`` capped at the samples the QSL holds (a warning says so), so that
+    settings.json records the count that ran, not the one asked for."""
+    asked = run_settings.sut.count
+    if not asked or asked <= available:
+        return run_settings
+    source = run_settings.sources.get("count", "flags")
+    print(f"warning: count {asked} ({'--count' if source == 'flags' else source}) is more than the dataset's "
+          f"{available} images; the QSL holds {available}", file=sys.stderr)  # fmt: skip
+    return replace(run_settings, sut=replace(run_settings.sut, count=available))
 
 
 def _device(run_settings: S.RunSettings) -> torch.device:
@@ -252,7 +265,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     # Every instance gets a batch in flight: at least one worker thread per instance.
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
                       max(sut_settings.threads, sut_settings.instances), device,
-                      sut_settings.predict_timeout_s)  # fmt: skip
+                      sut_settings.predict_timeout_s, max_queue_wait(run_settings))  # fmt: skip
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
     checks = _detail_checks(staging, apply.expected_effective(run_settings, qsl.performance_count, audit),
@@ -265,6 +278,20 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     accuracy = run_settings.mode == "accuracy"
     score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None
     return sut, summary, score, checks
+
+
+QUEUE_WAIT_LATENCIES, MIN_QUEUE_WAIT_S = 20, 10.0
+
+
+def max_queue_wait(run_settings: S.RunSettings) -> float | None:
+    """Server: the longest a sample may wait queued before the run fails as overloaded, 20 times
+    the latency bound and at least 10 s (such a run is INVALID anyway); None for other scenarios,
+    whose queries wait for each other (Offline queues every sample at once by design), and for
+    find-peak, whose search needs the overloaded rates' INVALID verdicts."""
+    if run_settings.scenario != "Server" or run_settings.mode == "find-peak":
+        return None
+    latency_ms = run_settings.loadgen.get("target_latency") or 0
+    return max(MIN_QUEUE_WAIT_S, QUEUE_WAIT_LATENCIES * latency_ms / 1000)
 
 
 def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, get_type_hints
 
-from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range
+from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
 from ssdbench.loadgen.rounds import DEFAULT_ROUND, SEED_KEYS, get_round
 
 LOADGEN_MODEL = "ssd-resnet34"  # the model name of the MLPerf v0.5-v2.0 rules
@@ -73,14 +73,21 @@ _SUT_MINIMUM = {"max_batch_size": 1, "threads": 1, "instances": 1, "count": 0, "
 # What the numeric LoadGen keys accept (`ssdbench.checks`): finite, in range. A zero or infinite
 # target_qps makes LoadGen size its query schedule without bound; 1e5 queries/s is far above any
 # SSD-Large system (benchmark.md §7) and keeps a 600 s Server schedule at 6e7 queries.
+# Bounds of what one machine can hold (a value past them used to hang or overflow): a batch of
+# 1024 SSD-Large inputs is 17.7 GB of fp32; 1024 threads (batches in flight) is above the seed
+# presets' largest (384, Cloud TPU);
+# 1024 samples per MultiStream query is far above any round's (8 since v1.1).
+MAX_BATCH, MAX_THREADS, MAX_SAMPLES_PER_QUERY = 1024, 1024, 1024
 LOADGEN_RANGES: dict[str, Range] = {
     "target_qps": Range(float, gt=0, le=1e5), "target_latency": POSITIVE,
-    "target_latency_percentile": Range(float, gt=0, lt=100), "samples_per_query": POSITIVE_INT,
+    "target_latency_percentile": Range(float, gt=0, lt=100), "samples_per_query": Range(int, ge=1, le=MAX_SAMPLES_PER_QUERY),
     "min_duration": NON_NEGATIVE, "max_duration": NON_NEGATIVE,
     **{k: Range(int, ge=0, le=1) for k in ("coalesce_queries", "print_timestamps", "performance_issue_unique",
                                             "performance_issue_same", "sample_concatenate_permutation")},
 }  # fmt: skip
-_SUT_RANGES = {"predict_timeout_s": POSITIVE}
+_SUT_RANGES = {"predict_timeout_s": POSITIVE, "max_batch_size": Range(int, ge=1, le=MAX_BATCH),
+               "threads": Range(int, ge=1, le=MAX_THREADS)}
+SUT_RANGES = _SUT_RANGES  # the loadgen command's flags parse with them
 # LoadGen `.conf` keys this harness accepts (a typo must fail, not be silently ignored).
 LOADGEN_KEYS = (
     "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",

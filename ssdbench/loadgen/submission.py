@@ -27,13 +27,14 @@ import json
 import shutil
 from pathlib import Path
 
+from ssdbench.checks import inside, safe_name
 from ssdbench.errors import CliError
 from ssdbench.io import read_json
 from ssdbench.loadgen.apply import round_conf, write_conf
 from ssdbench.loadgen.compliance import MARKER
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
 from ssdbench.loadgen.rules import IMPLEMENTATION, MAX_ACCURACY_LOG_BYTES, MODEL_DIR
-from ssdbench.loadgen.settings import RunSettings
+from ssdbench.loadgen.settings import SCENARIOS, RunSettings
 from ssdbench.loadgen.sysinfo import system_description
 
 VIEWABLE = 4096  # characters kept at each end of a truncated accuracy log
@@ -57,14 +58,18 @@ def classify(folders) -> dict[str, dict[str, Path]]:
     found: dict[str, dict[str, Path]] = {}
     for folder in map(Path, folders):
         if (folder / MARKER).is_file():
-            scenario, kind = read_json(folder / MARKER, "compliance record")["scenario"], "compliance"
+            scenario, kind = read_json(folder / MARKER, "compliance record").get("scenario"), "compliance"
         elif (folder / "settings.json").is_file():
             info = read_json(folder / "settings.json", "run settings")
             if info.get("audit_test"):
                 raise CliError(f"{folder} is a {info['audit_test']} run; give its `ssdbench compliance` --out folder")
-            scenario, kind = info["scenario"], info["mode"]
+            scenario, kind = info.get("scenario"), info.get("mode")
+            if kind not in ("performance", "accuracy"):
+                raise CliError(f"{folder / 'settings.json'}: mode {kind!r} is neither performance nor accuracy")
         else:
             raise CliError(f"{folder} is neither an ssdbench loadgen run nor an ssdbench compliance folder")
+        if scenario not in SCENARIOS:  # it becomes a folder name
+            raise CliError(f"{folder}: scenario {scenario!r} is not one of {', '.join(SCENARIOS)}")
         slot = found.setdefault(scenario, {})
         if kind in slot:
             raise CliError(f"two {scenario} {kind} folders: {slot[kind]} and {folder}")
@@ -97,7 +102,9 @@ def build_submission(org: str, system: str, division: str, category: str, folder
     get_round(round_name).scenario_lists(category)  # ValueError for an unknown category
     given = read_json(Path(system_json), "system description") if system_json else {}
     desc = system_description(org, system, division, category, round_name, given)
-    base = Path(out) / division / org
+    safe_name(org, "--org")
+    safe_name(system, "--system")
+    base = inside(Path(out) / division / org, out, "--org")
     if base.exists():
         raise CliError(f"{base} exists; remove it or choose another --out")
     (base / "systems").mkdir(parents=True)

@@ -53,6 +53,10 @@ class _Item:
     t_enqueue: float = field(default_factory=time.perf_counter)
 
 
+class OverloadError(RuntimeError):
+    """Server arrivals outpace the model: the run cannot be VALID and would drain for hours."""
+
+
 _STOP = object()
 STOP_JOIN_S = 1.0  # how long `stop` waits for a worker after a timeout (a hung one stays behind)
 MAX_STAGING = 4  # pinned staging buffers (each max_batch x 3 x S x S float32: 69 MB at 4 x 1200^2)
@@ -137,11 +141,14 @@ class BatchingSUT:
     qsl: a `SampleLibrary` (``get(index)`` -> float32 (3, S, S), ``sample_shape``).
     max_batch_size, batch_timeout_us, threads: the batcher's knobs.
     predict_timeout_s: seconds a batch may run before the run fails (None: no limit; module doc).
+    max_queue_wait_s: seconds a sample may wait in the queue before the run fails as overloaded
+    (Server: arrivals outpace the model; None: no limit). Answered like a timeout, so a Server
+    run at a rate the system cannot serve ends at its schedule's end instead of draining for hours.
     """
 
     def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
                  threads: int = 1, device: str | torch.device = "cpu",
-                 predict_timeout_s: float | None = None):  # fmt: skip
+                 predict_timeout_s: float | None = None, max_queue_wait_s: float | None = None):  # fmt: skip
         if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0:
             raise ValueError("max_batch_size and threads must be >= 1 and batch_timeout_us >= 0")
         if predict_timeout_s is not None and not predict_timeout_s > 0:
@@ -167,7 +174,8 @@ class BatchingSUT:
         for w in self._workers:
             w.start()
         self._watchdog = None
-        if predict_timeout_s is not None:
+        self.max_queue_wait_s = max_queue_wait_s
+        if predict_timeout_s is not None or max_queue_wait_s is not None:
             self._watchdog = threading.Thread(target=self._watch, name="sut-watchdog", daemon=True)
             self._watchdog.start()
 
@@ -231,8 +239,9 @@ class BatchingSUT:
 
     def _watch(self) -> None:
         """Fail the run when a batch outlives ``predict_timeout_s``; then answer everything at once."""
-        limit = float(self.predict_timeout_s)
+        limit = float(self.predict_timeout_s or "inf")
         while not self._stopping.wait(min(limit / 4, 0.5)):
+            self._check_backlog()
             now = time.monotonic()
             with self._stats_lock:
                 late = [(t, items) for t, items in self._inflight.values() if now - t > limit]
@@ -251,6 +260,21 @@ class BatchingSUT:
                 self._complete(items, _empty(items))
             if self._timed_out.is_set():
                 self._drain()
+
+    def _check_backlog(self) -> None:
+        """Give up (as after a timeout) when the oldest queued sample waited over ``max_queue_wait_s``."""
+        if self.max_queue_wait_s is None or self._timed_out.is_set():
+            return
+        with self.queue.mutex:
+            oldest = next((it for it in self.queue.queue if isinstance(it, _Item)), None)
+            queued = len(self.queue.queue)
+        waited = time.perf_counter() - oldest.t_enqueue if oldest is not None else 0.0
+        if waited > self.max_queue_wait_s:
+            with self._stats_lock:
+                self.error = self.error or OverloadError(
+                    f"the system cannot keep up with the arrival rate: a sample waited {waited:.1f} s in the "
+                    f"queue (limit {self.max_queue_wait_s:g} s), {queued} queued; lower target_qps (--qps)")
+                self._timed_out.set()
 
     def _drain(self) -> None:
         """After a timeout: answer every queued sample empty (the workers may all be stuck)."""

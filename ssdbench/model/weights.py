@@ -180,6 +180,18 @@ def checkpoint_model_name(source) -> str | None:
         return None
 
 
+def checkpoint_categories(source) -> list[int] | None:
+    """The category ids, in label order, recorded in one of our training checkpoints; else None."""
+    if source is None or not Path(source).is_file():
+        return None
+    try:
+        obj = _load_file(Path(source), allow_pickle=False)
+    except ValueError:
+        return None
+    cats = obj.get("categories") if isinstance(obj, Mapping) else None
+    return [int(c) for c in cats] if isinstance(cats, (list, tuple)) else None
+
+
 def numpy_safe_globals() -> list:
     """numpy array and scalar reconstruction, allowlisted for ``weights_only=True``: training
     checkpoints carry numpy RNG states (a uint32 array). Numeric dtypes only; an object array

@@ -17,7 +17,8 @@ A checkpoint is a dict (`training_payload`): ``model`` (the bare network's state
 `model.weights` reads it), ``optimizer``, ``scheduler`` (LambdaLR state), ``scaler`` (GradScaler
 state or None), ``state`` (`train.loop.TrainState` fields), ``sampler`` (`ShardedSampler` state:
 epoch and position), ``rng`` (one entry per rank: torch, CUDA, numpy and Python generator
-states), ``config`` (`TrainConfig.to_dict()`), ``world_size``. `restore_training` puts all of it
+states), ``config`` (`TrainConfig.to_dict()`), ``world_size``, ``categories`` (the training set's
+category ids in label order, or None). `restore_training` puts all of it
 back; `load_optimizer_state` keeps a fast step's device learning-rate tensor while doing so.
 """
 
@@ -170,7 +171,7 @@ def _newest_good(folder: Path) -> tuple[Path, dict] | None:
 
 # ---------------------------------------------------------------- payload
 def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, sampler, cfg: TrainConfig,
-                     world_size: int, rngs: list[dict]) -> dict:
+                     world_size: int, rngs: list[dict], categories: list | None = None) -> dict:
     """The checkpoint dict (keys in the module docstring). ``net``: the bare network (not DDP);
     ``sampler``: the training `ShardedSampler`, saved at ``state.epoch_step x cfg.batch_size``
     samples into the epoch; ``rngs``: every rank's `rng_state()`, in rank order."""
@@ -180,18 +181,21 @@ def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, 
         "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
         "state": asdict(state), "sampler": sampler.state_dict(consumed=state.epoch_step * cfg.batch_size),
         "rng": rngs, "config": cfg.to_dict(), "world_size": world_size,
+        # the training set's category ids in label order (label k = categories[k - 1]): `eval`
+        # warns when a dataset orders its categories otherwise (every label would be misread)
+        "categories": categories,
     }
 
 
 def save_training(folder: str | Path, name: str, net: torch.nn.Module, parts: StepParts, state: TrainState,
-                  sampler, cfg: TrainConfig, launch: D.Launch) -> Path | None:
+                  sampler, cfg: TrainConfig, launch: D.Launch, categories: list | None = None) -> Path | None:
     """Checkpoint the run as ``folder/name``. Collective: every rank calls it and contributes its
     generator states; rank 0 writes. Returns the file on rank 0, None elsewhere."""
     rngs = D.all_gather_object(rng_state())
     if not launch.is_main:
         return None
     return save_checkpoint(folder, name, training_payload(net, parts, state, sampler, cfg,
-                                                          launch.world_size, rngs))
+                                                          launch.world_size, rngs, categories))
 
 
 # ---------------------------------------------------------------- restore

@@ -17,7 +17,16 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range, check_all
+from ssdbench.checks import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SEED,
+    Range,
+    check_all,
+    usable_cores,
+)
 from ssdbench.precision import default_precision
 
 COCO_TRAIN_IMAGES = 117266  # benchmark.md §5: non-empty train2017 images; MLPerf's epoch size
@@ -275,14 +284,15 @@ def resolve_config(preset: str | None = None, config_file: str | None = None,
 
 # What every numeric key accepts (`ssdbench.checks`): `validate` checks the config with it and the
 # train command's flags parse with it, so "--lr nan" and {"lr": NaN} fail alike, naming the culprit.
+MAX_BATCH = 4096  # images per rank per step: 4096 SSD300 inputs are 4.4 GB of fp32 already
 RANGES: dict[str, Range] = {
-    "batch_size": POSITIVE_INT, "lr": Range(float, gt=0, optional=True), "momentum": Range(float, ge=0, lt=1),
+    "batch_size": Range(int, ge=1, le=MAX_BATCH), "lr": Range(float, gt=0, optional=True), "momentum": Range(float, ge=0, lt=1),
     "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE,
     "warmup_steps": Range(int, ge=0, optional=True), "warmup_factor": NON_NEGATIVE,
     "decay_epochs": POSITIVE_INT, "decay_factor": Range(float, gt=0, le=1), "epochs": POSITIVE_INT,
     "target_map": Range(float, ge=0, le=1, optional=True), "eval_every": NON_NEGATIVE_INT,
     "eval_epochs": POSITIVE_INT, "max_samples": POSITIVE_INT, "max_objects": POSITIVE_INT,
-    "workers": NON_NEGATIVE_INT, "eval_batch_size": Range(int, ge=1, optional=True),
+    "workers": NON_NEGATIVE_INT, "eval_batch_size": Range(int, ge=1, le=MAX_BATCH, optional=True),
     "steps_per_epoch": Range(int, ge=1, optional=True), "bn_span": POSITIVE_INT, "dist_timeout_s": POSITIVE,
     "seed": SEED, "log_every": POSITIVE_INT,
 }  # fmt: skip
@@ -334,6 +344,7 @@ def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig,
         "precision": cfg.precision if cfg.precision != "auto" else ("bf16" if native_bf16 else "fp32"),
         "channels_last": True if cfg.channels_last is None else cfg.channels_last,
         "cuda_graph": (cuda and step == "fast") if cfg.cuda_graph is None else cfg.cuda_graph,
+        "workers": min(cfg.workers, usable_cores()),  # more loader processes than cores only contend
     }
     if values["cuda_graph"] and not cuda:
         raise ValueError(f"--cuda-graph needs a CUDA device, this run is on {device_type} "
@@ -353,4 +364,9 @@ def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig,
         if cfg.channels_last is None:
             chosen.append("channels_last=True")
         note = f"note: preset {cfg.preset}'s GPU fast path needs CUDA; on {device_type}: {', '.join(chosen)}"
+    if values["workers"] < cfg.workers:
+        capped = (f"note: workers {cfg.workers} capped at {values['workers']}, the CPU cores this process may "
+                  "use (--workers)")
+        note = f"{note}\n{capped}" if note else capped
     return resolved, note
+

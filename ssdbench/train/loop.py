@@ -9,6 +9,7 @@ The learning-rate schedule the scheduler follows is `train.schedule.MLPerfSchedu
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -149,6 +150,9 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     for batch in loader:
         if max_steps is not None and state.epoch_step >= max_steps:
             break
+        if batch["images"].shape[0] == 0:  # every image of it was a bad sample (each one warned)
+            _skip_empty_batch(state, alone)
+            continue
         losses.append(step(batch))  # a device tensor: read once per window, not per step
         images += batch["images"].shape[0]
         state.step += 1
@@ -164,6 +168,18 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     if losses:
         _end_window(parts, state, losses, images, t0, reduce, on_window, lambda: (False, False))
     return _reason(polled()) if alone else ""
+
+
+def _skip_empty_batch(state: TrainState, alone: bool) -> None:
+    """A batch without a readable image: no step (the network cannot run on zero images); its
+    place in the epoch counts as consumed, so a resume does not read it again. Under several
+    ranks the others would wait in the gradient all-reduce: an error naming it instead."""
+    where = f"batch {state.epoch_step + 1} of epoch {state.epoch + 1}"
+    if not alone:
+        raise ValueError(f"every image of {where} on this rank was a bad sample; run `ssdbench data check`")
+    state.epoch_step += 1
+    warnings.warn(f"skipped {where}: every image in it was a bad sample (no training step)", RuntimeWarning,
+                  stacklevel=3)
 
 
 def _reason(flags: tuple[bool, bool]) -> str:

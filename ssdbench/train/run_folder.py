@@ -11,6 +11,7 @@ epoch, map, stats}``), ``plots/{loss,lr,map}.png``, ``checkpoints/``, ``mlperf_l
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +44,20 @@ class RunFolder:
     def mlperf_log_path(self, segment: int) -> Path:
         """First run segment: mlperf_log.txt; a resumed one gets its own file (one run_start each)."""
         return self.path / ("mlperf_log.txt" if segment <= 1 else f"mlperf_log.resume{segment - 1}.txt")
+
+    def first_write_interrupted(self) -> bool:
+        """True when checkpoints/ holds no checkpoint but a temporary file of one (`io.atomic_write`):
+        the run was killed in its first checkpoint write, so nothing of it can be resumed."""
+        found = list(self.checkpoints.glob("*.pt")) if self.checkpoints.is_dir() else []
+        return not [p for p in found if not p.name.startswith(".")] and any(".tmp-" in p.name for p in found)
+
+    def clear(self) -> None:
+        """Remove the records of a run that left nothing resumable (`first_write_interrupted`)."""
+        if not self.enabled:
+            return
+        for path in self.path.iterdir():
+            if path.name != ".lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     def write_json(self, name: str, data: dict) -> Path:
         """``<run>/name`` as indented JSON, written atomically; returns its path."""
@@ -116,3 +131,14 @@ def _plot(path: Path, xs, ys, xlabel: str, ylabel: str, marker: str | None = Non
     plt.close(fig)
     return path
 
+
+def remove_failed_start(folder: Path, before: set[Path]) -> None:
+    """Remove what a failed start added to ``folder`` (an MLPerf log, config.json), and the folder
+    itself when nothing else is left in it: a failed start leaves nothing behind."""
+    for path in set(folder.iterdir()) - before:
+        if path.name != ".lock":
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    rest = [p for p in folder.iterdir() if p.name != ".lock"]
+    if not rest:
+        (folder / ".lock").unlink(missing_ok=True)
+        folder.rmdir()

@@ -54,7 +54,7 @@ from ssdbench.train.resume import (
     restore_hyperparameters,
     resume_changes,
 )
-from ssdbench.train.run_folder import RunFolder, default_run_dir
+from ssdbench.train.run_folder import RunFolder, default_run_dir, remove_failed_start
 
 
 def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool = False) -> dict:
@@ -66,7 +66,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool =
     whose config differs from ``cfg`` and apply the differences (`train.resume`).
     """
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
-    start = None
+    start, before = None, None
     try:
         cfg, note = resolve_for_device(cfg, launch.device.type)  # "auto" step/pipeline/precision
         if note and launch.is_main:
@@ -74,11 +74,17 @@ def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool =
         start = open_run(cfg, launch, accept_changes)
         if start.finished(cfg):
             return _finished_summary(start, launch)
-        return Trainer(cfg, launch, progress, start).run()
+        before = set(start.folder.path.iterdir()) if launch.is_main else None
+        trainer = Trainer(cfg, launch, progress, start)
+        before = None  # started: from here on the folder is the run's record, failed or not
+        return trainer.run()
     finally:
         if start is not None:
             start.release()
+            if before is not None:  # the start failed (bad --data, too few images, ...)
+                remove_failed_start(start.folder.path, before)
         shutdown()
+
 
 
 # ---------------------------------------------------------------- where a run segment starts
@@ -172,6 +178,10 @@ class Trainer:
         start = start or open_run(cfg, launch)
         self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
         self.folder, self.state, self.lock = start.folder, start.state, start.lock
+        if start.payload is None and self.folder.metrics_path.exists() and self.folder.first_write_interrupted():
+            self.say(f"note: {self.folder.path} holds a run killed while writing its first checkpoint; "
+                     "starting it afresh")
+            self.folder.clear()
         if start.payload is None and self.folder.metrics_path.exists():
             raise ValueError(f"run folder {self.folder.path} already holds a run without a checkpoint; "
                              "choose another --out")
@@ -261,7 +271,8 @@ class Trainer:
         self.state.pending_evals = self.evaluator.records() if self.evaluator is not None else []
         try:
             return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                                 self.data.train_loader.sampler, self.cfg, self.launch)
+                                 self.data.train_loader.sampler, self.cfg, self.launch,
+                                 list(getattr(self.data.train_set, "cat_ids", None) or []) or None)
         finally:
             self.state.pending_evals = []
 
