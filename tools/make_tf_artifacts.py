@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--input", str(pb), "--output", str(onnx),
                     "--inputs", "image:0", "--outputs", ",".join(OUTPUTS), "--opset", str(args.opset)],
                    check=True)
-    meta = {"size": SIZE, "colour_labels": COLOUR_LABELS, "known_objects": dict((c, b) for c, b in KNOWN_OBJECTS),
+    meta = {"size": SIZE, "colour_labels": COLOUR_LABELS, "known_objects": dict(KNOWN_OBJECTS),
             "tensorflow": tf.__version__, "opset": args.opset}
     (out / "tf_artifacts.json").write_text(json.dumps(meta, indent=2) + "\n")
     for f in sorted(out.iterdir()):

@@ -198,7 +198,7 @@ def read_model(core, path):
         return core.read_model(str(path))
     try:
         return core.read_model(str(path))
-    except Exception as error:  # OpenVINO raises a bare Exception / RuntimeError with a long report
+    except RuntimeError as error:  # OpenVINO's conversion report: many lines
         raise TF.read_error(path, error) from None
 
 
