@@ -62,7 +62,7 @@ def test_loadgen_accuracy_log_is_the_files_detections_and_scores_as_mlperf(backe
     assert main(["accuracy", "--log", str(log), "--data", str(data)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("mAP="))
     official = _official_rule_map(data / "annotations" / "instances_val2017.json", log)
-    assert 0.02 < official and line.startswith(f"mAP={100 * official:.3f}%")
+    assert 0.5 < official and line.startswith(f"mAP={100 * official:.3f}%")
     # the log holds the file's own detections ([ymin, xmin, ymax, xmax], labels as they are)
     dets = _direct(backend, path, data)
     by_idx = decode_log(log)
@@ -87,7 +87,7 @@ def test_eval_and_predict_on_both_files(data, tmp_path, capsys):
         results = json.loads(dets_file.read_text())
         cats = {c for c in (r["category_id"] for r in results)}
         assert cats <= {3, 13, 55} and 13 in cats  # labels 3, 12, 50 -> COCO ids 3, 13, 55 (inverse map)
-    assert len(set(stats.values())) == 1 and stats[("openvino", ".pb")] > 0.02
+    assert len(set(stats.values())) == 1 and stats[("openvino", ".pb")] > 0.5
     image = data / "val2017" / CocoDetection(data, "val").image_path(0).name
     for backend, path in (("openvino", PB), ("onnxruntime", ONNX)):
         out = tmp_path / f"pred-{backend}"
@@ -110,8 +110,9 @@ def test_model_info_names_the_interface(capsys):
 
 
 def test_quantize_openvino_keeps_the_tf_layout(data, tmp_path, capsys):
-    """NNCF quantizes the frozen graph whole (post-processing stays float): an INT8 IR with the
-    TensorFlow outputs, which eval runs; its mAP is printed next to fp32's (see docs/model_files.md)."""
+    """NNCF quantizes the frozen graph's convolutions (elementwise arithmetic, box decoding and NMS
+    stay float): an INT8 IR with the TensorFlow outputs that keeps >= 99 % of the fp32 mAP. (On this
+    test graph the scores come mostly from float arithmetic: docs/model_files.md.)"""
     out = tmp_path / "q"
     assert main(["quantize", "--backend", "openvino", "--model-file", str(PB), "--data", str(data),
                  "--calib-count", str(COUNT), "--out", str(out)]) == 0  # fmt: skip
@@ -127,7 +128,7 @@ def test_quantize_openvino_keeps_the_tf_layout(data, tmp_path, capsys):
         assert main(["eval", "--backend", "openvino", "--model-file", str(path), "--data", str(data),
                      "--out", str(tmp_path / "dets.json")]) == 0  # fmt: skip
         maps.append(float(capsys.readouterr().out.split("maxDets=100 ] = ")[1].split()[0]))
-    assert maps[1] > 0.3 * maps[0] > 0
+    assert maps[0] > 0.5 and maps[1] >= 0.99 * maps[0]
 
 
 def test_download_ssd1200_tf_extracts_the_graph_and_resumes(tmp_path, capsys):

@@ -15,7 +15,7 @@ from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backends import make_backend, model_file_network
 
 RUNS = [("openvino", PB), ("openvino", ONNX), ("onnxruntime", ONNX)]
-KNOWN = {3: [16, 48, 48, 112], 12: [80, 16, 112, 48]}  # the generator's known scene: label -> x0, y0, x1, y1 px
+KNOWN = {3: [8, 56, 40, 120], 12: [84, 20, 116, 36]}  # the generator's known scene: label -> x0, y0, x1, y1 px
 
 
 def _tf_rows(tf_out: dict, n: int) -> list[tuple]:

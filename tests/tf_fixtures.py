@@ -39,23 +39,37 @@ def normalised(images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2).copy()
 
 
+# the generator's anchors (LEVELS): (stride, [(width, height)]) in pixels of the 128x128 input
+ANCHORS = ((8, ((16, 16), (32, 16), (16, 32))), (16, ((32, 32), (48, 48), (32, 64))))
+
+
 def colour_coco(root: Path, images: int = 12, seed: int = 0, size: int = 256, split: str = "val") -> Path:
-    """``images`` images of ``split`` (size x size) of grey with 1-3 red/green/blue rectangles on a 32-px
-    grid (16 px once resized to 128: the graph's cells), annotated with COCO's 80 categories."""
+    """``images`` images of ``split`` (size x size), grey with 1-3 red/green/blue rectangles, each the
+    size and place of one of the graph's anchors once resized to 128 (so the graph can find them),
+    not overlapping, annotated with COCO's 80 categories (label k -> the k-th category id)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+    scale = size // SIZE
     entries, anns = [], []
     for i in range(images):
         img = np.full((size, size, 3), int(rng.integers(90, 170)), np.uint8)
-        for colour, label in list(COLOUR_LABELS.items())[: int(rng.integers(1, 4))]:
-            w, h = (int(v) * 32 for v in rng.integers(1, 4, 2))
-            x0, y0 = (int(v) * 32 for v in (rng.integers(0, (size - w) // 32 + 1), rng.integers(0, (size - h) // 32 + 1)))
-            if img[y0:y0 + h, x0:x0 + w].std() > 0:  # overlaps an earlier rectangle: leave it out
-                continue
-            img[y0:y0 + h, x0:x0 + w] = colour
+        taken = np.zeros((size, size), bool)
+        wanted, placed = int(rng.integers(1, 4)), 0
+        for _ in range(50):  # tries
+            if placed == wanted:
+                break
+            stride, shapes = ANCHORS[int(rng.integers(0, 2))]
+            w, h = shapes[int(rng.integers(0, 3))]
+            cx, cy = (int(rng.integers(0, SIZE // stride)) * stride + stride // 2 for _ in range(2))
+            x0, y0, x1, y1 = (v * scale for v in (cx - w // 2, cy - h // 2, cx + w // 2, cy + h // 2))
+            if x0 < 0 or y0 < 0 or x1 > size or y1 > size or taken[max(y0 - 8, 0):y1 + 8, max(x0 - 8, 0):x1 + 8].any():
+                continue  # off the image or touching an earlier rectangle: left out
+            colour, label = list(COLOUR_LABELS.items())[int(rng.integers(0, 3))]
+            img[y0:y1, x0:x1], taken[y0:y1, x0:x1] = colour, True
+            placed += 1
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": COCO_IDS[label - 1],
-                         "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
         name = f"{i + 1:012d}.png"
         Image.fromarray(img).save(root / f"{split}2017" / name)
         entries.append({"id": i + 1, "file_name": name, "width": size, "height": size})

@@ -37,23 +37,23 @@ MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224,
 # The colour detector: a pure-colour region fires one label (contiguous 1..80). Label 12 is COCO
 # category 13 (stop sign): read as a category id it would be 12, an unused id (checks --use-inv-map).
 COLOUR_LABELS = {"red": 3, "green": 12, "blue": 50}
-LEVELS = ((8, 0.18), (16, 0.4))  # (stride in pixels, anchor scale) per feature map
-ASPECTS = (1.0, 2.0, 0.5)  # anchor width / height
-# The known scene of the generator's first image: (colour, [x0, y0, x1, y1] in pixels), on cell
-# boundaries of both levels, tall and wide so that swapped x/y would miss them.
-KNOWN_OBJECTS = (("red", [16, 48, 48, 112]), ("green", [80, 16, 112, 48]))
+# Anchors (width, height in pixels) per feature map of stride 8 and 16; even sizes, so that a
+# pooling window of that size centres on its cell (TF SAME padding).
+LEVELS = ((8, ((16, 16), (32, 16), (16, 32))), (16, ((32, 32), (48, 48), (32, 64))))
+# The known scene of the generator's first image: (colour, [x0, y0, x1, y1] in pixels), each on one
+# anchor, tall / wide and off the diagonal so that swapped x/y would miss them.
+KNOWN_OBJECTS = (("red", [8, 56, 40, 120]), ("green", [84, 20, 116, 36]))
 
 
 def anchors() -> np.ndarray:
     """(B, 4) anchors (cy, cx, h, w) normalised, in the order of the heads' reshape (y, x, anchor)."""
     rows = []
-    for stride, scale in LEVELS:
+    for stride, shapes in LEVELS:
         cells = SIZE // stride
         for i in range(cells):
             for j in range(cells):
-                for aspect in ASPECTS:
-                    w, h = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
-                    rows.append(((i + 0.5) / cells, (j + 0.5) / cells, h, w))
+                for w, h in shapes:
+                    rows.append(((i + 0.5) / cells, (j + 0.5) / cells, h / SIZE, w / SIZE))
     return np.asarray(rows, np.float32)
 
 
@@ -85,25 +85,36 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2).copy()
 
 
-def colour_kernel(num_anchors: int) -> tuple[np.ndarray, np.ndarray]:
-    """1x1 conv (3 colour features -> anchors x classes) and bias: logit 4 * colour - 8 for the
-    colour's label, -6 for the other objects, 0 for background."""
-    kernel = np.zeros((1, 1, 3, num_anchors * NUM_CLASSES), np.float32)
-    bias = np.full((num_anchors, NUM_CLASSES), -6.0, np.float32)
-    bias[:, 0] = 0.0
+def class_logits(tf, quality, cells: int):
+    """(1, cells, cells, 3) colour fit qualities -> (1, cells, cells, 81) logits: 16 * quality - 6
+    for the colour's label, -8 for the other objects, 0 for background. Written with elementwise
+    operations and a concatenation (no convolution), like a detector's score arithmetic."""
+    pieces, previous = [tf.zeros([1, cells, cells, 1])], 0
     for k, label in enumerate(COLOUR_LABELS.values()):
-        kernel[0, 0, k, label::NUM_CLASSES] = 4.0
-        bias[:, label] = -8.0
-    return kernel, bias.reshape(-1)
+        if label - previous > 1:
+            pieces.append(tf.fill([1, cells, cells, label - previous - 1], -8.0))
+        pieces.append(16.0 * quality[..., k:k + 1] - 6.0)
+        previous = label
+    pieces.append(tf.fill([1, cells, cells, NUM_CLASSES - 1 - previous], -8.0))
+    return tf.concat(pieces, axis=-1)
 
 
-def build_graph(tf, batch: int = 1):
+def fit_quality(tf, mask, stride: int, w: int, h: int):
+    """How well an anchor (w x h px) at each cell fits a colour region: the share of the anchor
+    covered minus the share of the anchor doubled (1 - 1/4 for an exact fit, 0 inside a larger
+    region, small for a region much smaller or off-centre: it ranks anchors as IoU would)."""
+    inside = tf.nn.avg_pool2d(mask, ksize=(h, w), strides=stride, padding="SAME")
+    around = tf.nn.avg_pool2d(mask, ksize=(2 * h, 2 * w), strides=stride, padding="SAME")
+    return inside - around
+
+
+def build_graph(tf):
     """The frozen graph (weights are constants); returns its GraphDef."""
     v1 = tf.compat.v1
     rng = np.random.default_rng(2019)
     graph = tf.Graph()
     with graph.as_default():
-        image = v1.placeholder(tf.float32, [batch, 3, SIZE, SIZE], name="image")
+        image = v1.placeholder(tf.float32, [1, 3, SIZE, SIZE], name="image")  # batch 1: see below
         x = tf.transpose(image, [0, 2, 3, 1])  # TF's CPU convolutions are NHWC
 
         def conv(t, cin, cout, stride, scale, k=3):
@@ -111,23 +122,23 @@ def build_graph(tf, batch: int = 1):
             b = tf.constant((rng.standard_normal(cout) * 0.01).astype(np.float32))
             return tf.nn.bias_add(tf.nn.conv2d(t, w, strides=stride, padding="SAME"), b)
 
-        # colour features: how red / green / blue each pixel is (normalised input)
+        # colour masks: how red / green / blue each pixel is (normalised input), in [0, 1]
         mix = np.array([[1, -.5, -.5], [-.5, 1, -.5], [-.5, -.5, 1]], np.float32).T[None, None]
-        colour = tf.nn.conv2d(x, tf.constant(mix), strides=1, padding="SAME")
+        mask = tf.minimum(tf.nn.relu(tf.nn.conv2d(x, tf.constant(mix), strides=1, padding="SAME") / 4.0), 1.0)
         t = tf.nn.relu(conv(x, 3, 16, 2, 0.3))
         t = tf.nn.relu(conv(t, 16, 32, 2, 0.15))
         t8 = tf.nn.relu(conv(t, 32, 32, 2, 0.1))
         t16 = tf.nn.relu(conv(t8, 32, 32, 2, 0.1))
-        n_a = len(ASPECTS)
         locs, logits = [], []
-        for (stride, _), feat in zip(LEVELS, (t8, t16)):
-            pooled = tf.nn.avg_pool2d(colour, ksize=stride, strides=stride, padding="VALID")
-            kernel, bias = colour_kernel(n_a)
-            cls = tf.nn.conv2d(pooled, tf.constant(kernel), strides=1, padding="SAME") + bias
-            cls = cls + 0.05 * conv(feat, 32, n_a * NUM_CLASSES, 1, 0.3, k=1)
-            loc = 0.05 * conv(feat, 32, n_a * 4, 1, 0.3, k=1)
-            logits.append(tf.reshape(cls, [-1, (SIZE // stride) ** 2 * n_a, NUM_CLASSES]))
-            locs.append(tf.reshape(loc, [-1, (SIZE // stride) ** 2 * n_a, 4]))
+        for (stride, shapes), feat in zip(LEVELS, (t8, t16)):
+            n_a, cells = len(shapes), SIZE // stride
+            per_anchor = [class_logits(tf, fit_quality(tf, mask, stride, w, h), cells) for w, h in shapes]
+            cls = tf.stack(per_anchor, axis=3)  # (N, cells, cells, anchors, classes)
+            noise = 0.05 * conv(feat, 32, n_a * NUM_CLASSES, 1, 0.3, k=1)  # the trunk's share
+            cls = tf.reshape(cls, [-1, cells * cells * n_a, NUM_CLASSES])
+            logits.append(cls + tf.reshape(noise, [-1, cells * cells * n_a, NUM_CLASSES]))
+            loc = 0.02 * conv(feat, 32, n_a * 4, 1, 0.3, k=1)
+            locs.append(tf.reshape(loc, [-1, cells * cells * n_a, 4]))
         boxes = decode(tf, tf.concat(locs, 1), tf.constant(anchors()))
         scores = tf.nn.softmax(tf.concat(logits, 1), axis=-1)[:, :, 1:]  # background dropped
         # one image per run (batch fixed at 1): a per-image loop (tf.map_fn) becomes TensorList ops

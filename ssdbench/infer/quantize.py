@@ -37,6 +37,9 @@ from ssdbench.infer.model_file import META_LAYOUT, META_MODEL, SIDECAR
 from ssdbench.io import atomic_write_text
 
 QUANTIZE_BACKENDS = ("openvino", "onnxruntime")
+# OpenVINO operation types left in float in a graph with post-processing inside (layout tf)
+FLOAT_POSTPROCESSING = ("Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Exp", "Concat",
+                        "Gather", "Clamp", "NonMaxSuppression", "Softmax", "SoftMax")
 
 
 def read_calib_list(path: str | Path) -> list[str]:
@@ -137,8 +140,13 @@ def _openvino(source_onnx, folder: Path, batches: list[np.ndarray], model_name: 
     from ssdbench.infer.file_backends import read_model
 
     model = read_model(ov.Core(), Path(source_onnx))
+    # A graph with its post-processing inside (MLPerf's TensorFlow model): only the network's
+    # convolutions are quantized; the elementwise arithmetic of box decoding and NMS stays float
+    # (8-bit box coordinates, e.g. NMS's class-offset boxes, would move detections).
+    ignored = nncf.IgnoredScope(types=list(FLOAT_POSTPROCESSING), validate=False) if layout == "tf" else None
     quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                              subset_size=len(batches), fast_bias_correction=True)  # fmt: skip
+                              subset_size=len(batches), fast_bias_correction=True,
+                              **({"ignored_scope": ignored} if ignored else {}))  # fmt: skip
     quantized.set_rt_info(layout, ["framework", META_LAYOUT])  # read back by `ssdbench.infer.model_file`
     quantized.set_rt_info(model_name, ["framework", META_MODEL])  # also without quantize.json beside it
     ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
