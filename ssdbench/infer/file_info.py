@@ -38,12 +38,12 @@ def describe(model_file) -> str:
     model = read_model(ov.Core(), path)
     info = MF.inspect_openvino(path, model, sidecar)
     boxes, labels, post = CONVENTIONS[info.layout]
-    size = f"{info.input_size}x{info.input_size}" if info.input_size else "any size"
+    size = f" {info.input_size}x{info.input_size};" if info.input_size else ""
     lines = [f"{path}: {info.format} file, layout {info.layout}{' (INT8)' if info.quantized else ''}",
              (f"  network            {model_file_network(model_file)} (preprocessing and input size; "
-              f"{'named by the file' if info.model_name else 'by the input size: the file names none'})"),
-             (f"  input              {info.input_name} {_shape(model.inputs[0])} float32 {info.input_layout}, "
-              f"{size}; RGB, /255, ImageNet mean/std (benchmark.md §5)"),
+              f"{'named by the file' if info.model_name else 'the file names none: by its input size, else SSD-Large'})"),
+             (f"  input              {info.input_name} {_shape(model.inputs[0])} float32 {info.input_layout},"
+              f"{size} RGB, /255, ImageNet mean/std (benchmark.md §5)"),
              f"  batch              {info.batch if info.batch else 'dynamic'}"]
     for port in model.outputs:
         names = sorted(port.get_names(), key=lambda n: (n not in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS,

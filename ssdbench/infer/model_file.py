@@ -66,7 +66,7 @@ class ModelFile:
     num_classes: int | None = None
     input_name: str = "image"
     input_layout: str = "NCHW"  # "NHWC" when the file's input is (N, S, S, 3)
-    input_size: int | None = None  # S of a file whose input is static, else None
+    input_size: int | None = None  # S of a tf-layout file whose input is static, else None
 
 
 def resolve_path(path: str | Path) -> tuple[Path, dict]:
@@ -124,7 +124,7 @@ def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     return ModelFile(path, "onnx", layout, meta.get(META_MODEL) or info.get("model"), quantized,
                      dim.dim_value if dim.HasField("dim_value") else None, info, classes,
-                     proto.graph.input[0].name, *TF.input_layout(dims, path))
+                     proto.graph.input[0].name, *_input_layout(layout, dims, path))
 
 
 def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
@@ -145,7 +145,13 @@ def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
     dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
     fmt = {".xml": "openvino", ".pb": "tensorflow"}.get(path.suffix, "onnx")
     return ModelFile(path, fmt, layout, info.get("model") or _rt_info(model, META_MODEL), quantized, batch,
-                     info, classes, model.inputs[0].get_any_name(), *TF.input_layout(dims, path))
+                     info, classes, model.inputs[0].get_any_name(), *_input_layout(layout, dims, path))
+
+
+def _input_layout(layout: str, dims: list, path: Path) -> tuple[str, int | None]:
+    """(input layout, static input size) of a TensorFlow-layout file; our files and the official
+    one are NCHW, their size the network's (None: not read from the file)."""
+    return TF.input_layout(dims, path) if layout == "tf" else ("NCHW", None)
 
 
 def _rt_info(model, key: str) -> str | None:
