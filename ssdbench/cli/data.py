@@ -20,6 +20,7 @@ EPILOG = """examples:
   ssdbench data download --dest /coco
   ssdbench data download --dest /coco --only annotations,val --base-url http://mirror.example
   ssdbench data download --dest models --only ssd1200     # official resnet34-ssd1200.pytorch / .onnx
+  ssdbench data download --dest models --only ssd1200-tf  # resnet34_tf.22.1.pb + its tf2onnx .onnx
 """
 
 
@@ -43,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     down.add_argument("--base-url", default=None,
                       help="replace the official hosts (mirror); paths stay the same")
     down.add_argument("--only", default="annotations,val,train,backbone",
-                      help="comma-separated subset of annotations,val,train,backbone,ssd1200 (ssd1200: the "
-                           "official resnet34-ssd1200.pytorch and .onnx of the MLPerf inference reference)")
+                      help="comma-separated subset of annotations,val,train,backbone,ssd1200,ssd1200-tf (ssd1200: the "
+                           "official resnet34-ssd1200.pytorch and .onnx of the MLPerf inference reference; "
+                           "ssd1200-tf: its TensorFlow resnet34_tf.22.1.pb and ssd_resnet34_mAP_20.2.onnx)")
     down.add_argument("--sha256", action="append", default=[], metavar="FILE=HEX",
                       help="expected sha256 of a downloaded file by name (repeatable), e.g. for "
                            "resnet34-ssd1200.pytorch, which has no published checksum")

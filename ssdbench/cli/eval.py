@@ -39,7 +39,7 @@ AP@[.50:.95] is the MLPerf quality metric (training target 0.23 for ssd300_r34).
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="COCO-format dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--weights", help="checkpoint or state dict (any layout ssdbench reads)")
-    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml, a TensorFlow .pb or a `ssdbench quantize` folder "
                         "(--backend onnxruntime or openvino) instead of --weights")
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd128_mini on the "
                         "embedded dataset and ssd300_r34 otherwise)")

@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
     a("--user-conf", default=None, help="LoadGen-syntax file: ssd-resnet34.<Scenario>.<key> = value")
     a("--data", default=None, help="COCO-format dataset root with val2017 (default: the embedded one)")
     a("--weights", default=None, help="model weights (default: random init, for timing only)")
-    a("--model-file", default=None, help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+    a("--model-file", default=None, help="an .onnx, an OpenVINO .xml, a TensorFlow .pb or a `ssdbench quantize` folder "
       "(backend onnxruntime or openvino, from a flag, preset or user conf; not with --weights or "
       "--space-to-depth), e.g. the official resnet34-ssd1200.onnx")
     a("--allow-pickle", action="store_true",

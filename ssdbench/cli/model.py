@@ -18,6 +18,7 @@ EPILOG = """examples:
   ssdbench model info ssd300_r34
   ssdbench model info ssd1200_r34
   ssdbench model info ssd128_mini --num-classes 5
+  ssdbench model info --model-file resnet34_tf.22.1.pb     # the interface recognised in a model file
 """
 
 
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="the models and one line about each")
     info = sub.add_parser("info", help="sizes, default boxes, parameters, GFLOPs of one model")
-    info.add_argument("name", metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
+    info.add_argument("name", metavar="NAME", nargs="?", help=f"one of {', '.join(MODEL_NAMES)}")
+    info.add_argument("--model-file", help="an .onnx, OpenVINO .xml, TensorFlow .pb or quantize folder: print "
+                                           "the interface recognised (inputs, outputs, layout, box order, labels)")
     info.add_argument("--num-classes", type=Range(int, ge=2), default=None,
                       help="classes including background (default 81: COCO)")
 
@@ -33,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(format_list())
+    elif args.model_file is not None or args.name is None:
+        from ssdbench.errors import CliError
+        from ssdbench.infer.file_info import describe
+
+        if args.name is not None or args.model_file is None:
+            raise CliError("model info takes a NAME or --model-file FILE (one of them)")
+        print(describe(args.model_file))
     else:
         print(format_info(get_spec(args.name, args.num_classes)))
     return 0

@@ -25,7 +25,7 @@ EPILOG = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument("--weights", help="checkpoint or reference weights")
-    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml or a `ssdbench quantize` folder "
+    parser.add_argument("--model-file", help="an .onnx, an OpenVINO .xml, a TensorFlow .pb or a `ssdbench quantize` folder "
                         "(--backend onnxruntime or openvino) instead of --weights")
     parser.add_argument("--model", help="model name (default: the one recorded in the checkpoint, else ssd1200_r34)")
     parser.add_argument("--data", help="COCO-format dataset whose categories name the classes")

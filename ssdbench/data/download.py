@@ -12,6 +12,10 @@ Sources (official addresses; ``base_url`` replaces the host for mirrors and test
   OpenVINO's Open Model Zoo ``models/public/ssd-resnet34-1200-onnx/model.yml``). No checksum of
   the ``.pytorch`` file is published with it: it is checked against the size the server announces
   only (``--sha256 resnet34-ssd1200.pytorch=HEX`` adds one).
+- ``--only ssd1200-tf``: MLPerf's TensorFlow SSD-ResNet34, zenodo record 3345892
+  ``tf_ssd_resnet34_22.1.zip`` (extracted: ``tf_ssd_resnet34_22.1/resnet34_tf.22.1.pb``), and its
+  tf2onnx conversion, record 4735664 ``ssd_resnet34_mAP_20.2.onnx``; checked against the announced
+  size and the zip's CRCs (no checksum is published: ``--sha256 NAME=HEX`` adds one).
 
 Each file is fetched into ``NAME.part``; an interrupted transfer resumes with an HTTP Range
 request (retried automatically, and on the next run); a server that ignores Range restarts it
@@ -74,8 +78,12 @@ ARTIFACTS = {
     "ssd1200_onnx": Artifact(ZENODO_HOST, "record/3228411/files/resnet34-ssd1200.onnx", False,
                              sha256="b417a8186967f1e78670b0075aa72a10e5c7d1a6d5c08af9d13dc97f3d29ef0d",
                              size=80363696),
+    # MLPerf's TensorFlow SSD-ResNet34 (the zip holds tf_ssd_resnet34_22.1/resnet34_tf.22.1.pb) and its
+    # tf2onnx conversion; no checksum is published with either (docs/model_files.md)
+    "ssd1200_tf": Artifact(ZENODO_HOST, "record/3345892/files/tf_ssd_resnet34_22.1.zip", True),
+    "ssd1200_tf_onnx": Artifact(ZENODO_HOST, "record/4735664/files/ssd_resnet34_mAP_20.2.onnx", False),
 }
-GROUPS = {"ssd1200": ("ssd1200_pytorch", "ssd1200_onnx")}  # --only names that stand for several items
+GROUPS = {"ssd1200": ("ssd1200_pytorch", "ssd1200_onnx"), "ssd1200-tf": ("ssd1200_tf", "ssd1200_tf_onnx")}  # --only names that stand for several items
 COCO_ITEMS = ("annotations", "val", "train", "backbone")  # the default of --only
 
 

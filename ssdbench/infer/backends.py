@@ -34,7 +34,7 @@ from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend, op
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 from ssdbench.io import atomic_write, cache_dir
-from ssdbench.model.specs import get_spec
+from ssdbench.model.specs import SPECS, get_spec
 from ssdbench.model.ssd import build_model
 from ssdbench.precision import autocast, resolve_precision
 
@@ -254,10 +254,19 @@ def model_file_network(model_file) -> str:
     if sidecar.get("model"):
         return sidecar["model"]
     if path.suffix == ".onnx":
-        return MF.inspect_onnx(path, sidecar).model_name or "ssd1200_r34"
+        info = MF.inspect_onnx(path, sidecar)
+        return info.model_name or _network_of_size(info.input_size)
     import openvino as ov
 
-    return MF.inspect_openvino(path, ov.Core().read_model(str(path)), sidecar).model_name or "ssd1200_r34"
+    from ssdbench.infer.file_backends import read_model
+
+    info = MF.inspect_openvino(path, read_model(ov.Core(), path), sidecar)
+    return info.model_name or _network_of_size(info.input_size)
+
+
+def _network_of_size(size: int | None) -> str:
+    """A file that names no network (the official files): the network of its input size, else SSD-Large."""
+    return next((spec.name for spec in SPECS.values() if spec.input_size == size), "ssd1200_r34")
 
 
 def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:

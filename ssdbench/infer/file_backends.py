@@ -1,7 +1,8 @@
 """Backends that run a model file: ONNX Runtime (``.onnx``) and OpenVINO (``.onnx`` or IR ``.xml``).
 
 Both read every layout of `ssdbench.infer.model_file` (raw maps, our padded detections, the
-official ``resnet34-ssd1200.onnx``) and INT8 files written by ``ssdbench quantize`` (ONNX QDQ for
+official ``resnet34-ssd1200.onnx``, MLPerf's TensorFlow model's tf2onnx conversion; OpenVINO also
+the TensorFlow frozen graph ``.pb`` itself) and INT8 files written by ``ssdbench quantize`` (ONNX QDQ for
 ONNX Runtime, an NNCF-quantized IR for OpenVINO). A file with a fixed batch F (the official one has
 batch 1) runs F images at a time; a last group of fewer is filled up with zero images whose outputs
 are dropped. ``dtype`` is the precision of the float parts: ONNX Runtime runs fp32 (fp16 only
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ssdbench.infer import model_file as MF
+from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backend_base import Backend
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
@@ -47,6 +49,8 @@ class FileBackend(Backend):
         (the last one filled up with zero images, whose outputs are dropped), else one run."""
         self.check_images(images)
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.file.input_layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         n = len(x)
         step = self.file.batch or n
         fill = -n % step
@@ -87,7 +91,8 @@ class OnnxRuntimeBackend(FileBackend):
 
         path, sidecar = MF.resolve_path(onnx_path)
         if path.suffix != ".onnx":
-            raise ValueError(f"the onnxruntime backend runs .onnx files, not {path.name} (use --backend openvino)")
+            raise ValueError(f"the onnxruntime backend runs .onnx files, not {path.name} (use --backend openvino"
+                             f"{', or its tf2onnx conversion' if path.suffix == '.pb' else ''})")
         self._init_file(MF.inspect_onnx(path, sidecar))
         self.onnx_path = path
         opts = ort.SessionOptions()
@@ -148,11 +153,7 @@ class OpenVinoBackend(FileBackend):
             raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
         path, sidecar = MF.resolve_path(path)
         self.core = ov.Core()
-        try:
-            self.model = self.core.read_model(str(path))
-        except RuntimeError as exc:  # OpenVINO's parse errors: one line naming the file
-            raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
-                             f"({str(exc).strip().splitlines()[0][:200]})") from None
+        self.model = read_model(self.core, path)
         self._init_file(MF.inspect_openvino(path, self.model, sidecar))
         self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINT[dtype],
                        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
@@ -168,7 +169,8 @@ class OpenVinoBackend(FileBackend):
                 model = self.model
                 if self.file.batch is None:
                     model = model.clone()
-                    model.reshape({model.inputs[0]: [n, 3, self.input_size, self.input_size]})
+                    s = self.input_size
+                    model.reshape({model.inputs[0]: [n, s, s, 3] if self.file.input_layout == "NHWC" else [n, 3, s, s]})
                 self._compiled[n] = self.core.compile_model(model, "CPU", self.config)
             return self._compiled[n]
 
@@ -184,6 +186,18 @@ class OpenVinoBackend(FileBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "openvino_config": self.config}
+
+
+def read_model(core, path):
+    """OpenVINO's model of an .onnx, IR or TensorFlow frozen graph; a graph it cannot read is one
+    ValueError naming the operations and the tf2onnx way out."""
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as error:  # OpenVINO's parse or conversion report: many lines
+        if path.suffix == ".pb":
+            raise TF.read_error(path, error) from None
+        raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
+                         f"({str(error).strip().splitlines()[0][:200]})") from None
 
 
 def openvino_device(device) -> torch.device:
@@ -203,5 +217,5 @@ def openvino_device(device) -> torch.device:
 def _output_name(output) -> str:
     """An OpenVINO output's name, preferring the names of `ssdbench.infer.model_file` layouts."""
     names = output.get_names()
-    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS) if n in names]
+    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS, *TF.OUTPUTS) if n in names]
     return known[0] if known else min(names)

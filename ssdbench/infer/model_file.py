@@ -22,6 +22,12 @@ output layouts are recognised:
   label k -> the k-th category id): they are kept as they are, and a label outside 1..C-1 (C the
   network's class count with background, 81) is dropped.
   A file whose outputs carry these names but no ``ssdbench.layout`` metadata is taken for this layout.
+- ``tf``: MLPerf's TensorFlow SSD-ResNet34 ``resnet34_tf.22.1.pb`` (a TF1 frozen graph, read by
+  OpenVINO's TensorFlow reader) and its tf2onnx conversion ``ssd_resnet34_mAP_20.2.onnx``: input
+  ``image:0``, outputs ``detection_bboxes:0`` (N, K, 4) [ymin, xmin, ymax, xmax] normalised,
+  ``detection_classes:0`` (N, K) contiguous 1..80 (float), ``detection_scores:0`` (N, K) sorted by
+  score; each image is read up to its first score < 0.05 (the reference's ``PostProcessCocoTf``).
+  `ssdbench.infer.tf_layout` holds its facts and sources; docs/model_files.md lists them.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssdbench.infer import tf_layout as TF
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import MAX_PER_IMAGE, PaddedDetections
 
-LAYOUTS = ("raw", "padded", "official")
+LAYOUTS = ("raw", "padded", "official", "tf")
 RAW_OUTPUTS = ("locs", "scores")
 DETECTION_OUTPUTS = ("bboxes", "labels", "scores")
 # ONNX metadata_props keys of our exports (the first two also in the rt_info of our OpenVINO IRs)
@@ -48,7 +55,7 @@ class ModelFile:
     """A resolved model file: ``path`` (.onnx or .xml), its output ``layout`` and what we know of it."""
 
     path: Path
-    format: str  # "onnx" | "openvino"
+    format: str  # "onnx" | "openvino" | "tensorflow" (a frozen .pb, run by OpenVINO)
     layout: str  # one of LAYOUTS
     model_name: str | None  # the network it was exported from (our files), else None
     quantized: bool  # QuantizeLinear / FakeQuantize nodes present (INT8)
@@ -57,7 +64,9 @@ class ModelFile:
     # classes with background: the raw ``scores`` maps' C, or our metadata; None when the file does
     # not say (the official file: the network's, 81)
     num_classes: int | None = None
-    input_size: int | None = None  # the input's fixed square side in pixels, None when not fixed
+    input_name: str = "image"
+    input_layout: str = "NCHW"  # "NHWC" when the file's input is (N, S, S, 3)
+    input_size: int | None = None  # the input's fixed square side S in pixels, None when not fixed
 
 
 def resolve_path(path: str | Path) -> tuple[Path, dict]:
@@ -76,8 +85,9 @@ def resolve_path(path: str | Path) -> tuple[Path, dict]:
         return path / info["file"], info
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix not in (".onnx", ".xml"):
-        raise ValueError(f"--model-file {path}: expected an .onnx file, an OpenVINO .xml or a quantize folder")
+    if path.suffix not in (".onnx", ".xml", ".pb"):
+        raise ValueError(f"--model-file {path}: expected an .onnx file, an OpenVINO .xml, a TensorFlow frozen "
+                         "graph .pb or a quantize folder")
     if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
         raise FileNotFoundError(f"{path}: the OpenVINO IR's weights {path.with_suffix('.bin').name} are missing")
     sidecar = path.parent / SIDECAR
@@ -88,12 +98,15 @@ def resolve_path(path: str | Path) -> tuple[Path, dict]:
 def layout_of(outputs: list[str], declared: str | None, path: Path) -> str:
     """The layout from output names and our metadata (None for files that carry none)."""
     names = set(outputs)
+    if names >= set(TF.OUTPUTS):
+        return "tf"
     if names >= set(RAW_OUTPUTS) and "bboxes" not in names:
         return "raw"
     if names >= set(DETECTION_OUTPUTS):
         return "padded" if declared == "inside" else "official"
     raise ValueError(f"{path}: outputs {sorted(names)} match no known layout (raw: locs, scores; "
-                     "with post-processing: bboxes, labels, scores)")
+                     "with post-processing: bboxes, labels, scores; TensorFlow: "
+                     f"{', '.join(TF.OUTPUTS)})")
 
 
 def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
@@ -116,11 +129,11 @@ def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
         score_dims = next(o for o in proto.graph.output if o.name == "scores").type.tensor_type.shape.dim
         if len(score_dims) == 3 and score_dims[1].HasField("dim_value"):
             classes = score_dims[1].dim_value
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    sides = {d.dim_value for d in list(dims)[2:] if d.HasField("dim_value")} if len(dims) == 4 else set()
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in proto.graph.input[0].type.tensor_type.shape.dim]
     return ModelFile(path, "onnx", layout, meta.get(META_MODEL) or info.get("model"), quantized,
                      dim.dim_value if dim.HasField("dim_value") else None, info, classes,
-                     sides.pop() if len(sides) == 1 else None)
+                     proto.graph.input[0].name, *_input_layout(layout, dims, path))
 
 
 def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
@@ -138,9 +151,19 @@ def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
     if layout == "raw":
         scores = next(o for o in model.outputs if "scores" in o.get_names()).get_partial_shape()
         classes = scores[1].get_length() if scores.rank.is_static and scores[1].is_static else None
-    side = shape[2].get_length() if shape.rank.is_static and len(shape) == 4 and shape[2].is_static else None
-    return ModelFile(path, "openvino" if path.suffix == ".xml" else "onnx", layout,
-                     info.get("model") or _rt_info(model, META_MODEL), quantized, batch, info, classes, side)
+    dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+    fmt = {".xml": "openvino", ".pb": "tensorflow"}.get(path.suffix, "onnx")
+    return ModelFile(path, fmt, layout, info.get("model") or _rt_info(model, META_MODEL), quantized, batch,
+                     info, classes, model.inputs[0].get_any_name(), *_input_layout(layout, dims, path))
+
+
+def _input_layout(layout: str, dims: list, path: Path) -> tuple[str, int | None]:
+    """(input layout, fixed input side or None) from the input's dims: a TensorFlow-layout file's as
+    `tf_layout.input_layout` reads it; our files and the official ones are NCHW."""
+    if layout == "tf":
+        return TF.input_layout(dims, path)
+    sides = {d for d in dims[2:] if d is not None} if len(dims) == 4 else set()
+    return "NCHW", sides.pop() if len(sides) == 1 else None
 
 
 def check_input_size(info: ModelFile, model_name: str, input_size: int) -> None:
@@ -170,11 +193,17 @@ def detections(outputs: dict[str, np.ndarray], layout: str, num_classes: int = 8
     is in 1..``num_classes``-1 (the network's class count with background) are kept with their
     labels as they are, sorted by score and padded to MAX_PER_IMAGE.
     """
+    if layout == "tf":
+        return _to_tensors(*TF.padded(outputs, num_classes), device)
     boxes = np.asarray(outputs["bboxes"], np.float32)
     labels = np.asarray(outputs["labels"]).astype(np.int64)
     scores = np.asarray(outputs["scores"], np.float32)
     if layout == "official":
         boxes, labels, scores = _official(boxes, labels, scores, num_classes)
+    return _to_tensors(boxes, labels, scores, device)
+
+
+def _to_tensors(boxes, labels, scores, device) -> PaddedDetections:
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
          for k, v in (("boxes", boxes), ("labels", labels), ("scores", scores))}  # fmt: skip
     return PaddedDetections(t["boxes"], t["labels"], t["scores"], (t["labels"] > 0).sum(dim=1))

@@ -37,6 +37,9 @@ from ssdbench.infer.model_file import META_LAYOUT, META_MODEL, SIDECAR
 from ssdbench.io import atomic_write_text
 
 QUANTIZE_BACKENDS = ("openvino", "onnxruntime")
+# OpenVINO operation types left in float in a graph with post-processing inside (layout tf)
+FLOAT_POSTPROCESSING = ("Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Exp", "Concat",
+                        "Gather", "Clamp", "NonMaxSuppression", "Softmax", "SoftMax")
 
 
 def read_calib_list(path: str | Path) -> list[str]:
@@ -84,8 +87,9 @@ def calibration_batches(files: list[Path], size: int) -> list[np.ndarray]:
 
 
 def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list[Path], size: int,
-             model_name: str, source: str, calib_source: str) -> Path:
-    """Quantize ``source_onnx`` (raw layout) with ``files`` into the folder ``out``; returns the model file.
+             model_name: str, source: str, calib_source: str, layout: str = "raw") -> Path:
+    """Quantize ``source_onnx`` (raw layout; or, for openvino, a ``tf`` layout graph, .pb or .onnx,
+    whose post-processing stays float) with ``files`` into the folder ``out``; returns the model file.
 
     ``source`` and ``calib_source`` are recorded in quantize.json (where the weights and images came from).
     """
@@ -97,9 +101,9 @@ def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list
     tmp.mkdir(parents=True)
     try:
         batches = calibration_batches(files, size)
-        name = (_openvino(source_onnx, tmp, batches, model_name) if backend == "openvino"
+        name = (_openvino(source_onnx, tmp, batches, model_name, layout) if backend == "openvino"
                 else _onnxruntime(source_onnx, tmp, batches))  # fmt: skip
-        info = {"file": name, "layout": "raw", "model": model_name, "backend": backend, "precision": "int8",
+        info = {"file": name, "layout": layout, "model": model_name, "backend": backend, "precision": "int8",
                 "source": str(source), "calibration": {"count": len(files), "source": calib_source,
                                                        "first": [f.name for f in files[:5]]}}  # fmt: skip
         atomic_write_text(tmp / "quantize.json", json.dumps(info, indent=2) + "\n")
@@ -129,14 +133,21 @@ def check_out(out: str | Path) -> Path:
     return full
 
 
-def _openvino(source_onnx, folder: Path, batches: list[np.ndarray], model_name: str) -> str:
+def _openvino(source_onnx, folder: Path, batches: list[np.ndarray], model_name: str, layout: str = "raw") -> str:
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(source_onnx))
+    from ssdbench.infer.file_backends import read_model
+
+    model = read_model(ov.Core(), Path(source_onnx))
+    # A graph with its post-processing inside (MLPerf's TensorFlow model): only the network's
+    # convolutions are quantized; the elementwise arithmetic of box decoding and NMS stays float
+    # (8-bit box coordinates, e.g. NMS's class-offset boxes, would move detections).
+    ignored = nncf.IgnoredScope(types=list(FLOAT_POSTPROCESSING), validate=False) if layout == "tf" else None
     quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                              subset_size=len(batches), fast_bias_correction=True)  # fmt: skip
-    quantized.set_rt_info("raw", ["framework", META_LAYOUT])  # read back by `ssdbench.infer.model_file`
+                              subset_size=len(batches), fast_bias_correction=True,
+                              **({"ignored_scope": ignored} if ignored else {}))  # fmt: skip
+    quantized.set_rt_info(layout, ["framework", META_LAYOUT])  # read back by `ssdbench.infer.model_file`
     quantized.set_rt_info(model_name, ["framework", META_MODEL])  # also without quantize.json beside it
     ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
     return "model.xml"
