@@ -159,3 +159,36 @@ def test_check_log_prints_one_line_per_failed_rule(ssd300, tmp_path, capsys):
     assert lines[0].startswith("FAIL") and "1 rule(s) failed" in lines[0] and len(lines) == 2
     assert "eval_accuracy" in lines[1] and "0.230" in lines[1]
     assert compliance(bad) == [lines[1].strip()]
+
+
+def _package(runs, tree, tmp_path) -> None:
+    (tmp_path / "system.json").write_text(json.dumps(SYSTEM))
+    main(["package", "--system", "cpu_test", "--org", "ssdbench", "--system-json", str(tmp_path / "system.json"),
+          "--out", str(tree), *map(str, runs)])
+
+
+def test_train_runs_score_and_package_score_alike_and_as_the_summarizer(five_runs, tmp_path, capsys):
+    """One scoring rule: `train --runs` and `score RUN...` (olympic_mean of read_run), `score TREE` and
+    `package` (score_tree) give the summarizer's figure: the demo runs miss the quality target and
+    still count (the summarizer reads no target); a run whose log lost its run_stop does not."""
+    from ssdbench.train.score import olympic_mean, read_run
+
+    copies = []
+    for run in five_runs:
+        shutil.copytree(run, tmp_path / "runs" / run.name)
+        copies.append(tmp_path / "runs" / run.name)
+    for case in ("all count", "one does not"):
+        if case == "one does not":
+            log = copies[2] / "mlperf_log.txt"
+            log.write_text("".join(line for line in log.read_text().splitlines(True) if '"run_stop"' not in line))
+        results = [read_run(r) for r in copies]
+        assert [r.counted for r in results] == [True, True, case == "all count", True, True]
+        assert not any(r.reached for r in results)  # one demo epoch is far below mAP 0.23
+        ours = olympic_mean(results)
+        tree = tmp_path / case.replace(" ", "_")
+        _package(copies, tree, tmp_path)
+        (entry,) = score_tree(tree)
+        assert ours["score"] == pytest.approx(entry["score"], rel=1e-12) == pytest.approx(_summarizer_score(tree), rel=1e-12)
+        capsys.readouterr()
+        assert main(["score", *map(str, copies)]) == 0
+        assert f"score: {ours['score']:.2f} min" in capsys.readouterr().out
