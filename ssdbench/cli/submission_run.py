@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssdbench.checks import output_folder
+from ssdbench.checks import Range, output_folder
 from ssdbench.cli import loadgen as L
 from ssdbench.loadgen.pipeline import Plan, run_submission
 from ssdbench.loadgen.rules import WAIVABLE
@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
     a("--waive", default="", help=f"comma-separated rules reported but not failing: {', '.join(WAIVABLE)} "
       "(CI-sized runs; never for a real submission)")  # fmt: skip
     a("--skip-find-peak", action="store_true", help="Server: run at the settings' target_qps, no peak search")
+    a("--peak-margin", type=Range(float, gt=0, le=1), default=0.95,
+      help="Server: the performance run at this fraction of the peak find-peak found (default 0.95)")
     a("--skip-compliance", action="store_true", help="open division only: no compliance tests")
 
 
@@ -52,6 +54,6 @@ def run(args) -> int:
                 round=args.round, preset=args.preset, user_conf=args.user_conf, flags=L.flags_from_args(args),
                 data=args.data, weights=args.weights, model_file=args.model_file, allow_pickle=args.allow_pickle,
                 system_json=args.system_json, waive=tuple(w for w in args.waive.split(",") if w),
-                find_peak=not args.skip_find_peak, compliance=not args.skip_compliance)  # fmt: skip
+                find_peak=not args.skip_find_peak, peak_margin=args.peak_margin, compliance=not args.skip_compliance)  # fmt: skip
     ok, _ = run_submission(plan, say=lambda line: print(line, flush=True))
     return 0 if ok else 1

@@ -123,3 +123,23 @@ def official_verify_accuracy(reference_log: Path, test_log: Path) -> tuple[bool,
              f"num_perf_log_data_mismatch = {perf_mismatch}", f"num_missing_qsl_idxs = {missing}",
              "TEST FAIL\n" if perf_mismatch else "TEST PASS\n"]  # fmt: skip
     return perf_mismatch == 0, "\n".join(lines) + "\n"
+
+
+def official_section(out_dir: Path, settings: dict) -> str:
+    """report.md's section on the round's own tools: the checker's result of a performance run and,
+    for SingleStream / MultiStream, the summary line the round's compliance scripts misread."""
+    from ssdbench.loadgen.detail_log import read_detail_log
+
+    scenario, round_name = settings.get("scenario", ""), settings.get("round", "v2.0")
+    detail_path = Path(out_dir) / "mlperf_log_detail.txt"
+    if settings.get("mode") != "performance" or scenario not in UNITS or not detail_path.is_file():
+        return ""
+    try:
+        result = official_result(read_detail_log(detail_path), round_name, scenario)
+    except ValueError:
+        return ""
+    lines = ["", f"## The round's own tools ({round_name})", "",
+             f"- submission checker's result: {result}"]  # fmt: skip
+    if note := summary_headline_note(Path(out_dir) / "mlperf_log_summary.txt", scenario):
+        lines.append(f"- compliance scripts: {note}")
+    return "\n".join(lines) + "\n"

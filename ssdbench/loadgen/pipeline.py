@@ -1,8 +1,10 @@
 """`ssdbench submission run`: from nothing to a checked submission tree, in resumable steps.
 
 For each scenario the category requires in the round (`rounds.json`): (Server, unless skipped)
-LoadGen's FindPeakPerformance and the performance run at the peak it found (the confirmation),
-else the performance run at the settings' target_qps; the accuracy run and its mAP; the
+LoadGen's FindPeakPerformance and the performance run at the peak it found times
+``peak_margin`` (default 0.95: the peak search uses the same short runs, so the full run confirms
+a little below it; 1.0 confirms the peak itself), else the performance run at the settings'
+target_qps; the accuracy run and its mAP; the
 compliance tests (TEST01, TEST04-A/B, TEST05; the closed division needs them, the open division
 may skip them). Then the tree (`submission.build_submission`) and the check (`checker.check_tree`).
 
@@ -19,13 +21,14 @@ round checker's result and unit (`official.official_result`), VALID, mAP, each c
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssdbench.errors import CliError
-from ssdbench.io import atomic_write
+from ssdbench.io import atomic_write_text
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.compliance import run_compliance
@@ -58,13 +61,21 @@ class Plan:
     system_json: str | None = None
     waive: tuple[str, ...] = ()
     find_peak: bool = True
+    peak_margin: float = 0.95  # the performance run at this fraction of the peak (a peak found in short runs)
     compliance: bool = True
 
     def identity(self) -> dict:
         """The settings a finished step was made with (a rerun must match them)."""
         return {"round": self.round, "preset": self.preset, "user_conf": self.user_conf, "data": self.data,
-                "weights": self.weights, "model_file": self.model_file,
+                "weights": self.weights, "model_file": self.model_file, "peak_margin": self.peak_margin,
                 "flags": {k: v for k, v in self.flags.items() if v is not None}}  # fmt: skip
+
+
+def logged_qps(peak: float) -> float:
+    """The peak rounded down to the 6 significant digits LoadGen logs target_qps with (so the
+    detail log shows exactly the value that was set)."""
+    digits = max(0, 6 - len(str(int(peak))))
+    return math.floor(peak * 10**digits) / 10**digits
 
 
 def step_names(plan: Plan) -> list[str]:
@@ -123,7 +134,7 @@ class Pipeline:
             result = self.one(name, records)
             self.spent.append(time.monotonic() - start)
             record = {"step": name, "identity": self.plan.identity(), "seconds": round(self.spent[-1], 1), **result}
-            atomic_write(self.marker(name), json.dumps(record, indent=2) + "\n")
+            atomic_write_text(self.marker(name), json.dumps(record, indent=2) + "\n")
             records[name] = record
             self.say(f"{head}: done in {self.spent[-1]:.1f} s")
         return records
@@ -137,7 +148,7 @@ class Pipeline:
         flags = dict(self.plan.flags)
         peak = records.get(f"{scenario}-find-peak", {}).get("peak_qps")
         if peak and mode == "performance":
-            flags["target_qps"] = peak  # the confirmation run of the peak
+            flags["target_qps"] = logged_qps(peak * self.plan.peak_margin)  # the confirmation run
         return S.resolve(scenario, mode, self.plan.preset, self.plan.user_conf, flags, round=self.plan.round)
 
     def loadgen(self, scenario: str, mode: str, records: dict):
@@ -233,8 +244,8 @@ def write_summary(out: Path, rows: list[dict], ok: bool, plan: Plan) -> None:
     """summary.md (the table), summary.json (rows and verdict), summary.png (the table drawn)."""
     title = f"{plan.system}: {plan.division} {plan.category}, round {plan.round}: check {'PASS' if ok else 'FAIL'}"
     notes = [f"{r['scenario']} result: the round checker's field {r['field']}" for r in rows if r["field"]]
-    atomic_write(out / "summary.md", f"# {title}\n\n{format_table(rows)}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    atomic_write(out / "summary.json", json.dumps({"ok": ok, "title": title, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", f"# {title}\n\n{format_table(rows)}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"ok": ok, "title": title, "rows": rows}, indent=2) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")

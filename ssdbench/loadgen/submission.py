@@ -156,7 +156,27 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
         if kind in slot:
             command = _command(slot[kind], kind)
             lines += [f"{kind} ({slot[kind]}):", "", "```", command, "```", ""]
+    lines += _official_notes(slot, scenario, round_name)
     (folder / "README.md").write_text("\n".join(lines))
+
+
+def _official_notes(slot: dict[str, Path], scenario: str, round_name: str) -> list[str]:
+    """The round checker's result of the performance run; the summary line the round's compliance
+    scripts misread (SingleStream / MultiStream); ssdbench's own TEST01 check, reported apart."""
+    from ssdbench.loadgen.detail_log import read_detail_log
+    from ssdbench.loadgen.official import official_result, summary_headline_note
+
+    perf = slot["performance"]
+    result = official_result(read_detail_log(perf / "mlperf_log_detail.txt"), round_name, scenario)
+    lines = ["## The round's own tools", "", f"- result as the round's submission checker reads it: {result}"]
+    if note := summary_headline_note(perf / "mlperf_log_summary.txt", scenario):
+        lines.append(f"- mlperf_log_summary.txt: {note}")
+    checks = slot.get("compliance")
+    if checks is not None and (checks / MARKER).is_file():
+        for name, passed in read_json(checks / MARKER, "compliance record").get("ssdbench_checks", {}).items():
+            lines.append(f"- {name}: {'PASS' if passed else 'FAIL'} (beyond MLPerf's scripts; the official TEST01 "
+                         "result is TEST01/verify_accuracy.txt)")  # fmt: skip
+    return lines + [""]
 
 
 def _backend_descriptions(info: dict) -> list[dict]:
