@@ -195,8 +195,8 @@ def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> tuple[bo
         verdict.lines += ["responses differ: the baseline comparison decides (TEST01 README, Part III)", *decision.lines]
         passed = official_pass or decision.passed
         whole = decision.passed
-    header = ["ssdbench's whole-response comparison (stricter than verify_accuracy.py, which compares the first "
-              "byte of each response); not part of the official result", ""]  # fmt: skip
+    header = [("ssdbench's whole-response comparison (stricter than verify_accuracy.py, which compares the first "
+               "byte of each response); not part of the official result"), ""]  # fmt: skip
     (own / "TEST01_whole_response.txt").write_text("\n".join(header) + "\n" + verdict.text)
     return passed, whole
 

@@ -126,6 +126,7 @@ class Pipeline:
             if (record := self.done(name)) is not None:
                 self.say(f"{head}: done earlier, kept ({self.folder(name)})")
                 records[name] = record
+                self.spent.append(float(record.get("seconds", 0)))  # what it took then: the ETA's basis
                 continue
             self.say(f"{head}: running{self.eta(len(self.names) - i + 1)}")
             if self.folder(name).exists():  # what an interrupted run left
