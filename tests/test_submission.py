@@ -115,8 +115,16 @@ def test_tree_from_cpu_runs_passes_the_checker(runs, tree):
     assert desc["host_processor_model_name"] and desc["host_memory_capacity"].endswith("GB")
     assert desc["status"] == "available" and desc["system_type"] == "datacenter" and desc["accelerators_per_node"] == 0
     assert (base / "compliance" / "cpu2" / "ssd-resnet34" / "Offline" / "TEST01" / "verify_accuracy.txt").is_file()
+    from ssdbench.precision import resolve_precision
+
+    for scenario in ("Server", "Offline"):  # the data types the run resolved, never "auto"
+        impl = json.loads((base / "measurements" / "cpu2" / "ssd-resnet34" / scenario / f"cpu2_ssdbench_{scenario}.json")
+                          .read_text())  # fmt: skip
+        assert impl["input_data_types"] == impl["weight_data_types"] == resolve_precision("auto", "cpu")
     result = check_tree(tree, "v2.0", waive=WAIVE.split(","))
     assert result.ok, [str(v) for v in result.violations]
+    assert not [w for w in result.warnings if "unknown" in w], result.warnings  # only fields the checker knows
+    assert result.units["cpu2/Offline"] == "samples/s (result_samples_per_second)"
     assert {v.rule for v in result.waived} == {"min-duration", "min-queries"}
     assert set(result.results) == {"cpu2/Server", "cpu2/Offline"}
     unwaived = check_tree(tree, "v2.0")  # without waivers: exactly the CI-sized durations and counts
