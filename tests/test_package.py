@@ -5,6 +5,8 @@ the reference get the summarizer's RCP normalisation; `ssdbench check-log` print
 failed rule; a system description with fields this machine cannot tell names them.
 """
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -24,6 +26,9 @@ SYSTEM = {"host_processor_interconnect": "N/A", "host_storage_type": "virtual di
           "hw_notes": "test machine", "host_processor_frequency": "2000 MHz"}
 
 
+TRAIN_OUTPUT: dict[str, str] = {}  # what `train --runs 5` printed (its score line)
+
+
 def _summarizer_score(tree) -> float:
     return float(summarize_results(str(tree), "training", "1.1.0")[0]["ssd"].iloc[0])
 
@@ -35,9 +40,12 @@ def five_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("five")
     data = make_synthetic_coco(root / "coco", train_images=16, val_images=4, workers=1, progress=False)
     out = root / "runs"
-    assert main(["train", "--preset", "demo", "--data", str(data), "--dataset-name", "synthetic", "--runs", "5",
-                 "--epochs", "1", "--eval-every", "1", "--steps-per-epoch", "2", "--batch-size", "4",
-                 "--workers", "0", "--out", str(out)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", "--preset", "demo", "--data", str(data), "--dataset-name", "synthetic", "--runs", "5",
+                     "--epochs", "1", "--eval-every", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+                     "--workers", "0", "--out", str(out)]) == 0
+    TRAIN_OUTPUT["text"] = printed.getvalue()
     return [out / f"run_{i}" for i in range(5)]
 
 
@@ -192,3 +200,5 @@ def test_train_runs_score_and_package_score_alike_and_as_the_summarizer(five_run
         capsys.readouterr()
         assert main(["score", *map(str, copies)]) == 0
         assert f"score: {ours['score']:.2f} min" in capsys.readouterr().out
+        if case == "all count":  # `train --runs 5` printed the same score for these runs
+            assert f"score: {ours['score']:.2f} min" in TRAIN_OUTPUT["text"], TRAIN_OUTPUT["text"][-600:]

@@ -131,7 +131,12 @@ def test_one_command_makes_a_tree_the_check_accepts(env, tmp_path, category):
             assert row[test] == _perf_verdict(out / "steps" / f"{row['scenario']}-performance", folder, test,
                                               row["scenario"]), row  # fmt: skip
         assert row["unit"] == ("ms" if "Stream" in row["scenario"] else "samples/s")
+    readme = out / "steps" / "tree" / "open" / "TestOrg" / "measurements" / "cpu2" / "ssd-resnet34" / scenarios[0] / "README.md"
+    text = readme.read_text()  # the tree's README: the checker's result, ssdbench's own TEST01 check apart
+    assert "## The round's own tools" in text and f"({rows[0]['field']})" in text
+    assert "- TEST01 whole-response (ssdbench): " in text
     if category == "edge":  # the raw p90 is not the v2.0 result
+        assert "LoadGen 6.x wrote '90.0th percentile latency (ns)'" in text
         ss = _detail(results / "SingleStream" / "performance" / "run_1" / "mlperf_log_detail.txt")
         assert ss["early_stopping_latency_ss"] >= ss["result_90.00_percentile_latency_ns"]
         assert any("90th percentile latency" in line and "90.0th percentile latency (ns)" in line for line in lines)

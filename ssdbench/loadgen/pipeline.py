@@ -256,6 +256,10 @@ def write_summary(out: Path, rows: list[dict], ok: bool, plan: Plan) -> None:
     ax.axis("off")
     table = ax.table(cellText=[_cells(r) for r in rows], colLabels=COLUMNS, loc="center")
     table.scale(1, 1.4)
+    colours = {"PASS": "#c8e6c9", "VALID": "#c8e6c9", "FAIL": "#ffcdd2", "INVALID": "#ffcdd2"}
+    for (row, _col), cell in table.get_celld().items():
+        if row > 0 and cell.get_text().get_text() in colours:
+            cell.set_facecolor(colours[cell.get_text().get_text()])
     ax.set_title(title, fontsize=9)
     fig.savefig(out / "summary.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
