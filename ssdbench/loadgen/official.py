@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssdbench.loadgen.detail_log import DetailLog
+from ssdbench.loadgen.detail_log import DetailLog, read_detail_log
 
 MS_TO_NS = 1_000_000
 _COMMON = {"Offline": "result_samples_per_second", "Server": "result_scheduled_samples_per_sec"}
@@ -128,8 +128,6 @@ def official_verify_accuracy(reference_log: Path, test_log: Path) -> tuple[bool,
 def official_section(out_dir: Path, settings: dict) -> str:
     """report.md's section on the round's own tools: the checker's result of a performance run and,
     for SingleStream / MultiStream, the summary line the round's compliance scripts misread."""
-    from ssdbench.loadgen.detail_log import read_detail_log
-
     scenario, round_name = settings.get("scenario", ""), settings.get("round", "v2.0")
     detail_path = Path(out_dir) / "mlperf_log_detail.txt"
     if settings.get("mode") != "performance" or scenario not in UNITS or not detail_path.is_file():
@@ -143,3 +141,11 @@ def official_section(out_dir: Path, settings: dict) -> str:
     if note := summary_headline_note(Path(out_dir) / "mlperf_log_summary.txt", scenario):
         lines.append(f"- compliance scripts: {note}")
     return "\n".join(lines) + "\n"
+
+
+def official_line(out_dir: Path, scenario: str, round_name: str, mode: str) -> str | None:
+    """One stdout line: the performance run's result as the round's checker reads it."""
+    detail_path = Path(out_dir) / "mlperf_log_detail.txt"
+    if mode != "performance" or scenario not in UNITS or not detail_path.is_file():
+        return None
+    return f"result as the round {round_name} checker reads it: {official_result(read_detail_log(detail_path), round_name, scenario)}"
