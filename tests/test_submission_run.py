@@ -165,6 +165,9 @@ def test_other_settings_on_a_finished_step_are_refused(env, tmp_path):
     (tmp_path / "steps" / "SingleStream-performance.done.json").write_text(json.dumps({"identity": {"round": "v1.1"}}))
     with pytest.raises(CliError, match="made with other settings"):
         run_submission(plan, predict=env[3]["edge"], say=lambda line: None)
+    # each round's required scenarios (v1.1 datacenter: Offline; Server optional, not run)
+    assert step_names(Plan("datacenter", "open", "O", "s", tmp_path, round="v1.1")) == [
+        "Offline-performance", "Offline-accuracy", "Offline-compliance", "tree"]
     with pytest.raises(CliError, match="the closed division needs the compliance tests"):
         step_names(Plan("edge", "closed", "O", "s", tmp_path, compliance=False))
 

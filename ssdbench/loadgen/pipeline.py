@@ -78,13 +78,20 @@ def logged_qps(peak: float) -> float:
     return math.floor(peak * 10**digits) / 10**digits
 
 
+def scenarios(plan: Plan) -> list[str]:
+    """The scenarios the category requires in the round; v0.5 requires none, so its optional ones
+    (less MultiStream, whose legacy form LoadGen 6.x does not run)."""
+    rnd = get_round(plan.round)
+    required, optional = rnd.scenario_lists(plan.category)
+    return required or [s for s in optional if not (s == "MultiStream" and rnd.legacy_multistream)]
+
+
 def step_names(plan: Plan) -> list[str]:
     """The steps in run order: ``<Scenario>-<kind>`` per required scenario, then tree and check."""
     if plan.division == "closed" and not plan.compliance:
         raise CliError("--skip-compliance: the closed division needs the compliance tests")
-    required, _ = get_round(plan.round).scenario_lists(plan.category)
     names = []
-    for scenario in required:
+    for scenario in scenarios(plan):
         for kind in KINDS:
             if (kind == "find-peak" and (scenario != "Server" or not plan.find_peak)) or (
                     kind == "compliance" and not plan.compliance):  # fmt: skip
@@ -212,7 +219,7 @@ def run_submission(plan: Plan, predict=None, say=print) -> tuple[bool, list[dict
 
 def table_rows(plan: Plan, records: dict, result) -> list[dict]:
     rows = []
-    for scenario in get_round(plan.round).scenario_lists(plan.category)[0]:
+    for scenario in scenarios(plan):
         perf = records.get(f"{scenario}-performance", {})
         tests = records.get(f"{scenario}-compliance", {}).get("tests", {})
         value = result.results.get(f"{plan.system}/{scenario}", perf.get("value"))
