@@ -5,6 +5,8 @@ the reference get the summarizer's RCP normalisation; `ssdbench check-log` print
 failed rule; a system description with fields this machine cannot tell names them.
 """
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -24,6 +26,9 @@ SYSTEM = {"host_processor_interconnect": "N/A", "host_storage_type": "virtual di
           "hw_notes": "test machine", "host_processor_frequency": "2000 MHz"}
 
 
+TRAIN_OUTPUT: dict[str, str] = {}  # what `train --runs 5` printed (its score line)
+
+
 def _summarizer_score(tree) -> float:
     return float(summarize_results(str(tree), "training", "1.1.0")[0]["ssd"].iloc[0])
 
@@ -35,9 +40,12 @@ def five_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("five")
     data = make_synthetic_coco(root / "coco", train_images=16, val_images=4, workers=1, progress=False)
     out = root / "runs"
-    assert main(["train", "--preset", "demo", "--data", str(data), "--dataset-name", "synthetic", "--runs", "5",
-                 "--epochs", "1", "--eval-every", "1", "--steps-per-epoch", "2", "--batch-size", "4",
-                 "--workers", "0", "--out", str(out)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", "--preset", "demo", "--data", str(data), "--dataset-name", "synthetic", "--runs", "5",
+                     "--epochs", "1", "--eval-every", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+                     "--workers", "0", "--out", str(out)]) == 0
+    TRAIN_OUTPUT["text"] = printed.getvalue()
     return [out / f"run_{i}" for i in range(5)]
 
 
@@ -159,3 +167,38 @@ def test_check_log_prints_one_line_per_failed_rule(ssd300, tmp_path, capsys):
     assert lines[0].startswith("FAIL") and "1 rule(s) failed" in lines[0] and len(lines) == 2
     assert "eval_accuracy" in lines[1] and "0.230" in lines[1]
     assert compliance(bad) == [lines[1].strip()]
+
+
+def _package(runs, tree, tmp_path) -> None:
+    (tmp_path / "system.json").write_text(json.dumps(SYSTEM))
+    main(["package", "--system", "cpu_test", "--org", "ssdbench", "--system-json", str(tmp_path / "system.json"),
+          "--out", str(tree), *map(str, runs)])
+
+
+def test_train_runs_score_and_package_score_alike_and_as_the_summarizer(five_runs, tmp_path, capsys):
+    """One scoring rule: `train --runs` and `score RUN...` (olympic_mean of read_run), `score TREE` and
+    `package` (score_tree) give the summarizer's figure: the demo runs miss the quality target and
+    still count (the summarizer reads no target); a run whose log lost its run_stop does not."""
+    from ssdbench.train.score import olympic_mean, read_run
+
+    copies = []
+    for run in five_runs:
+        shutil.copytree(run, tmp_path / "runs" / run.name)
+        copies.append(tmp_path / "runs" / run.name)
+    for case in ("all count", "one does not"):
+        if case == "one does not":
+            log = copies[2] / "mlperf_log.txt"
+            log.write_text("".join(line for line in log.read_text().splitlines(True) if '"run_stop"' not in line))
+        results = [read_run(r) for r in copies]
+        assert [r.counted for r in results] == [True, True, case == "all count", True, True]
+        assert not any(r.reached for r in results)  # one demo epoch is far below mAP 0.23
+        ours = olympic_mean(results)
+        tree = tmp_path / case.replace(" ", "_")
+        _package(copies, tree, tmp_path)
+        (entry,) = score_tree(tree)
+        assert ours["score"] == pytest.approx(entry["score"], rel=1e-12) == pytest.approx(_summarizer_score(tree), rel=1e-12)
+        capsys.readouterr()
+        assert main(["score", *map(str, copies)]) == 0
+        assert f"score: {ours['score']:.2f} min" in capsys.readouterr().out
+        if case == "all count":  # `train --runs 5` printed the same score for these runs
+            assert f"score: {ours['score']:.2f} min" in TRAIN_OUTPUT["text"], TRAIN_OUTPUT["text"][-600:]

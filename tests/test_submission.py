@@ -115,8 +115,16 @@ def test_tree_from_cpu_runs_passes_the_checker(runs, tree):
     assert desc["host_processor_model_name"] and desc["host_memory_capacity"].endswith("GB")
     assert desc["status"] == "available" and desc["system_type"] == "datacenter" and desc["accelerators_per_node"] == 0
     assert (base / "compliance" / "cpu2" / "ssd-resnet34" / "Offline" / "TEST01" / "verify_accuracy.txt").is_file()
+    from ssdbench.precision import resolve_precision
+
+    for scenario in ("Server", "Offline"):  # the data types the run resolved, never "auto"
+        impl = json.loads((base / "measurements" / "cpu2" / "ssd-resnet34" / scenario / f"cpu2_ssdbench_{scenario}.json")
+                          .read_text())  # fmt: skip
+        assert impl["input_data_types"] == impl["weight_data_types"] == resolve_precision("auto", "cpu")
     result = check_tree(tree, "v2.0", waive=WAIVE.split(","))
     assert result.ok, [str(v) for v in result.violations]
+    assert not [w for w in result.warnings if "unknown" in w], result.warnings  # only fields the checker knows
+    assert result.units["cpu2/Offline"] == "samples/s (result_samples_per_second)"
     assert {v.rule for v in result.waived} == {"min-duration", "min-queries"}
     assert set(result.results) == {"cpu2/Server", "cpu2/Offline"}
     unwaived = check_tree(tree, "v2.0")  # without waivers: exactly the CI-sized durations and counts
@@ -155,8 +163,27 @@ def test_a_removed_file_a_wrong_seed_or_an_untruncated_log_fail_with_the_violati
     (v,) = _broken(tree, tmp_path / "c", untruncated)
     assert v.startswith("open/TestOrg/results/cpu2/ssd-resnet34/Offline/accuracy/mlperf_log_accuracy.json: ")
     assert v.endswith("not truncated (at most 10240) [truncation]")
-    (v,) = _broken(tree, tmp_path / "d", no_test05)
-    assert v == "open/TestOrg/compliance/cpu2/ssd-resnet34/Offline/TEST05: missing [compliance]"
+    # the open division: compliance problems are warnings (the round's checker checks closed only)
+    assert _broken(tree, tmp_path / "d", no_test05) == []
+    warnings = check_tree(tmp_path / "d" / "copy", "v2.0", waive=WAIVE.split(",")).warnings
+    assert "open/TestOrg/compliance/cpu2/ssd-resnet34/Offline/TEST05: missing [compliance] (open division: " \
+           "compliance is not checked by the round's checker)" in warnings
+
+
+def test_an_open_tree_without_compliance_passes_with_a_warning(tree, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy)
+    shutil.rmtree(copy / "open" / "TestOrg" / "compliance")
+    assert cli.main(["submission", "--check", str(copy), "--waive", WAIVE]) == 0
+    out = capsys.readouterr().out
+    for scenario in ("Offline", "Server"):
+        assert (f"warning: open/TestOrg/compliance/cpu2/ssd-resnet34/{scenario}: no compliance tests (open division: "
+                "the round's checker checks compliance for the closed division only)") in out
+    assert "check (v2.0): PASS" in out
+    closed = tmp_path / "closed"
+    shutil.copytree(copy / "open", closed / "closed")
+    violations = [str(v) for v in check_tree(closed, "v2.0", waive=WAIVE.split(",")).violations]
+    assert "closed/TestOrg/compliance/cpu2/ssd-resnet34/Offline/TEST01: missing [compliance]" in violations
 
 
 def test_closed_division_says_this_is_no_closed_result(runs, tmp_path, capsys):

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
+    if rest and rest[0] in getattr(module, "SUBCOMMANDS", {}):  # e.g. `ssdbench submission run`
+        module = importlib.import_module(module.SUBCOMMANDS[rest[0]])
+        name, rest = f"{name} {rest[0]}", rest[1:]
     parser = Parser(
         prog=f"ssdbench {name}",
         description=(module.__doc__ or COMMANDS[name][1]).strip().splitlines()[0],
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    args.command_line = ["ssdbench", name, *rest]  # recorded by commands whose outputs must say how they were made
+    args.command_line = ["ssdbench", *name.split(), *rest]  # recorded by commands whose outputs must say how they were made
     try:
         check_environment()  # variables are values too: one line naming a bad one, before any work
         return int(module.run(args) or 0)

@@ -16,11 +16,14 @@ from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.rules import WAIVABLE
 from ssdbench.loadgen.submission import build_submission
 
+SUBCOMMANDS = {"run": "ssdbench.cli.submission_run"}  # `ssdbench submission run ...`: every step in one command
+
 EPILOG = """examples:
   ssdbench submission --org MyOrg --system cpu1 --division closed --category datacenter \\
       runs/server runs/server_acc runs/compliance/Server runs/offline runs/offline_acc runs/compliance/Offline \\
       --system-json system.json --out submission
   ssdbench submission --check submission --round v2.0
+  ssdbench submission run --category edge --division open ...   # every step, resumable (submission run --help)
 exit status: 0 the tree passes, 1 it has violations, 2 error
 """
 
@@ -59,13 +62,16 @@ def run(args) -> int:
     result = check_tree(root, round_name, waive)
     if args.json:
         print(json.dumps({"ok": result.ok, "violations": [str(v) for v in result.violations],
-                          "waived": [str(v) for v in result.waived], "results": result.results}, indent=2))
+                          "waived": [str(v) for v in result.waived], "warnings": result.warnings,
+                          "results": result.results, "units": result.units}, indent=2))
         return 0 if result.ok else 1
     for v in result.waived:
         print(f"waived: {v}")
+    for w in result.warnings:
+        print(f"warning: {w}")
     for v in result.violations:
         print(f"VIOLATION: {v}", file=sys.stderr)
     for name, value in sorted(result.results.items()):
-        print(f"result {name}: {value:g}")
+        print(f"result {name}: {value:.6g} {result.units.get(name, '')}".rstrip())
     print(f"check ({round_name or 'v2.0'}): {'PASS' if result.ok else f'FAIL, {len(result.violations)} violation(s)'}")
     return 0 if result.ok else 1

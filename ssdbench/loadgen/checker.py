@@ -15,6 +15,7 @@ from pathlib import Path
 from ssdbench.loadgen import verify
 from ssdbench.loadgen.accuracy import COCO_VAL_IMAGES
 from ssdbench.loadgen.detail_log import DetailLog, read_detail_log
+from ssdbench.loadgen.official import official_result, summary_headline_note
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, Round, get_round
 from ssdbench.loadgen.rules import (
     ACC_FILES,
@@ -30,6 +31,7 @@ from ssdbench.loadgen.rules import (
     CheckResult,
     Violation,
     accuracy_lines,
+    known_system_fields,
     read_json_file,
     run_rule_violations,  # fmt: skip
     system_fields,
@@ -57,12 +59,16 @@ def _dirs(path: Path) -> list[str]:
 class _Checker:
     def __init__(self, root: Path, rnd: Round, waive: set[str]):
         self.root, self.rnd, self.waive, self.result = root, rnd, waive, CheckResult()
+        self.soft = False  # violations become warnings (compliance of an open-division result)
 
     def bad(self, rule: str, path: Path, message: str) -> None:
         where = str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
         self.add(Violation(rule, where, message))
 
     def add(self, violation: Violation) -> None:
+        if self.soft:
+            self.result.warnings.append(f"{violation} (open division: compliance is not checked by the round's checker)")
+            return
         (self.result.waived if violation.rule in self.waive else self.result.violations).append(violation)
 
     def need(self, folder: Path, names) -> bool:
@@ -105,6 +111,10 @@ class _Checker:
         for key in system_fields(self.rnd.name):
             if key not in desc:
                 self.bad("system", path, f"required field {key!r} missing")
+        known = known_system_fields(self.rnd.name)
+        for key in desc:
+            if key not in known:
+                self.result.warnings.append(f"{path.relative_to(self.root)}: field {key} is unknown to the round's checker")
         if str(desc.get("submitter", "")).lower() != base.name.lower():
             self.bad("system", path, f"submitter {desc.get('submitter')!r}, the folder says {base.name!r}")
         if desc.get("division") != division:
@@ -142,8 +152,18 @@ class _Checker:
         if division == "closed":
             self.closed_model(base / "results" / system / MODEL_DIR / scenario, impl, acc)
         compliance = base / "compliance" / system / MODEL_DIR / scenario
-        if division == "closed" or compliance.is_dir():
+        if division == "closed":
             self.compliance(compliance, scenario)
+        elif compliance.is_dir():  # checked, but as the round's checker: not required of the open division
+            self.soft = True
+            try:
+                self.compliance(compliance, scenario)
+            finally:
+                self.soft = False
+        else:
+            where = compliance.relative_to(self.root)
+            self.result.warnings.append(f"{where}: no compliance tests (open division: the round's checker "
+                                        "checks compliance for the closed division only)")  # fmt: skip
 
     def measurements(self, base: Path, system: str, scenario: str) -> dict:
         folder = base / "measurements" / system / MODEL_DIR / scenario
@@ -179,8 +199,15 @@ class _Checker:
         where = str(folder.relative_to(self.root))
         for violation in run_rule_violations(detail, self.rnd, scenario, where=where):
             self.add(violation)
-        if scenario in verify.METRICS and detail.get(verify.METRICS[scenario][0]) is not None:
-            self.result.results[f"{system}/{scenario}"] = float(detail.get(verify.METRICS[scenario][0]))
+        if scenario in verify.METRICS:
+            official = official_result(detail, self.rnd.name, scenario)
+            if official.value is None:
+                self.bad("files", folder, f"no {official.field}: the round's checker reads its result from it")
+            else:
+                self.result.results[f"{system}/{scenario}"] = official.value
+                self.result.units[f"{system}/{scenario}"] = f"{official.unit} ({official.field})"
+            if note := summary_headline_note(folder / "mlperf_log_summary.txt", scenario):
+                self.result.warnings.append(f"{folder.relative_to(self.root)}/mlperf_log_summary.txt: {note}")
 
     def detail(self, path: Path, test04: bool = False) -> DetailLog | None:
         """The detail log, with a violation per error message (None when unreadable); a TEST04 run

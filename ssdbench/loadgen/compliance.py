@@ -11,12 +11,13 @@ run and never read. The detail log must show LoadGen found the audit file and ap
 `verify` decides pass or fail as MLPerf's scripts do. The outputs go where the submission checker
 looks for them, ``OUT`` being ``compliance/<system>/ssd-resnet34/<Scenario>``::
 
-    OUT/TEST01/verify_accuracy.txt, verify_performance.txt
+    OUT/TEST01/verify_accuracy.txt (verify_accuracy.py's own output), verify_performance.txt
     OUT/TEST01/accuracy/mlperf_log_accuracy.json, accuracy.txt [, baseline_accuracy.txt, compliance_accuracy.txt]
     OUT/TEST01/performance/run_1/mlperf_log_summary.txt, mlperf_log_detail.txt
     OUT/TEST04-A/verify_performance.txt; OUT/TEST04-A/performance/run_1/...; OUT/TEST04-B/performance/run_1/...
     OUT/TEST05/verify_performance.txt; OUT/TEST05/performance/run_1/...
     OUT/runs/<test>/            the full run folders (report.md, settings, audit.config)
+    OUT/ssdbench_checks/        ssdbench's stricter whole-response TEST01 comparison (not an MLPerf file)
     OUT/compliance.json         scenario, round, the runs compared, pass / fail per test
 """
 
@@ -32,11 +33,13 @@ from ssdbench.io import read_json
 from ssdbench.loadgen import verify
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.official import official_verify_accuracy
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
 from ssdbench.loadgen.run import report_stray_audit_config, run_loadgen
 from ssdbench.loadgen.settings import RunSettings
 
 MARKER = "compliance.json"
+SSDBENCH_CHECKS = "ssdbench_checks"  # ssdbench's checks beyond the official scripts (not copied into a tree)
 PERF_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
 
 
@@ -92,11 +95,14 @@ def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | 
     rnd = get_round(settings.round)
     for test in tests:
         _run_one(test, settings, info, out, predict, cache, progress, allow_pickle)
-    results = _verify(tests, run, accuracy_run, out, rnd, info)
-    _write_marker(out, info, run, accuracy_run, results)
+    extra: dict[str, bool] = {}
+    results = _verify(tests, run, accuracy_run, out, rnd, info, extra)
+    _write_marker(out, info, run, accuracy_run, results, extra)
     if verbose:
         for test, passed in results.items():
             print(f"{test}: {'PASS' if passed else 'FAIL'}  ({out / test})")
+        for name, passed in extra.items():
+            print(f"{name}: {'PASS' if passed else 'FAIL'}  ({out / SSDBENCH_CHECKS}; not an MLPerf verdict)")
     return results
 
 
@@ -122,8 +128,10 @@ def _run_one(test: str, settings: RunSettings, info: dict, out: Path, predict, c
         shutil.copy2(run.out / "mlperf_log_accuracy.json", folder / "accuracy" / "mlperf_log_accuracy.json")
 
 
-def _verify(tests: list[str], run: Path, accuracy_run, out: Path, rnd, info: dict) -> dict[str, bool]:
-    """Verify each test that ran (TEST04 once both halves exist in ``out``)."""
+def _verify(tests: list[str], run: Path, accuracy_run, out: Path, rnd, info: dict,
+            extra: dict[str, bool]) -> dict[str, bool]:  # fmt: skip
+    """Verify each test that ran (TEST04 once both halves exist in ``out``); ssdbench's own checks,
+    beyond the official ones, go to ``extra``."""
     reference = read_detail_log(run / "mlperf_log_detail.txt")
     results: dict[str, bool] = {}
     for test in ("TEST01", "TEST05"):
@@ -132,7 +140,9 @@ def _verify(tests: list[str], run: Path, accuracy_run, out: Path, rnd, info: dic
             (out / test / "verify_performance.txt").write_text(verdict.text)
             results[test] = verdict.passed
     if "TEST01" in tests:
-        results["TEST01"] = _verify_accuracy(Path(accuracy_run), out, rnd, info) and results["TEST01"]
+        official, whole = _verify_accuracy(Path(accuracy_run), out, rnd, info)
+        results["TEST01"] = official and results["TEST01"]
+        extra["TEST01 whole-response (ssdbench)"] = whole
     if {"TEST04-A", "TEST04-B"} & set(tests):
         results.update(_verify_test04(out, rnd))
     return {test: results[test] for test in COMPLIANCE_TESTS if test in results}
@@ -153,36 +163,52 @@ def _verify_test04(out: Path, rnd) -> dict[str, bool]:
     return {"TEST04-A": verdict.passed, "TEST04-B": verdict.passed}
 
 
-def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> bool:
-    """TEST01's response comparison; when responses differ, the baseline mAP comparison decides."""
+def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> tuple[bool, bool]:
+    """TEST01's accuracy check: (the official verdict, ssdbench's whole-response verdict).
+
+    ``TEST01/verify_accuracy.txt`` is what the round's ``verify_accuracy.py`` prints
+    (`official.official_verify_accuracy`); when it says TEST FAIL, the README's baseline path
+    decides (baseline_accuracy.txt, compliance_accuracy.txt in TEST01/accuracy, as the submission
+    checker asks). ssdbench's stricter whole-response comparison, and its own baseline comparison
+    when responses differ, go to ``OUT/ssdbench_checks/`` (never into the official files)."""
     acc_dir = out / "TEST01" / "accuracy"
-    test_log = acc_dir / "mlperf_log_accuracy.json"
-    verdict, indices = verify.compare_responses(accuracy_run / "mlperf_log_accuracy.json", test_log)
+    reference_log, test_log = accuracy_run / "mlperf_log_accuracy.json", acc_dir / "mlperf_log_accuracy.json"
+    official_pass, official_text = official_verify_accuracy(reference_log, test_log)
+    (out / "TEST01" / "verify_accuracy.txt").write_text(official_text)
+    verdict, indices = verify.compare_responses(reference_log, test_log)
     dataset = open_val_dataset(info["data"])
-    passed = verdict.passed
+    value = text = None
     if indices:
         value, text = accuracy_text(test_log, dataset)
         (acc_dir / "accuracy.txt").write_text(text)
-    if not verdict.passed and indices and "TEST FAIL" == verdict.lines[-1]:
-        baseline = verify.baseline_log(accuracy_run / "mlperf_log_accuracy.json", indices,
-                                       out / "runs" / "TEST01" / "mlperf_log_accuracy_baseline.json")  # fmt: skip
+    own = out / SSDBENCH_CHECKS
+    own.mkdir(exist_ok=True)
+    passed, whole = official_pass, verdict.passed
+    if indices and (not official_pass or verdict.lines[-1] == "TEST FAIL"):
+        where = acc_dir if not official_pass else own
+        baseline = verify.baseline_log(reference_log, indices, out / "runs" / "TEST01" / "mlperf_log_accuracy_baseline.json")
         base_value, base_text = accuracy_text(baseline, dataset)
-        (acc_dir / "baseline_accuracy.txt").write_text(base_text)
-        (acc_dir / "compliance_accuracy.txt").write_text(text)
+        (where / "baseline_accuracy.txt").write_text(base_text)
+        (where / "compliance_accuracy.txt").write_text(text)
         # the rounded mAPs of the two texts, the numbers the submission checker reads back
         decision = verify.compare_accuracy(round(100 * base_value, 3), round(100 * value, 3), rnd)
-        verdict.lines += ["responses differ: the baseline comparison decides (TEST01 README, Part III)"]
-        verdict.lines += decision.lines
-        passed = decision.passed
-    (out / "TEST01" / "verify_accuracy.txt").write_text(verdict.text)
-    return passed
+        verdict.lines += ["responses differ: the baseline comparison decides (TEST01 README, Part III)", *decision.lines]
+        passed = official_pass or decision.passed
+        whole = decision.passed
+    header = [("ssdbench's whole-response comparison (stricter than verify_accuracy.py, which compares the first "
+               "byte of each response); not part of the official result"), ""]  # fmt: skip
+    (own / "TEST01_whole_response.txt").write_text("\n".join(header) + "\n" + verdict.text)
+    return passed, whole
 
 
-def _write_marker(out: Path, info: dict, run: Path, accuracy_run, results: dict[str, bool]) -> None:
+def _write_marker(out: Path, info: dict, run: Path, accuracy_run, results: dict[str, bool],
+                  extra: dict[str, bool]) -> None:  # fmt: skip
     """``compliance.json``: what ran against what; merged with the tests of earlier calls."""
     path = out / MARKER
     old = json.loads(path.read_text()).get("tests", {}) if path.is_file() else {}
     data = {"scenario": info["scenario"], "round": info.get("round"), "performance_run": str(run.resolve()),
             "accuracy_run": str(Path(accuracy_run).resolve()) if accuracy_run else None,
-            "tests": {**old, **results}}  # fmt: skip
+            "tests": {**old, **results},
+            "ssdbench_checks": {**(json.loads(path.read_text()).get("ssdbench_checks", {}) if path.is_file() else {}),
+                                **extra}}  # fmt: skip
     path.write_text(json.dumps(data, indent=2) + "\n")

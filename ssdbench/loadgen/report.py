@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssdbench.loadgen.official import official_section
+
 _METRIC_KEYS = ("Samples per second", "Completed samples per second", "QPS w/o loadgen overhead",
                 "Scheduled samples per second")  # fmt: skip
 _LATENCY = re.compile(r"^(Min|Max|Mean|[\d.]+ percentile) latency \(ns\)\s*:\s*(\d+)")
@@ -213,5 +215,6 @@ def write_report(out_dir: str | Path, settings: dict, latencies_ns, batch_sizes,
     title = f"{summary.scenario} {summary.mode}: {summary.result}"
     bound = settings.get("loadgen", {}).get("target_latency") if summary.scenario == "Server" else None
     latency_histogram(latencies_ns, out_dir / "latency_histogram.png", title, bound)
-    (out_dir / "report.md").write_text(render(summary, settings, latencies_ns, batch_sizes, checks))
+    text = render(summary, settings, latencies_ns, batch_sizes, checks)
+    (out_dir / "report.md").write_text(text + official_section(out_dir, settings))
     return summary

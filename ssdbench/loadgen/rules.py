@@ -54,6 +54,12 @@ SYSTEM_FIELDS_SINCE_V1 = (
     "accelerator_interconnect_topology", "accelerator_memory_configuration", "accelerator_on-chip_memories",
     "cooling", "hw_notes", "sw_notes",
 )  # fmt: skip
+SYSTEM_FIELDS_POWER = (
+    "power_management", "filesystem", "boot_firmware_version", "management_firmware_version", "other_hardware",
+    "number_of_type_nics_installed", "nics_enabled_firmware", "nics_enabled_os", "nics_enabled_connected",
+    "network_speed_mbit", "power_supply_quantity_and_rating_watts", "power_supply_details", "disk_drives",
+    "disk_controllers",
+)  # fmt: skip  (submission-checker.py SYSTEM_DESC_REQUIED_FIELDS_POWER: known, required with power results)
 IMPL_FIELDS = ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
                "weight_transformations")  # fmt: skip
 STATUSES = ("available", "preview", "rdi")
@@ -78,7 +84,9 @@ class CheckResult:
 
     violations: list[Violation] = field(default_factory=list)
     waived: list[Violation] = field(default_factory=list)
-    results: dict[str, float] = field(default_factory=dict)  # "<system>/<Scenario>" -> metric
+    results: dict[str, float] = field(default_factory=dict)  # "<system>/<Scenario>" -> the checker's result
+    units: dict[str, str] = field(default_factory=dict)  # "<system>/<Scenario>" -> its unit and field
+    warnings: list[str] = field(default_factory=list)  # printed, not failing (as the round's checker warns)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +96,14 @@ class CheckResult:
 def system_fields(round_name: str) -> tuple[str, ...]:
     """The system description's required fields in ``round_name`` (more since v1.0)."""
     return SYSTEM_FIELDS + (() if round_name in ("v0.5", "v0.7") else SYSTEM_FIELDS_SINCE_V1)
+
+
+def known_system_fields(round_name: str) -> tuple[str, ...]:
+    """Every field the round's checker knows; it warns "field X is unknown" for any other
+    (``check_system_desc_id``: v0.5/v0.7 know the v1.0 fields, later rounds the power fields)."""
+    if round_name in ("v0.5", "v0.7"):
+        return SYSTEM_FIELDS + SYSTEM_FIELDS_SINCE_V1
+    return SYSTEM_FIELDS + SYSTEM_FIELDS_SINCE_V1 + SYSTEM_FIELDS_POWER
 
 
 def run_rule_violations(detail: DetailLog, rnd: Round, scenario: str, accuracy: bool = False,

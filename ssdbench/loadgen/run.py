@@ -32,6 +32,7 @@ from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.official import official_line
 from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
 from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
 from ssdbench.loadgen.rounds import get_round
@@ -202,6 +203,8 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
     run_folder.publish(staging, out)
     if verbose:
         print(short_text(summary))
+        if line := official_line(out, run_settings.scenario, run_settings.round, run_settings.mode):
+            print(line)
         if score is not None:
             print((out / "accuracy.txt").read_text(), end="")
         print(f"logs and report: {out}")

@@ -150,9 +150,10 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
     weights = info.get("weights")
     transforms = [t for t, on in (("space-to-depth first convolution (exactly equivalent)", sut["space_to_depth"]),
                                   ("ONNX export", sut["backend"] == "onnxruntime")) if on]  # fmt: skip
-    impl = {"input_data_types": sut["dtype"], "retraining": "no",
+    input_types, weight_types = resolved_data_types(info)
+    impl = {"input_data_types": input_types, "retraining": "no",
             "starting_weights_filename": Path(weights).name if weights not in (None, "None") else "none (random init)",
-            "weight_data_types": sut["dtype"], "weight_transformations": ", ".join(transforms) or "none",
+            "weight_data_types": weight_types, "weight_transformations": ", ".join(transforms) or "none",
             "ssdbench_model": sut["model"], "ssdbench_backend": sut["backend"], "dataset": info.get("data"),
             "dataset_images": info.get("qsl_count")}  # fmt: skip
     (folder / f"{system}_{IMPLEMENTATION}_{scenario}.json").write_text(json.dumps(impl, indent=2) + "\n")
@@ -162,7 +163,53 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
         if kind in slot:
             command = _command(slot[kind], kind)
             lines += [f"{kind} ({slot[kind]}):", "", "```", command, "```", ""]
+    lines += _official_notes(slot, scenario, round_name)
     (folder / "README.md").write_text("\n".join(lines))
+
+
+def _official_notes(slot: dict[str, Path], scenario: str, round_name: str) -> list[str]:
+    """The round checker's result of the performance run; the summary line the round's compliance
+    scripts misread (SingleStream / MultiStream); ssdbench's own TEST01 check, reported apart."""
+    from ssdbench.loadgen.detail_log import read_detail_log
+    from ssdbench.loadgen.official import official_result, summary_headline_note
+
+    perf = slot["performance"]
+    result = official_result(read_detail_log(perf / "mlperf_log_detail.txt"), round_name, scenario)
+    lines = ["## The round's own tools", "", f"- result as the round's submission checker reads it: {result}"]
+    if note := summary_headline_note(perf / "mlperf_log_summary.txt", scenario):
+        lines.append(f"- mlperf_log_summary.txt: {note}")
+    checks = slot.get("compliance")
+    if checks is not None and (checks / MARKER).is_file():
+        for name, passed in read_json(checks / MARKER, "compliance record").get("ssdbench_checks", {}).items():
+            lines.append(f"- {name}: {'PASS' if passed else 'FAIL'} (beyond MLPerf's scripts; the official TEST01 "
+                         "result is TEST01/verify_accuracy.txt)")  # fmt: skip
+    return lines + [""]
+
+
+def _backend_descriptions(info: dict) -> list[dict]:
+    """What the run's backend (or each of its instances) said it resolved to (settings.json)."""
+    found = info.get("backend_config")
+    pool = info.get("instances")
+    items = [found] if isinstance(found, dict) else []
+    if isinstance(pool, dict):
+        items += [d for d in pool.values() if isinstance(d, dict)]
+    elif isinstance(pool, list):
+        items += [d for d in pool if isinstance(d, dict)]
+    return items
+
+
+def resolved_data_types(info: dict) -> tuple[str, str]:
+    """(input_data_types, weight_data_types) as the run resolved them, never ``auto``: the dtype
+    the backend reported (an INT8 quantized file: int8 weights and compute on fp32 input), else the
+    SUT's dtype with ``auto`` resolved for the run's device (`ssdbench.precision`)."""
+    from ssdbench.precision import resolve_precision
+
+    described = _backend_descriptions(info)
+    dtypes = sorted({str(d["dtype"]) for d in described if d.get("dtype") not in (None, "auto")})
+    dtype = "/".join(dtypes) if dtypes else resolve_precision(info["sut"]["dtype"], info.get("device") or "cpu")
+    if any(d.get("quantized") for d in described):
+        return "fp32", "int8"  # the QDQ / FakeQuantize file takes the normalised fp32 image
+    return dtype, dtype
 
 
 def _command(folder: Path, kind: str) -> str:

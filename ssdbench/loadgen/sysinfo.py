@@ -6,6 +6,10 @@ v1.0, ``SYSTEM_DESC_REQUIED_FIELDS_SINCE_V1`` in tools/submission/submission-che
 can tell (CPU model, sockets, cores, frequency, caches, memory, accelerators, OS, framework
 versions); the submitter gives the rest (availability status, storage, networking, cooling, ...)
 in a JSON file, whose values win. `system_description` names every field still missing in one error.
+Machine facts the round's checker does not know (``host_processor_vcpu_count``: it would warn
+"field ... is unknown") go into ``hw_notes`` instead; the optional power fields
+(``SYSTEM_DESC_REQUIED_FIELDS_POWER``, `rules.SYSTEM_FIELDS_POWER`) are known and taken from the
+submitter's JSON when given.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssdbench.errors import CliError
-from ssdbench.loadgen.rules import system_fields
+from ssdbench.loadgen.rules import known_system_fields, system_fields
 from ssdbench.sysinfo import machine_facts
 
 
@@ -26,6 +30,11 @@ def system_description(org: str, system: str, division: str, category: str, roun
     desc: dict[str, Any] = {"division": division, "submitter": org, "system_name": system,
                             "system_type": category, "hw_notes": "", "sw_notes": ""}  # fmt: skip
     desc.update(machine_facts())
+    known = known_system_fields(round_name)
+    unknown = {k: desc.pop(k) for k in list(desc) if k not in known}  # the machine's extras: into the notes
+    extra = "; ".join(f"{k}: {v}" for k, v in unknown.items() if v not in (None, ""))
+    if extra:
+        desc["hw_notes"] = extra
     desc.update(given or {})
     missing = [k for k in system_fields(round_name) if k not in desc]
     if missing:

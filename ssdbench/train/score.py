@@ -3,9 +3,13 @@
 How MLPerf Training scores a benchmark (v1.1 rules; `mlperf_logging.result_summarizer`):
 - a run's time to train is run_stop - run_start of its log, in minutes;
 - SSD needs 5 runs; the fastest and the slowest are dropped and the other 3 averaged;
-- a run that did not reach the quality target counts as the dropped slowest run: with one such
-  run the score is the mean of the converged runs without the fastest; with two or more the
-  result is invalid (MLPerf: "too many non-converging runs").
+- which runs count is the result summarizer's rule (`summarizer_verdict`): a run with an MLPerf
+  log counts when the compliance checker passes it on the common rules and it records run_start
+  and run_stop; the quality target is not read there (the closed division's package checker
+  rejects a run below it). A run without a log (a bare summary.json) counts when it reached the
+  target. A run that does not count is the dropped slowest run: with one such run the score is
+  the mean of the counted runs without the fastest; with two or more the result is invalid
+  (MLPerf: "too many non-converging runs"). `train --runs`, `score` and `package` all score so.
 Other run counts (not an MLPerf score, printed as such): n >= 3 drops the fastest and the slowest
 the same way; n = 1 or 2 reports the plain mean of the converged runs.
 
@@ -42,6 +46,12 @@ class RunResult:
     reached: bool
     epochs: int | None = None
     source: str = ""
+    counts: bool | None = None  # the result summarizer counts it (None: no MLPerf log; `reached` decides)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the score uses it: the summarizer's rule when the run has an MLPerf log."""
+        return (self.reached if self.counts is None else self.counts) and self.minutes is not None
 
 
 def _from_summary(path: Path) -> RunResult:
@@ -82,40 +92,83 @@ def read_run(run: str | Path) -> RunResult:
     """One RUN argument -> its result."""
     path = Path(run)
     if path.is_file():
-        return _from_log(path)
+        return _as_summarizer(_from_log(path), path)
     if not path.is_dir():
         raise FileNotFoundError(f"run not found: {run}")
+    logs = [path / name for name in LOG_NAMES if (path / name).is_file()]
     if (path / "summary.json").is_file():
-        return _from_summary(path / "summary.json")
-    for name in LOG_NAMES:
-        if (path / name).is_file():
-            return _from_log(path / name)
+        result = _from_summary(path / "summary.json")
+        return _as_summarizer(result, logs[0]) if logs else result
+    if logs:
+        return _as_summarizer(_from_log(logs[0]), logs[0])
     raise CliError(f"{run}: no summary.json or MLPerf log ({', '.join(LOG_NAMES)}) in this folder")
 
 
+def summarizer_verdict(log: Path, ruleset: str = "1.1.0") -> tuple[float | None, list[str]]:
+    """(time to train in minutes, why it does not count) of one MLPerf log, as the result
+    summarizer decides (`_read_result_file`, `_query_run_start_stop`): it counts when the
+    compliance checker passes it on the common rules and it records run_start and run_stop; the
+    status of run_stop and the quality target are not read (the closed division's package
+    checker rejects a run below the target)."""
+    from ssdbench.train.mlperf_checks import compliance
+
+    failed = compliance(log, ruleset)
+    minutes = _start_stop_minutes(log)
+    if minutes is None:
+        failed = [*failed, "run_start or run_stop not recorded"]
+    return minutes, failed
+
+
+def _as_summarizer(result: RunResult, log: Path) -> RunResult:
+    """``result`` with the summarizer's verdict on ``log`` (and its time to train)."""
+    try:
+        minutes, failed = summarizer_verdict(log)
+    except (ValueError, KeyError) as exc:  # a line the checker cannot parse
+        minutes, failed = None, [f"unreadable MLPerf log ({exc})"]
+    result.counts = not failed
+    result.minutes = minutes if minutes is not None else result.minutes
+    if failed:
+        result.source += f"; not counted: {failed[0]}"
+    return result
+
+
+def summarizer_olympic(scores: list[float], dropped: int) -> float | None:
+    """The summarizer's olympic average (`_compute_olympic_average`, max_dropped_scores 1): the
+    fastest dropped, the slowest too unless a dropped run took its place; None when none is left."""
+    ordered = sorted(scores)
+    used = ordered[MAX_UNCONVERGED:len(ordered) - (MAX_UNCONVERGED - dropped)]
+    return sum(used) / len(used) if used else None
+
+
 def olympic_mean(results: list[RunResult]) -> dict:
-    """Score of several runs of one config, as described in the module docstring.
+    """Score of several runs of one config, as described in the module docstring; the one scoring
+    rule of `ssdbench train --runs`, `ssdbench score` and `ssdbench package` (`score_tree`).
 
     Returns {"score": minutes or None, "valid_mlperf": bool, "used": [names], "note": str}.
     """
-    converged = sorted((r for r in results if r.reached and r.minutes is not None), key=lambda r: r.minutes)
+    converged = sorted((r for r in results if r.counted), key=lambda r: r.minutes)
     failed = len(results) - len(converged)
     n = len(results)
     if failed > MAX_UNCONVERGED:
         return {"score": None, "valid_mlperf": False, "used": [],
-                "note": f"invalid: {failed} runs did not reach the target (MLPerf allows {MAX_UNCONVERGED})"}
+                "note": f"invalid: {failed} runs do not count (MLPerf allows {MAX_UNCONVERGED})"}
     if n >= 3:
         # drop the fastest; drop the slowest unless a failed run already took its place
         used = converged[1:len(converged) - (1 - failed)]
         note = "olympic mean: fastest and slowest dropped"
         if failed:
-            note += " (the run that missed the target counts as the slowest)"
+            note += " (the run that does not count takes the slowest's place)"
     else:
         used = converged
         note = f"plain mean of {len(used)} run(s): MLPerf needs {MLPERF_RUNS}"
     if n != MLPERF_RUNS and n >= 3:
         note += f"; {n} runs given, MLPerf scores {MLPERF_RUNS}"
-    score = sum(r.minutes for r in used) / len(used) if used else None
+    score = summarizer_olympic([r.minutes for r in converged], failed) if n >= 3 else (
+        sum(r.minutes for r in used) / len(used) if used else None)
+    missed = sum(1 for r in results if r.counted and not r.reached)
+    if missed:
+        note += (f"; {missed} run(s) below the quality target counted, as the result summarizer counts them "
+                 "(the closed division's package checker rejects them)")
     return {"score": score, "valid_mlperf": n == MLPERF_RUNS and score is not None,
             "used": [r.name for r in used], "note": note}
 
@@ -171,8 +224,6 @@ def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
     """One entry per ``results/<system>/ssd`` folder of a submission tree: {"system", "division",
     "runs": [RunResult], "failures": {file: [failed rules]}, "olympic" (minutes or None),
     "factor", "factor_source", "score" (minutes or None), "note"}."""
-    from ssdbench.train.mlperf_checks import compliance
-
     tree, out = Path(tree), []
     for system_dir in sorted(p for p in (tree / "results").iterdir() if p.is_dir()):
         folder = system_dir / "ssd"
@@ -181,10 +232,7 @@ def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
         desc = json.loads((tree / "systems" / f"{system_dir.name}.json").read_text())
         runs, failures = [], {}
         for path in sorted(folder.glob("result_*.txt")):
-            failed = compliance(path, ruleset)
-            minutes = _start_stop_minutes(path)
-            if minutes is None:
-                failed = [*failed, "run_start or run_stop not recorded"]
+            minutes, failed = summarizer_verdict(path, ruleset)
             if failed:
                 failures[path.name] = failed
             runs.append(RunResult(path.name, minutes, not failed, None, "compliance passed" if not failed
@@ -193,9 +241,8 @@ def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
         dropped = len(runs) - len(scores)
         olympic, note = None, f"invalid: {dropped} results do not count (MLPerf allows {MAX_UNCONVERGED})"
         if dropped <= MAX_UNCONVERGED:
-            used = scores[1:len(scores) - (1 - dropped)]
-            olympic = sum(used) / len(used) if used else None
-            note = "olympic mean of the compliant results" + (" (no result left)" if not used else "")
+            olympic = summarizer_olympic(scores, dropped)
+            note = "olympic mean of the compliant results" + (" (no result left)" if olympic is None else "")
         factor, source = _scaling(folder, desc.get("division", ""), ruleset)
         out.append({"system": system_dir.name, "division": desc.get("division"), "runs": runs,
                     "failures": failures, "olympic": olympic, "factor": factor, "factor_source": source,
