@@ -88,9 +88,11 @@ def test_all_class_curve_is_the_mean_over_classes_with_gt():
     assert abs(mean_curve.mean() - details.stats[1]) < 1e-9  # AP50 is its mean over recall
 
 
-def _box(x, y, w, h, cat, image=1, crowd=0, ident=[0]):
-    ident[0] += 1
-    return {"id": ident[0], "image_id": image, "category_id": cat, "bbox": [x, y, w, h], "area": w * h,
+_IDS = iter(range(1, 1000))
+
+
+def _box(x, y, w, h, cat, image=1, crowd=0):
+    return {"id": next(_IDS), "image_id": image, "category_id": cat, "bbox": [x, y, w, h], "area": w * h,
             "iscrowd": crowd}
 
 
