@@ -134,3 +134,33 @@ def test_analyze_json_and_pictures(tmp_path):
                                              "pr_curves_per_class.png"]
     for p in files:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 400_000
+
+
+def test_eval_cli_prints_the_table_and_writes_the_analysis(tmp_path, capsys):
+    import json
+
+    import torch
+    from test_evaluate import MODEL, tiny_coco
+
+    from ssdbench import build_model
+    from ssdbench.cli import main
+
+    data = tiny_coco(tmp_path / "coco")
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save({"model": build_model(MODEL, num_classes=3).state_dict()}, weights)
+    args = ["eval", "--data", data, "--weights", str(weights), "--model", MODEL, "--out", str(tmp_path / "d.json"),
+            "--workers", "0", "--batch-size", "2", "--device", "cpu"]
+    assert main([*args, "--analysis", str(tmp_path / "analysis")]) == 0
+    text = capsys.readouterr().out
+    assert "class      AP    AP50    AP75  gt boxes" in text and "(2 classes with ground truth)" in text
+    saved = json.loads((tmp_path / "analysis" / "eval.json").read_text())
+    assert [(r["name"], r["gt"]) for r in saved["per_class"]] == [("a", 2), ("b", 1)]
+    assert abs(mean_ap(saved["per_class"]) - saved["stats"]["AP"]) < 1e-9
+    assert saved["confusion"]["labels"] == ["a", "b", "background"]
+    assert np.asarray(saved["confusion"]["counts"])[:2].sum() == 3  # every ground-truth box once
+    assert (tmp_path / "analysis" / "confusion_matrix.png").is_file()
+    (tmp_path / "file").write_text("x")
+    assert main([*args, "--analysis", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--analysis" in err and "Traceback" not in err
