@@ -330,6 +330,22 @@ class Evaluator:
         self.state.reached_target = target is not None and value >= target
         self.say(f"epoch {epoch}: mAP {value:.4f}" + (f" (target {target})" if target is not None else ""))
 
+    def per_class(self) -> list[dict] | None:
+        """The newest recorded score's per-class rows (`eval.per_class.per_class_rows`), if any."""
+        if self.last_details is None:
+            return None
+        from ssdbench.eval.per_class import per_class_rows
+
+        return per_class_rows(self.last_details)
+
+    def write_pictures(self, folder) -> list:
+        """The newest score's pictures into ``folder`` (`eval.plots.write_eval_pictures`)."""
+        if self.last_details is None:
+            return []
+        from ssdbench.eval.plots import write_eval_pictures
+
+        return write_eval_pictures(self.last_details, folder)
+
     def records(self) -> list[dict]:
         """The evaluations not scored yet, as `TrainState.pending_evals` holds them."""
         import torch

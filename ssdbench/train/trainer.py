@@ -371,27 +371,12 @@ class Trainer:
             if self.launch.is_main:
                 self.folder.write_json("summary.json", self.summary(status))
                 self.folder.plot()
-                self._eval_pictures()
+                if self.evaluator is not None:  # per-class AP, PR curves, confusion matrix
+                    self.evaluator.write_pictures(self.folder.path / "plots")
         except (OSError, CliError) as exc:
             if not failing:
                 raise
             self.say(f"note: the run summary was not written either ({exc})")
-
-    def _eval_pictures(self) -> None:
-        """plots/: per-class AP, PR curves, confusion matrix of the newest score (`eval.plots`)."""
-        details = getattr(self.evaluator, "last_details", None)
-        if details is not None:
-            from ssdbench.eval.plots import write_eval_pictures
-
-            write_eval_pictures(details, self.folder.path / "plots")
-
-    def _per_class(self) -> list[dict] | None:
-        details = getattr(self.evaluator, "last_details", None)
-        if details is None:
-            return None
-        from ssdbench.eval.per_class import per_class_rows
-
-        return per_class_rows(details)
 
     def summary(self, status: str) -> dict:
         """The result as MLPerf scores it (summary.json, read by `ssdbench score`)."""
@@ -409,7 +394,7 @@ class Trainer:
             "segments": s.segments, "run_dir": str(self.folder.path),
             "mlperf_log": str(self.folder.mlperf_log_path(s.segments)),
             "summary": summary_line(s, cfg),
-            "per_class": self._per_class(),  # of the newest score (`eval.per_class.per_class_rows`)
+            "per_class": self.evaluator.per_class() if self.evaluator is not None else None,  # newest score
         }
 
 
