@@ -64,31 +64,41 @@ def pr_curves_all(details: CocoDetails, path: str | Path) -> Path:
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (interpolated, mean over classes)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right")
     ax.set_title("precision-recall, all classes")
     fig.tight_layout()
     return _save(fig, Path(path))
 
 
 def pr_curves_per_class(details: CocoDetails, path: str | Path) -> Path:
-    """One small panel per class (with ground truth) with its curves at IoU 0.5 and 0.75."""
+    """One small panel per class (with ground truth) with its curves at IoU 0.5 and 0.75.
+
+    The panels are drawn into one set of axes, each a unit square at its own offset: 80 real
+    subplots take matplotlib ~18 CPU seconds to lay out, this takes well under one."""
     ks = [k for k in range(len(details.cat_ids)) if details.gt_counts[k] > 0] or [0]
     cols = min(len(ks), 10 if len(ks) > 30 else 5)
     rows = math.ceil(len(ks) / cols)
     plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.7 * rows), sharex=True, sharey=True, squeeze=False)
-    for ax in axes.ravel()[len(ks):]:
-        ax.axis("off")
-    for ax, k in zip(axes.ravel(), ks):
+    fig, ax = plt.subplots(figsize=(1.5 * cols + 0.4, 1.55 * rows + 0.6))
+    for i, k in enumerate(ks):
+        row, col = divmod(i, cols)
+        x0, y0 = col * 1.2, -row * 1.4
+        ax.add_patch(plt.Rectangle((x0, y0), 1, 1, fill=False, linewidth=0.6, edgecolor="0.6"))
+        for v in (0.25, 0.5, 0.75):  # a light grid: recall and precision quarters
+            ax.plot([x0 + v, x0 + v], [y0, y0 + 1], color="0.9", linewidth=0.5)
+            ax.plot([x0, x0 + 1], [y0 + v, y0 + v], color="0.9", linewidth=0.5)
         for iou in PR_IOUS:
-            ax.plot(*pr_curve(details, iou, k), color=_COLOURS[iou], linewidth=1.2)
-        ax.set_title(details.names[k], fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.05)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    fig.suptitle("precision-recall per class (blue IoU 0.5, orange IoU 0.75; x recall, y precision)", fontsize=9)
-    fig.tight_layout()
+            recall, precision = pr_curve(details, iou, k)
+            ax.plot(x0 + recall, y0 + np.nan_to_num(precision, nan=0.0), color=_COLOURS[iou], linewidth=1.1)
+        ap50 = pr_curve(details, 0.5, k)[1].mean()
+        ax.text(x0 + 0.5, y0 + 1.04, f"{details.names[k]} ({ap50:.2f})", ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(-0.05, cols * 1.2 - 0.15)
+    ax.set_ylim(-(rows - 1) * 1.4 - 0.05, 1.25)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    fig.suptitle("precision (up, 0-1) against recall (across, 0-1) per class; blue IoU 0.5, orange IoU 0.75; "
+                 "(AP50)", fontsize=8)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92)
     return _save(fig, Path(path))
 
 
