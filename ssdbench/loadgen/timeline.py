@@ -73,8 +73,9 @@ def read_trace(path: str | Path, scenario: str) -> Timeline:
     done_s = start_s + complete / 1e9
     if scenario == "Offline":
         return Timeline(scenario, f"LoadGen trace ({TRACE_FILE})", start_s, complete, done_s)
-    queries, first = np.unique(query, return_index=True)
-    latency = np.asarray([complete[query == q].max() for q in queries], np.int64)
+    queries, first, inverse = np.unique(query, return_index=True, return_inverse=True)
+    latency = np.zeros(len(queries), np.int64)
+    np.maximum.at(latency, inverse, complete)  # a query ends with its last sample
     order = np.argsort(start_s[first], kind="stable")
     return Timeline(scenario, f"LoadGen trace ({TRACE_FILE})", start_s[first][order], latency[order], done_s)
 
