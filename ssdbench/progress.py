@@ -6,7 +6,9 @@ A bar's carriage returns turn a Slurm or CI log into noise, so when the stream i
     epoch 3/20 | step 240/600 (40%) | 92.4 img/s | loss 2.113 | lr 1.50e-02 | ETA 0:01:12 | mem 1.3 GiB
 
 Memory is this process's peak resident size, plus the peak CUDA allocation when CUDA is in use.
-Plain lines are rate-limited (``min_interval_s``) except for the final one.
+Plain lines are rate-limited (``min_interval_s``) except for the final one;
+``SSDBENCH_PROGRESS=final`` prints only that final line (one line per epoch and per evaluation:
+what `ssdbench demo` uses when its output is not a terminal).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 
-MODE_ENV = "SSDBENCH_PROGRESS"  # bar | lines | off (default: bar on a terminal, else lines)
+MODE_ENV = "SSDBENCH_PROGRESS"  # bar | lines | final | off (default: bar on a terminal, else lines)
 
 
 def _mode(stream) -> str:
     mode = os.environ.get(MODE_ENV, "").strip().lower()
-    if mode in ("bar", "lines", "off"):
+    if mode in ("bar", "lines", "final", "off"):
         return mode
     return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
 
@@ -81,10 +83,10 @@ class Progress:
             self._bar.update(self.done - self._bar.n)
             if fields or items:
                 self._bar.set_postfix(self._postfix(fields), refresh=False)
-        elif self.mode == "lines":
+        elif self.mode in ("lines", "final"):
             now = time.perf_counter()
             final = self.total is not None and self.done >= self.total
-            if final or now - self._last_line >= self.min_interval_s:
+            if final or (self.mode == "lines" and now - self._last_line >= self.min_interval_s):
                 self._last_line = now
                 print(self.line(fields), file=self.stream, flush=True)
 

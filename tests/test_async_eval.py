@@ -113,7 +113,7 @@ def test_sync_and_async_runs_reach_the_same_evaluations(sync_and_async):
     evals = [e for e in _mllog(out) if e["key"] == "eval_accuracy"]
     assert [e["metadata"]["epoch_num"] for e in evals] == [1, 2, 3]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [set(r) for r in metrics if r["kind"] == "eval"] == [{"kind", "epoch", "map", "stats", "time"}] * 3
+    assert [set(r) for r in metrics if r["kind"] == "eval"] == [{"kind", "epoch", "map", "stats", "per_class", "time"}] * 3
 
 
 @pytest.mark.parametrize("eval_sync", [False, True])

@@ -18,7 +18,7 @@ from ssdbench.train.mllog import check_log
 DEMO_EPOCHS = 5
 DEMO_MIN_MAP = 0.015
 ENV = {**os.environ, "SSDBENCH_DEBUG": "1", "OMP_NUM_THREADS": "1"}
-ENV.pop("SSDBENCH_PROGRESS", None)  # the default: plain lines, since stdout is a pipe
+ENV.pop("SSDBENCH_PROGRESS", None)  # the default: one plain line per epoch / eval, since stdout is a pipe
 # A training progress line where the output is not a terminal (`ssdbench.progress.Progress`).
 PROGRESS_LINE = re.compile(r"epoch (\d+)/(\d+) \| step (\d+)/(\d+) \(\d+%\) \| [\d.]+ img/s \| loss [\d.]+ "
                            r"\| lr [\d.]+e[+-]\d+ \| ETA \d+:\d\d:\d\d \| mem [\d.]+ GiB.*")
@@ -45,6 +45,10 @@ def test_demo_end_to_end(tmp_path):
     assert progress and all(progress), proc.stdout[-3000:]
     assert any(EVAL_LINE.fullmatch(line) for line in lines), proc.stdout[-3000:]  # evaluation shows progress too
     assert {m.group(1) for m in progress} == {str(e) for e in range(1, DEMO_EPOCHS + 1)}  # every epoch
+    assert len(progress) == DEMO_EPOCHS  # one line per epoch in a log, not one per metrics window
+    assert "per-class AP (epoch" in proc.stdout and len(summary["per_class"]) == 9
+    for name in ("per_class_ap.png", "pr_curves.png", "pr_curves_per_class.png", "confusion_matrix.png"):
+        assert (out / "plots" / name).exists(), name
     assert "\r" not in proc.stdout  # no bar redraws in a log
     ok, output = check_log(out / "mlperf_log.txt")
     assert ok, output[-3000:]

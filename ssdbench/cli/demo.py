@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch compute threads (default: CPU cores minus data workers, at least 1)")
     parser.add_argument("--images", type=NON_NEGATIVE_INT, default=6, help="validation images to draw predictions on")
     parser.add_argument("--score-threshold", type=FRACTION, default=0.3, help="draw detections above this score")
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="TensorBoard events in RUN/tensorboard (needs the tensorboard package)")
 
 
 def _set_threads(threads: int | None, workers: int) -> None:
@@ -45,6 +47,15 @@ def _set_threads(threads: int | None, workers: int) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, threads or cores - workers))
+
+
+def _quiet_log() -> None:
+    """Not on a terminal (a CI or Slurm log): one progress line per epoch and per evaluation
+    (`progress` mode "final"), unless SSDBENCH_PROGRESS says otherwise."""
+    from ssdbench.progress import MODE_ENV
+
+    if not sys.stdout.isatty() and not os.environ.get(MODE_ENV, "").strip():
+        os.environ[MODE_ENV] = "final"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from ssdbench.train.trainer import run_training
 
     overrides = {"out": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "workers": args.workers, "device": args.device, "seed": args.seed}
+                 "workers": args.workers, "device": args.device, "seed": args.seed,
+                 "tensorboard": getattr(args, "tensorboard", None)}
+    _quiet_log()
     if args.epochs is not None:
         overrides["decay_epochs"] = (max(1, round(args.epochs * 0.8)),)  # keep the schedule's shape
     cfg = resolve_config("demo", None, overrides)

@@ -28,9 +28,10 @@ def _folder(text: str) -> str | None:
 # variable -> check of its (non-empty, stripped) text: None when fine, else what it must be
 CHECKS = {
     "SSDBENCH_MAX_IMAGE_PIXELS": _positive_int,  # data/decode.py max_image_pixels
-    "SSDBENCH_PROGRESS": _one_of("bar", "lines", "off"),  # progress.py
+    "SSDBENCH_PROGRESS": _one_of("bar", "lines", "final", "off"),  # progress.py
     "SSDBENCH_CPU_BF16": _one_of("0", "1"),  # precision.py native_cpu_bf16
     "SSDBENCH_CACHE": _folder,  # io.py cache_dir
+    "SSDBENCH_LOADGEN_TRACE": _one_of("0", "1"),  # loadgen/timeline.py trace_enabled
 }
 
 

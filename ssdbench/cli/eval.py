@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NHWC for eager/compile (default auto: on with bf16; on is an error for the "
                              "file backends)")
     parser.add_argument("--out", default="detections.json", help="COCO results JSON to write (default: detections.json)")
+    parser.add_argument("--analysis", metavar="DIR",
+                        help="also write DIR/eval.json (stats, per-class AP, confusion matrix) and its pictures "
+                             "(per-class AP, precision-recall curves, confusion matrix)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu; the openvino "
                         "backend runs on the cpu only)")
     parser.add_argument("--workers", type=NON_NEGATIVE_INT, default=2, help="data loader worker processes (default: 2)")
@@ -179,6 +182,10 @@ def _resolve_flags(args) -> None:
         raise CliError(f"--channels-last on does not apply to --backend {args.backend} (the runtime picks the "
                        "model file's memory layout); leave it auto or off")
     output_file(args.out, "--out")
+    if args.analysis is not None:
+        from ssdbench.checks import output_folder
+
+        output_folder(args.analysis, "--analysis")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,10 +219,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name} on {dataset.root} ({args.split}, {len(dataset.ids)} images), "
               f"COCO eval {args.eval_backend}: {seconds:.1f} s, {len(dataset.ids) / seconds:.1f} images/s")
         print(format_stats(stats))
+        _per_class(args, dataset, results)
         atomic_write_json(args.out, results, indent=None)
         print(f"{len(results)} detections written to {args.out}")
     D.shutdown()
     return 0
+
+
+def _per_class(args, dataset, results: list[dict]) -> None:
+    """Print the per-class AP table; with --analysis also write eval.json and the pictures."""
+    from ssdbench.eval.analysis import analyze, details_json
+    from ssdbench.eval.coco import STAT_NAMES
+    from ssdbench.eval.per_class import format_table, per_class_rows
+
+    details = analyze(dataset.ann_file, results, image_ids=dataset.ids, backend=args.eval_backend)
+    print(format_table(per_class_rows(details)))
+    if args.analysis is None:
+        return
+    from ssdbench.eval.plots import write_eval_pictures
+
+    folder = Path(args.analysis)
+    pictures = write_eval_pictures(details, folder)
+    payload = {"stats": dict(zip(STAT_NAMES, details.stats.tolist())), **details_json(details)}
+    atomic_write_json(folder / "eval.json", payload)
+    print(f"per-class AP, confusion matrix: {folder / 'eval.json'}; pictures: "
+          + ", ".join(p.name for p in pictures))
 
 
 def _quantized(backend) -> bool:

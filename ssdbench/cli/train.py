@@ -95,6 +95,7 @@ _BOOL_FLAGS = {
     "--deterministic": ("deterministic", "deterministic kernels (bit-reproducible CPU runs)"),
     "--allow-pickle": ("allow_pickle", "read a pickled --backbone-weights file (runs its code; trusted files only)"),
     "--eval-sync": ("eval_sync", "training waits for each COCO score (default: scored in the background)"),
+    "--tensorboard": ("tensorboard", "TensorBoard events in RUN/tensorboard (needs the tensorboard package)"),
     # ssdbench's own rules; each makes a run open division (docs/DEVIATIONS.md "Training")
     "--drop-last": ("drop_last", "drop each rank's last partial batch (reference: kept, shards padded)"),
     "--exclude-crowd": ("exclude_crowd", "crowd boxes are no training targets (reference: they are)"),
@@ -246,6 +247,11 @@ def _device_type(name: str) -> str:
 
 
 def print_result(summary: dict) -> None:
+    if summary.get("per_class"):
+        from ssdbench.eval.per_class import format_table
+
+        print(f"per-class AP (epoch {summary['eval_history'][-1]['epoch']}):")
+        print(format_table(summary["per_class"]))
     print(f"result: {summary['summary']}")
     print(f"run folder: {summary['run_dir']} (summary.json, metrics.jsonl, plots/, checkpoints/, "
           f"{summary['mlperf_log'].rsplit('/', 1)[-1]})")

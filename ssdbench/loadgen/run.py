@@ -38,6 +38,7 @@ from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
 from ssdbench.loadgen.rounds import get_round
 from ssdbench.loadgen.rules import run_rule_violations
 from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
+from ssdbench.loadgen.timeline import trace_enabled
 from ssdbench.model.specs import get_spec
 
 _REPORTED: set[Path] = set()  # stray audit.config files already reported
@@ -277,6 +278,8 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     offline = run_settings.scenario == "Offline"
     summary = write_report(staging, info, sut.sample_latencies_ns if offline else sut.query_latencies_ns,
                            sut.batch_sizes, checks)  # fmt: skip
+    if run_settings.mode != "accuracy":
+        _append_timeline(staging, run_settings.scenario, sut, f"{summary.scenario} {summary.mode}: {summary.result}")
     # Scored before publishing: an accuracy run whose log cannot be scored is no result.
     accuracy = run_settings.mode == "accuracy"
     score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None
@@ -295,6 +298,16 @@ def max_queue_wait(run_settings: S.RunSettings) -> float | None:
         return None
     latency_ms = run_settings.loadgen.get("target_latency") or 0
     return max(MIN_QUEUE_WAIT_S, QUEUE_WAIT_LATENCIES * latency_ms / 1000)
+
+
+def _append_timeline(staging: Path, scenario: str, sut, title: str) -> None:
+    """latency_timeline.png, throughput_timeline.png and their report.md section (`loadgen.timeline_report`)."""
+    from ssdbench.loadgen.timeline_report import write_timeline
+
+    lines = write_timeline(staging, scenario, sut, title)
+    if lines:
+        with (staging / "report.md").open("a") as report:
+            report.write("\n".join(lines) + "\n")
 
 
 def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
@@ -328,7 +341,7 @@ def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, stagi
     log = lg.LogSettings()
     log.log_output.outdir = str(staging)
     log.log_output.copy_summary_to_stdout = False
-    log.enable_trace = False
+    log.enable_trace = trace_enabled()  # SSDBENCH_LOADGEN_TRACE=1 (`loadgen.timeline`)
     sut_handle, qsl_handle = sut.construct(), qsl.construct()
     try:
         lg.StartTestWithLogSettings(sut_handle, qsl_handle, test_settings, log, str(audit_path))

@@ -160,6 +160,8 @@ class BatchingSUT:
         self._gather_lock, self._stats_lock = threading.Lock(), threading.Lock()
         self.query_latencies_ns: list[int] = []  # per IssueQuery call, completion order
         self.sample_latencies_ns: list[int] = []  # per sample: its query's issue -> its response
+        self.query_spans_ns: list[tuple[int, int]] = []  # per query: (issue, done) perf_counter_ns
+        self.sample_spans_ns: list[tuple[int, int]] = []  # per sample: (its query's issue, its response)
         self.batch_sizes: list[int] = []
         self.issued: Counter = Counter()  # response id -> times issued
         self.responded: Counter = Counter()  # response id -> times answered
@@ -321,9 +323,11 @@ class BatchingSUT:
             for it in items:
                 self.responded[it.id] += 1
                 self.sample_latencies_ns.append(now - it.query.t_issue)
+                self.sample_spans_ns.append((it.query.t_issue, now))
                 it.query.remaining -= 1
                 if it.query.remaining == 0:
                     self.query_latencies_ns.append(now - it.query.t_issue)
+                    self.query_spans_ns.append((it.query.t_issue, now))
 
     # ---- teardown and checks ----
     def stop(self) -> None:

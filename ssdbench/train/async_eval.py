@@ -30,6 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class Score:
     epoch: int
     stats: list[float]
     score_s: float  # seconds the COCO scoring took
+    details: Any = None  # `eval.per_class.CocoDetails`: per-class AP, PR curves, confusion matrix
 
 
 def results_to_array(results: list[dict]) -> np.ndarray:
@@ -65,6 +67,14 @@ def score_array(gt, array: np.ndarray, image_ids, backend: str) -> list[float]:
     return [float(v) for v in coco_stats(gt, array_to_results(array), image_ids=image_ids, backend=backend)]
 
 
+def score_details(gt, array: np.ndarray, image_ids, backend: str):
+    """(the 12 COCO stats, `eval.per_class.CocoDetails`) of a results array (`eval.analysis.analyze`)."""
+    from ssdbench.eval.analysis import analyze
+
+    details = analyze(gt, array_to_results(array), image_ids=image_ids, backend=backend)
+    return [float(v) for v in details.stats], details
+
+
 def _serve(conn, ann_file: str, image_ids: list[int], backend: str) -> None:
     """The worker: ("score", epoch, path) -> ("done", epoch, stats, seconds) | ("error", epoch, text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
@@ -81,8 +91,8 @@ def _serve(conn, ann_file: str, image_ids: list[int], backend: str) -> None:
         _kind, epoch, path = message
         t0 = time.perf_counter()
         try:
-            stats = score_array(gt, np.load(path), image_ids, backend)
-            reply = ("done", epoch, stats, time.perf_counter() - t0)
+            stats, details = score_details(gt, np.load(path), image_ids, backend)
+            reply = ("done", epoch, stats, time.perf_counter() - t0, details)
         except Exception as exc:  # noqa: BLE001  reported to the trainer, which raises it
             reply = ("error", epoch, f"{type(exc).__name__}: {exc}")
         finally:
@@ -136,8 +146,8 @@ class Scorer:
 
     def _score_here(self, epoch: int) -> None:
         t0 = time.perf_counter()
-        stats = score_array(self.ann_file, self._pending.pop(epoch), self.image_ids, self.backend)
-        self._done.append(Score(epoch, stats, time.perf_counter() - t0))
+        stats, details = score_details(self.ann_file, self._pending.pop(epoch), self.image_ids, self.backend)
+        self._done.append(Score(epoch, stats, time.perf_counter() - t0, details))
 
     def _receive(self, timeout: float | None) -> bool:
         """Take one reply from the worker within ``timeout`` seconds (None: until one comes)."""
@@ -147,7 +157,7 @@ class Scorer:
         if kind == "error":
             raise RuntimeError(f"COCO scoring of the epoch {epoch} evaluation failed: {rest[0]}")
         self._pending.pop(epoch, None)
-        self._done.append(Score(epoch, rest[0], rest[1]))
+        self._done.append(Score(epoch, rest[0], rest[1], rest[2] if len(rest) > 2 else None))
         return True
 
     def _worker_lost(self) -> None:
@@ -246,6 +256,9 @@ class Evaluator:
         self.cfg, self.launch, self.data, self.net, self.amp_dtype = cfg, launch, data, net, amp_dtype
         self.mllog, self.folder, self.state, self.say, self.watchdog = mllog, folder, state, say, watchdog
         self.show_progress = show_progress
+        self.last_details = None  # the newest recorded score's `CocoDetails` (pictures, summary)
+        self.on_score = None  # called with each recorded `Score` (TensorBoard)
+        self.on_results = None  # rank 0: called with (epoch, step, results array) after inference
         self.scorer = None
         if launch.is_main:
             self.scorer = Scorer(data.val_set.ann_file, data.val_set.ids, background=not cfg.eval_sync)
@@ -263,6 +276,8 @@ class Evaluator:
             average_bn_stats(self.net, self.launch.world_size)  # benchmark.md §6
             array = infer_results(self.net, self.data.val_loader, self.data.val_set, self.launch.device,
                                   self.launch.distributed, self.show_progress, self.amp_dtype)
+            if self.on_results is not None and array is not None:
+                self.on_results(epoch, self.state.step, array)
             if self.scorer is not None:
                 t_score = time.perf_counter()
                 self.scorer.submit(epoch, array)  # --eval-sync: scored here, training waits
@@ -305,10 +320,31 @@ class Evaluator:
         self.mllog.eval_accuracy(value, epoch)
         self.mllog.eval_stop(epoch)
         self.state.eval_history.append({"epoch": epoch, "map": value, "stats": score.stats})
-        self.folder.log_metrics({"kind": "eval", "epoch": epoch, "map": value, "stats": score.stats})
+        per_class = _per_class(score)
+        self.folder.log_metrics({"kind": "eval", "epoch": epoch, "map": value, "stats": score.stats,
+                                 **({"per_class": per_class} if per_class is not None else {})})
+        self.last_details = score.details if score.details is not None else self.last_details
+        if self.on_score is not None:
+            self.on_score(score)
         target = self.cfg.target_map
         self.state.reached_target = target is not None and value >= target
         self.say(f"epoch {epoch}: mAP {value:.4f}" + (f" (target {target})" if target is not None else ""))
+
+    def per_class(self) -> list[dict] | None:
+        """The newest recorded score's per-class rows (`eval.per_class.per_class_rows`), if any."""
+        if self.last_details is None:
+            return None
+        from ssdbench.eval.per_class import per_class_rows
+
+        return per_class_rows(self.last_details)
+
+    def write_pictures(self, folder) -> list:
+        """The newest score's pictures into ``folder`` (`eval.plots.write_eval_pictures`)."""
+        if self.last_details is None:
+            return []
+        from ssdbench.eval.plots import write_eval_pictures
+
+        return write_eval_pictures(self.last_details, folder)
 
     def records(self) -> list[dict]:
         """The evaluations not scored yet, as `TrainState.pending_evals` holds them."""
@@ -321,3 +357,12 @@ class Evaluator:
     def close(self) -> None:
         if self.scorer is not None:
             self.scorer.close()
+
+
+def _per_class(score: Score) -> list[dict] | None:
+    """The per-class rows of a score (`eval.per_class.per_class_rows`), None without details."""
+    if score.details is None:
+        return None
+    from ssdbench.eval.per_class import per_class_rows
+
+    return per_class_rows(score.details)

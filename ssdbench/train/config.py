@@ -118,6 +118,7 @@ class TrainConfig:
     # --- run folder ---
     out: str | None = None  # run folder; None = runs/<preset>-<timestamp>
     log_every: int = 20  # steps per metrics.jsonl window
+    tensorboard: bool = False  # also write TensorBoard events to <out>/tensorboard (`train.tensorboard`)
     resume: str = "auto"  # auto = continue from <out>/checkpoints/last.pt if present | never | PATH
     # --- MLPerf submission keys (benchmark.md §6 logs) ---
     submission_org: str = "ssdbench"

@@ -28,6 +28,7 @@ OPERATIONAL = frozenset({
     "extra", "allow_pickle", "submission_org", "submission_platform", "submission_status",
     # used only to initialise a fresh run; a resumed run takes every weight from its checkpoint
     "backbone_weights",
+    "tensorboard",  # what is logged, not how the run trains
 })  # fmt: skip
 FIXED = ("model", "batch_size")  # the network's shapes; the sampler's position counts batches
 _GROUP_KEYS = ("initial_lr", "momentum", "weight_decay", "dampening", "nesterov")

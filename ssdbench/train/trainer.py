@@ -175,6 +175,10 @@ class Trainer:
         from ssdbench.train.mllog import MLPerfLogger
 
         cfg, _note = resolve_for_device(cfg, launch.device.type)  # idempotent; presets may say "auto"
+        if cfg.tensorboard and launch.is_main:
+            from ssdbench.train.tensorboard import require_tensorboard
+
+            require_tensorboard()  # one line before anything is built
         start = start or open_run(cfg, launch)
         self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
         self.folder, self.state, self.lock = start.folder, start.state, start.lock
@@ -204,6 +208,7 @@ class Trainer:
         self.stop_requested = False
         self.watchdog = Watchdog(0 if launch.world_size == 1 else cfg.dist_timeout_s, launch.rank)
         self.evaluator: Evaluator | None = None  # started by `run`
+        self.tensorboard = None  # `train.tensorboard.TensorBoardLog` (rank 0, --tensorboard), opened by `run`
         self._t_start: float | None = None  # the MLPerf clock of this segment, None once stopped
 
     def _resume(self, start: RunStart) -> None:
@@ -235,6 +240,7 @@ class Trainer:
             signal.signal(sig, self._on_signal)
         self.evaluator = Evaluator(self.cfg, self.launch, self.data, self.net, self.parts.amp_dtype, self.mllog,
                                    self.folder, self.state, self.say, self.watchdog, self.show_progress)
+        self._open_tensorboard()
         self.watchdog.start()
         self.mllog.init_stop()
         self.mllog.run_start()
@@ -253,11 +259,20 @@ class Trainer:
             self.watchdog.stop()
             self.evaluator.close()
             self._finish(status, failing=not done)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if self.lock is not None:
                 self.lock.release()
             for sig, handler in previous.items():  # the caller's handlers again (forked workers inherit them)
                 signal.signal(sig, handler)
         return self.summary(status)
+
+    def _open_tensorboard(self) -> None:
+        if self.cfg.tensorboard and self.launch.is_main:
+            from ssdbench.train.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.folder.path / "tensorboard", self.data.val_set)
+            self.evaluator.on_results, self.evaluator.on_score = self.tensorboard.evaluated, self.tensorboard.scored
 
     def _on_signal(self, signum, _frame) -> None:
         # Slurm preemption sends SIGTERM: finish the step, checkpoint, exit. A second signal kills.
@@ -339,6 +354,8 @@ class Trainer:
                 shown.update(state.epoch_step, items=images, loss=f"{record['loss']:.3f}",
                              lr=f"{record['lr']:.2e}")
                 self.folder.log_metrics({"kind": "train", **record})
+                if self.tensorboard is not None:
+                    self.tensorboard.window(record)
 
             stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
                                       lambda v: all_reduce_sum(v, self.launch.device), on_window,
@@ -365,6 +382,8 @@ class Trainer:
             if self.launch.is_main:
                 self.folder.write_json("summary.json", self.summary(status))
                 self.folder.plot()
+                if self.evaluator is not None:  # per-class AP, PR curves, confusion matrix
+                    self.evaluator.write_pictures(self.folder.path / "plots")
         except (OSError, CliError) as exc:
             if not failing:
                 raise
@@ -386,6 +405,7 @@ class Trainer:
             "segments": s.segments, "run_dir": str(self.folder.path),
             "mlperf_log": str(self.folder.mlperf_log_path(s.segments)),
             "summary": summary_line(s, cfg),
+            "per_class": self.evaluator.per_class() if self.evaluator is not None else None,  # newest score
         }
 
 
