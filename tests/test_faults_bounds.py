@@ -100,7 +100,8 @@ def test_count_over_the_dataset_is_capped_and_recorded(capsys):
 
 @pytest.mark.parametrize(("name", "value", "want"), [
     ("SSDBENCH_MAX_IMAGE_PIXELS", "abc", "a positive integer"), ("SSDBENCH_MAX_IMAGE_PIXELS", "0", "a positive integer"),
-    ("SSDBENCH_PROGRESS", "loud", "one of bar, lines, off"), ("SSDBENCH_CPU_BF16", "yes", "one of 0, 1"),
+    ("SSDBENCH_PROGRESS", "loud", "one of bar, lines, final, off"), ("SSDBENCH_CPU_BF16", "yes", "one of 0, 1"),
+    ("SSDBENCH_LOADGEN_TRACE", "on", "one of 0, 1"),
 ])  # fmt: skip
 def test_environment_variables_are_checked(name, value, want):
     with pytest.raises(ValueError, match=f"environment variable {name} must be {want}, got '{value}'"):
