@@ -59,6 +59,9 @@ class SutSettings:
     batch_timeout_us: int  # ... or when its first sample has waited this long (µs)
     threads: int  # SUT worker threads: batches in flight
     instances: int  # model instances, each a process pinned to its own cores (`loadgen.instances`)
+    # Pool devices, one worker each: cuda:0,cuda:1 | cuda:all | cpu:N (`loadgen.devices`); auto: one
+    # device in the SUT's process, or cpu:instances.
+    devices: str
     count: int  # QSL samples (0 = every image of the val split)
     warmup: int  # untimed warm-up batches per batch size before the test
     # A batch (or a warm-up batch) the model has not answered after this many seconds ends the run

@@ -17,7 +17,7 @@ from pathlib import Path
 # Every file a published run may leave in --out (LoadGen's logs, our settings, report and score).
 RESULT_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
                 "mlperf_log_trace.json", "settings.conf", "settings.json", "report.md",
-                "latency_histogram.png", "accuracy.txt", "audit.config")  # fmt: skip
+                "latency_histogram.png", "accuracy.txt", "audit.config", "device_throughput.png")  # fmt: skip
 
 
 def make_staging(out: Path) -> Path:
