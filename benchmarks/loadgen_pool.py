@@ -157,7 +157,7 @@ def print_table(rows) -> None:
     for r in rows:
         a = r.get("a_network_alone")
         b, b1, c = (r.get(k, {}).get("samples_per_s") for k in ("b", "b1", "c"))
-        cell = lambda x, w: f"{x:>{w}.3f}" if x else f"{'-':>{w}}"  # noqa: E731
+        cell = lambda x, w: f"{x:>{w}.3f}" if x else f"{'-':>{w}}"
         print(f"{r['variant']:<15}{cell(a, 11)}{cell(b, 9)}{_ratio(b, a):>6}{cell(b1, 12)}{_ratio(b1, a):>6}"
               f"{cell(c, 11)}{_ratio(c, b):>6}")
 

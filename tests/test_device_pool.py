@@ -23,8 +23,13 @@ from ssdbench.loadgen import run as run_module
 from ssdbench.loadgen.accuracy import decode_log
 from ssdbench.loadgen.devices import describe_devices, parse_devices, pool_devices
 from ssdbench.loadgen.instances import InstancePool
-from ssdbench.loadgen.shared_samples import (SampleReader, SharedSamples, normalise_uint8, pack_detections,
-                                             unpack_detections)  # fmt: skip
+from ssdbench.loadgen.shared_samples import (
+    SampleReader,
+    SharedSamples,
+    normalise_uint8,
+    pack_detections,
+    unpack_detections,  # fmt: skip
+)
 from ssdbench.model.postprocess import PaddedDetections
 
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
@@ -149,7 +154,7 @@ def _device_rows(out) -> list[tuple[str, int]]:
     assert "## Devices" in report and (out / "device_throughput.png").stat().st_size > 1000
     per_sample = float(re.search(r"Pipe bytes per sample .*: (\d+)", report).group(1))
     assert 0 < per_sample < 8 * 1024  # indices out and valid detections back: a few KB at most
-    return [(w, int(n)) for w, n in re.findall(r"^\| (\d) \| cpu \| \d+ \| (\d+) \|", report, re.M)]
+    return [(w, int(n)) for w, n in re.findall(r"^\| (\d) \| cpu \| \d+ \| (\d+) \|", report, re.MULTILINE)]
 
 
 @TWO_CORES

@@ -13,8 +13,8 @@ def device_lines(stats: list[dict], bytes_per_sample: float | None, scenario: st
     """Markdown lines of the per-device section."""
     total = sum(s["samples"] for s in stats) or 1
     lines = ["", "## Devices", "",
-             f"{len(stats)} worker(s), one per device; samples go by index (shared uint8 set), "
-             "each device takes the next batch when it is free.", "",
+             (f"{len(stats)} worker(s), one per device; samples go by index (shared uint8 set), "
+              "each device takes the next batch when it is free."), "",
              "| worker | device | cores | samples | share | batches | busy | samples/s |",
              "|---:|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for s in stats:

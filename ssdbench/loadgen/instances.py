@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import threading
 import time
 from multiprocessing.connection import wait as _wait
-
-import pickle
 
 import numpy as np
 import torch

@@ -32,9 +32,9 @@ from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.device_report import write_device_report
 from ssdbench.loadgen.devices import describe_devices, pool_devices
 from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
-from ssdbench.loadgen.device_report import write_device_report
 from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
 from ssdbench.loadgen.rounds import get_round
 from ssdbench.loadgen.rules import run_rule_violations
