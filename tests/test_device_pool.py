@@ -80,6 +80,21 @@ def test_the_cli_refuses_devices_that_are_not_there(tmp_path, capsys):
     assert not (tmp_path / "lg").exists() or not any((tmp_path / "lg").iterdir())
 
 
+def test_seed_rows_are_systems_of_n_devices(tmp_path, capsys):
+    from ssdbench.loadgen import settings as S
+
+    eight = S.resolve(None, preset="tpu_v3_8x_offline")
+    assert eight.sut.devices == ",".join(f"cuda:{k}" for k in range(8))
+    assert eight.sources["devices"] == "preset tpu_v3_8x_offline"
+    assert S.resolve(None, preset="tpu_v3_1x_offline").sut.devices == "auto"  # one accelerator: no pool
+    assert S.resolve(None, preset="tpu_v3_2x_offline", flags={"devices": "cpu:2"}).sut.devices == "cpu:2"
+    code = cli.main(["loadgen", "--preset", "tpu_v3_4x_offline", "--out", str(tmp_path / "lg")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err
+    assert err.endswith("this machine has 0 CUDA device(s) (none) (preset tpu_v3_4x_offline is a 4-device "
+                        "system: devices = cuda:0,cuda:1,cuda:2,cuda:3; --devices overrides)") or torch.cuda.is_available()
+
+
 # ---------------------------------------------------------------- samples by index, the CUDA path
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 

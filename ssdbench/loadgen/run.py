@@ -71,14 +71,17 @@ def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: tor
 
 
 def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
-                  allow_pickle: bool = False, model_file=None):  # fmt: skip
+                  allow_pickle: bool = False, model_file=None, devices_source: str = "flags"):  # fmt: skip
     """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing);
     with a device pool (``devices`` or ``instances > 1``) an `InstancePool` (``close`` it afterwards)."""
     kwargs = backend_arguments(sut, weights, num_classes, device, model_file, allow_pickle)
     try:
         devices = pool_devices(sut.devices, sut.instances)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        asked = len(sut.devices.split(","))
+        origin = "" if devices_source == "flags" else (f" ({devices_source} is a {asked}-device system: "
+                                                       f"devices = {sut.devices}; --devices overrides)")  # fmt: skip
+        raise CliError(f"{exc}{origin}") from None
     if devices:
         if sut.instances > 1 and device.type != "cpu":
             raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device} "
@@ -167,7 +170,8 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     device = _device(run_settings)
     pool = None
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file)
+        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file,
+                                run_settings.sources.get("devices", "flags"))
         if hasattr(predict, "close"):
             pool, predict = predict, predict.predict
     try:
