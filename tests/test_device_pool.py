@@ -285,3 +285,22 @@ def test_a_hung_worker_is_stopped_and_named(pool_env, tmp_path, monkeypatch, cap
     line = _one_error_line(capsys)
     assert re.search(r"worker \d of 2 on cpu \(cores \[\d+\]\) gave no answer to a batch of \d+ within 2 s", line)
     assert _children() <= before
+
+
+def test_the_system_description_counts_the_accelerators_the_runs_used(tmp_path):
+    from ssdbench.errors import CliError
+    from ssdbench.loadgen.sysinfo import accelerators_of_runs
+
+    def run(name, **settings):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps(settings))
+        return folder
+
+    eight = run("off", device="cuda:0", pool_devices=",".join(f"cuda:{k}" for k in range(8)))
+    also_eight = run("srv", device="cuda:0", pool_devices="cuda:0,cuda:1,cuda:2,cuda:3,cuda:4,cuda:5,cuda:6,cuda:7")
+    assert accelerators_of_runs([eight, also_eight]) == {"accelerators_per_node": 8}
+    assert accelerators_of_runs([run("cpu", device="cpu", pool_devices="cpu:2")]) == {"accelerators_per_node": 0}
+    assert accelerators_of_runs([run("one", device="cuda:0")]) == {"accelerators_per_node": 1}  # no pool
+    with pytest.raises(CliError, match="different numbers of accelerators"):
+        accelerators_of_runs([eight, run("two", device="cuda:0", pool_devices="cuda:0,cuda:1")])

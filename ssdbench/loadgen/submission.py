@@ -34,7 +34,7 @@ from ssdbench.loadgen.compliance import MARKER
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
 from ssdbench.loadgen.rules import IMPLEMENTATION, MAX_ACCURACY_LOG_BYTES, MODEL_DIR
 from ssdbench.loadgen.settings import RunSettings
-from ssdbench.loadgen.sysinfo import system_description
+from ssdbench.loadgen.sysinfo import accelerators_of_runs, system_description
 
 VIEWABLE = 4096  # characters kept at each end of a truncated accuracy log
 
@@ -96,7 +96,8 @@ def build_submission(org: str, system: str, division: str, category: str, folder
     round_name = found
     get_round(round_name).scenario_lists(category)  # ValueError for an unknown category
     given = read_json(Path(system_json), "system description") if system_json else {}
-    desc = system_description(org, system, division, category, round_name, given)
+    used = accelerators_of_runs(folder for slot in runs.values() for folder in slot.values())
+    desc = system_description(org, system, division, category, round_name, {**used, **given})
     base = Path(out) / division / org
     if base.exists():
         raise CliError(f"{base} exists; remove it or choose another --out")
