@@ -101,7 +101,7 @@ def loadgen_offline(variant: str, int8, devices: str | None, expected: float, ar
     model_file = flags.pop("model_file", None)
     keys = {"model": MODEL, **flags, "count": args.samples, "max_batch_size": 8, "warmup": 1,
             "min_duration": round(args.seconds * 1000), "min_query_count": args.samples,
-            "target_qps": expected, "threads": 2, "devices": devices}  # fmt: skip
+            "target_qps": expected, "threads": 1, "devices": devices}  # fmt: skip
     t0 = time.perf_counter()
     for attempt in range(2):
         settings = S.resolve("Offline", "performance", "cpu", None, keys)

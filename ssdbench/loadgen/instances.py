@@ -141,8 +141,22 @@ def _recv(conn) -> tuple[object, int]:
     return pickle.loads(data), len(data)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the SUT's process dies (even by SIGKILL), so a
+    worker still building its backend is never left behind (strictly: when the thread that
+    started it ends, so a pool is made and closed by one long-lived thread)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere: the worker leaves at its next pipe read (EOF)
+
+
 def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
     """Pin, select the device, build the backend there."""
+    _die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     torch.set_num_threads(len(cores))
