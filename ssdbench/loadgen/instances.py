@@ -151,7 +151,10 @@ def _die_with_parent() -> None:
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass  # elsewhere: the worker leaves at its next pipe read (EOF)
+        return  # elsewhere: the worker leaves at its next pipe read (EOF)
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request took hold
+        os._exit(1)
 
 
 def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
