@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import pickle
 import queue
 import threading
 import time
@@ -39,7 +38,8 @@ import numpy as np
 import torch
 
 from ssdbench.errors import CliError
-from ssdbench.loadgen.shared_samples import SampleReader, normalise_uint8, pack_detections, unpack_detections
+from ssdbench.loadgen.pool_worker import recv_message, send_message, serve
+from ssdbench.loadgen.shared_samples import unpack_detections
 from ssdbench.model.postprocess import PaddedDetections
 
 READY_TIMEOUT_S = 900.0  # building + compiling + warming up an SSD1200 instance can take minutes
@@ -129,86 +129,6 @@ def worker_cores(devices: list[str], cores: list[int] | None = None) -> list[lis
     return split_cores(len(devices), cores)
 
 
-def _send(conn, obj) -> int:
-    """Pickle ``obj`` onto ``conn``; the bytes written."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.send_bytes(data)
-    return len(data)
-
-
-def _recv(conn) -> tuple[object, int]:
-    data = conn.recv_bytes()
-    return pickle.loads(data), len(data)
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the SUT's process dies (even by SIGKILL), so a
-    worker still building its backend is never left behind (strictly: when the thread that
-    started it ends, so a pool is made and closed by one long-lived thread)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # elsewhere: the worker leaves at its next pipe read (EOF)
-    parent = mp.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before the request took hold
-        os._exit(1)
-
-
-def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
-    """Pin, select the device, build the backend there."""
-    _die_with_parent()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    torch.set_num_threads(len(cores))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    if factory is None:
-        from ssdbench.infer.backends import make_backend as factory
-    return factory(**{**backend_kwargs, "device": device}, threads=len(cores))
-
-
-def _answer(backend, message, reader: SampleReader, device: str) -> tuple:
-    """One request: ("slots", path, shape, slots) from the shared set, or float32 pixels."""
-    if isinstance(message, tuple) and message[0] == "slots":
-        _, path, shape, slots = message
-        images = normalise_uint8(reader.batch(path, shape, slots), device)
-    else:
-        images = torch.from_numpy(message).to(device)
-    return pack_detections(backend.predict(images))
-
-
-def _serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: list[tuple[int, int]],
-           buckets: int | None, factory=None) -> None:  # fmt: skip
-    """One worker: pin, build, warm up, then answer batches until it receives None (or EOF)."""
-    try:
-        backend = _start_worker(backend_kwargs, cores, device, factory)
-        if buckets and hasattr(backend, "use_batch_buckets"):
-            backend.use_batch_buckets(buckets)
-        s = backend.input_size
-        for batch, iterations in warmup:
-            for _ in range(iterations):
-                backend.predict(torch.zeros(batch, 3, s, s, device=device)).counts.cpu()
-        _send(conn, ("ready", backend.describe()))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
-        _send(conn, ("error", f"{type(exc).__name__}: {exc}"))
-        return
-    reader = SampleReader()
-    while True:
-        try:
-            message, _ = _recv(conn)
-        except EOFError:  # the parent is gone
-            return
-        if message is None:
-            return
-        try:
-            _send(conn, ("ok", _answer(backend, message, reader, device)))
-        except BaseException as exc:  # noqa: BLE001
-            _send(conn, ("error", f"{type(exc).__name__}: {exc}"))
-
-
 class InstancePool:
     """One backend per device in pinned processes (module doc); ``predict`` like `Backend.predict`.
 
@@ -255,7 +175,7 @@ class InstancePool:
         ctx = mp.get_context("spawn")
         for core_set, device in zip(self.cores, self.devices):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, backend_kwargs, core_set, device, warmup, buckets,
+            proc = ctx.Process(target=serve, args=(child, backend_kwargs, core_set, device, warmup, buckets,
                                                     factory), daemon=True)  # fmt: skip
             self._procs.append(proc)
             self._conns.append(parent)
@@ -275,7 +195,7 @@ class InstancePool:
                                      f"(loadgen.instances.READY_TIMEOUT_S)")  # fmt: skip
             for i in [i for i, conn in pending.items() if conn in done]:
                 try:
-                    (status, payload), _ = _recv(pending.pop(i))
+                    (status, payload), _ = recv_message(pending.pop(i))
                 except (EOFError, OSError):
                     raise InstanceFailed(f"{self.name(i)} died while starting{self._exit_text(i)}") from None
                 if status != "ready":
@@ -324,13 +244,13 @@ class InstancePool:
         i = self._conns.index(conn)
         start = time.monotonic()
         try:
-            sent = _send(conn, message)
+            sent = send_message(conn, message)
             if self.timeout_s is not None and not conn.poll(self.timeout_s):
                 self._set_broken(i)
                 self._procs[i].kill()
                 raise InstanceFailed(f"{self.name(i)} gave no answer to a batch of {n} within {self.timeout_s:g} s "
                                      "(hung; stopped; predict_timeout_s / --predict-timeout)")  # fmt: skip
-            (status, payload), received = _recv(conn)
+            (status, payload), received = recv_message(conn)
         except (EOFError, OSError) as exc:
             self._set_broken(i)
             raise InstanceFailed(f"{self.name(i)} stopped answering ({type(exc).__name__}: {exc})"
@@ -391,7 +311,7 @@ class InstancePool:
         for i, conn in enumerate(self._conns):
             if i in self._ready and i not in self._broken:
                 try:
-                    _send(conn, None)
+                    send_message(conn, None)
                 except (OSError, ValueError):
                     pass
         for i, proc in enumerate(self._procs):
