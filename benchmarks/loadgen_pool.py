@@ -109,7 +109,7 @@ def loadgen_offline(variant: str, int8, devices: str | None, expected: float, ar
         sps = run.summary.metrics.get("Samples per second")
         if run.result == "VALID" or not sps:
             break
-        keys["target_qps"] = 1.1 * sps
+        keys["target_qps"] = float(f"{1.1 * sps:.4g}")
     report = (folder / f"try{attempt}" / "report.md")
     return {"result": run.result, "samples_per_s": sps, "wall_s": time.perf_counter() - t0,
             "folder": str(report.parent), "expected_qps": keys["target_qps"]}
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
         print(f"{variant}: (a) network alone, batch 8: {alone} samples/s", flush=True)
         for key in [c for c in ("b", "b1", "c") if c in configs]:
             label, devices = CONFIGS[key]
-            got = loadgen_offline(variant, int8, devices, 1.3 * (alone or 1.0), args, out / f"{variant}-{key}")
+            expected = float(f"{1.3 * (alone or 1.0):.4g}")
+            got = loadgen_offline(variant, int8, devices, expected, args, out / f"{variant}-{key}")
             row[key] = got
             print(f"{variant}: ({key}) {label}: {got['result']} {got['samples_per_s']} samples/s", flush=True)
         result["rows"].append(row)

@@ -304,3 +304,14 @@ def test_the_system_description_counts_the_accelerators_the_runs_used(tmp_path):
     assert accelerators_of_runs([run("one", device="cuda:0")]) == {"accelerators_per_node": 1}  # no pool
     with pytest.raises(CliError, match="different numbers of accelerators"):
         accelerators_of_runs([eight, run("two", device="cuda:0", pool_devices="cuda:0,cuda:1")])
+
+
+def test_a_rate_with_many_digits_is_applied_as_loadgen_prints_it():
+    """The detail log prints 6 significant digits: 0.0872493 is the 0.08724931999550634 that was
+    set (a benchmark's computed --qps made every run INVALID), 0.0873 is not."""
+    from ssdbench.loadgen.apply import effective_mismatches
+
+    want = {"effective_target_qps": 0.08724931999550634}
+    assert effective_mismatches(want, {"effective_target_qps": "0.0872493"}) == []
+    assert effective_mismatches(want, {"effective_target_qps": "0.0873"})
+    assert effective_mismatches({"effective_target_qps": 2000.0}, {"effective_target_qps": "2000"}) == []
