@@ -10,6 +10,11 @@ channels_last, one table (and JSON in ``--out``):
     ``--devices``), and (b1) the same through the pool with one worker (``--devices cpu:1``);
 (c) LoadGen Offline with ``--devices cpu:2``: two workers, one core each.
 
+(h) the harness's own CPU time per batch of 8 at 1200x1200 (thread CPU time, one thread, so
+    other jobs on the machine barely move it): the plain SUT's stack of float32 samples, the
+    pool worker's read of uint8 slots and its normalisation (fresh float32 temporaries, as first
+    written, against `Normaliser`'s reused buffer).
+
 (b) / (a) is what the harness costs (target: >= 95%); (c) / (b) is the scaling figure. Every
 LoadGen run: ``--count --samples`` QSL samples, batches of 8, ``--seconds`` minimum duration,
 expected rate 1.3x (a) (a faster run than expected is INVALID: too short; it is rerun once at its
@@ -50,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=20.0, help="min_duration of each LoadGen run")
     p.add_argument("--iters", type=int, default=3, help="timed batches of 8 for (a)")
     p.add_argument("--calib-count", type=int, default=8)
-    p.add_argument("--configs", default="a,b,b1,c", help="which of a, b, b1, c to run")
+    p.add_argument("--configs", default="h,a,b,b1,c", help="which of h, a, b, b1, c to run")
     p.add_argument("--out", default="benchmarks/out/loadgen_pool")
     return p.parse_args(argv)
 
@@ -115,6 +120,44 @@ def loadgen_offline(variant: str, int8, devices: str | None, expected: float, ar
             "folder": str(report.parent), "expected_qps": keys["target_qps"]}
 
 
+def harness_costs(repeats: int = 5) -> dict[str, float]:
+    """(h): median thread CPU ms per batch of 8 uint8 / float32 1200x1200 samples."""
+    import numpy as np
+
+    from ssdbench.loadgen.shared_samples import Normaliser, SampleReader, SharedSamples
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    u8 = [rng.integers(0, 256, (3, 1200, 1200), dtype=np.uint8) for _ in range(8)]
+    f32 = [x.astype(np.float32) for x in u8]
+    store, reader, normalise = SharedSamples(8, (3, 1200, 1200)), SampleReader(), Normaliser("cpu")
+    for i, x in enumerate(u8):
+        store.put(i, x)
+    path, shape = store.handle()
+    read = lambda: reader.batch(path, shape, store.slots(range(8)))
+
+    def fresh():  # out-of-place ops: three new float32 batches per call
+        return (read().float() / 255.0 - normalise.mean) / normalise.std
+
+    calls = {"plain SUT: stack 8 float32 samples": lambda: torch.from_numpy(np.stack(f32)),
+             "pool worker: read 8 uint8 slots": read,
+             "pool worker: read + normalise, fresh temporaries": fresh,
+             "pool worker: read + normalise, Normaliser (reused buffer)": lambda: normalise(read())}  # fmt: skip
+    out = {}
+    for name, call in calls.items():
+        call()
+        times = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            call()
+            times.append((time.thread_time() - t0) * 1e3)
+        out[name] = statistics.median(times)
+    store.close()
+    torch.set_num_threads(threads)
+    return out
+
+
 CONFIGS = {"b": ("LoadGen Offline, 1 backend on all cores (no pool)", None),
            "b1": ("LoadGen Offline, --devices cpu:1 (pool, 1 worker)", "cpu:1"),
            "c": ("LoadGen Offline, --devices cpu:2 (2 workers x 1 core)", "cpu:2")}
@@ -128,7 +171,12 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv, "load_start": os.getloadavg(),
               "cpu": _cpu_name(), "rows": []}  # fmt: skip
     path = out / f"loadgen_pool_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    variants = args.variants.split(",")
+    if "h" in configs:
+        result["harness_cpu_ms_per_batch_of_8"] = costs = harness_costs()
+        for name, ms in costs.items():
+            print(f"(h) {name}: {ms:.0f} ms CPU", flush=True)
+        path.write_text(json.dumps(result, indent=1, default=str))
+    variants = [v for v in args.variants.split(",") if v]
     int8 = int8_file(out, args.calib_count) if any(v.endswith("int8") for v in variants) else None
     for variant in variants:
         alone = network_alone(variant, int8, args.iters) if "a" in configs else None

@@ -24,6 +24,7 @@ from ssdbench.loadgen.accuracy import decode_log
 from ssdbench.loadgen.devices import describe_devices, parse_devices, pool_devices
 from ssdbench.loadgen.instances import InstancePool
 from ssdbench.loadgen.shared_samples import (
+    Normaliser,
     SampleReader,
     SharedSamples,
     normalise_uint8,
@@ -108,6 +109,10 @@ def test_uint8_normalised_on_the_device_equals_the_qsl_input(device):
     got = normalise_uint8(torch.from_numpy(u8), device)
     assert got.device.type == torch.device(device).type and got.dtype == torch.float32
     assert np.array_equal(got.cpu().numpy(), expected)
+    normalise = Normaliser(device)  # a worker's: its buffer is reused from batch to batch
+    for batch in (u8, u8[:1], u8[::-1].copy()):
+        want = (batch.astype(np.float32) / np.float32(255.0) - mean) / std
+        assert np.array_equal(normalise(torch.from_numpy(batch)).cpu().numpy(), want)
 
 
 def test_shared_samples_by_slot_and_a_full_store_is_an_error():

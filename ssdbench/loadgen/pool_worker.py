@@ -11,7 +11,7 @@ import pickle
 
 import torch
 
-from ssdbench.loadgen.shared_samples import SampleReader, normalise_uint8, pack_detections
+from ssdbench.loadgen.shared_samples import Normaliser, SampleReader, pack_detections
 
 
 def send_message(conn, obj) -> int:
@@ -55,13 +55,13 @@ def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
     return factory(**{**backend_kwargs, "device": device}, threads=len(cores))
 
 
-def _answer(backend, message, reader: SampleReader, device: str) -> tuple:
+def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tuple:
     """One request: ("slots", path, shape, slots) from the shared set, or float32 pixels."""
     if isinstance(message, tuple) and message[0] == "slots":
         _, path, shape, slots = message
-        images = normalise_uint8(reader.batch(path, shape, slots), device)
+        images = normalise(reader.batch(path, shape, slots))
     else:
-        images = torch.from_numpy(message).to(device)
+        images = torch.from_numpy(message).to(normalise.device)
     return pack_detections(backend.predict(images))
 
 
@@ -80,7 +80,7 @@ def serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: lis
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
         send_message(conn, ("error", f"{type(exc).__name__}: {exc}"))
         return
-    reader = SampleReader()
+    reader, normalise = SampleReader(), Normaliser(device)
     while True:
         try:
             message, _ = recv_message(conn)
@@ -89,6 +89,6 @@ def serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: lis
         if message is None:
             return
         try:
-            send_message(conn, ("ok", _answer(backend, message, reader, device)))
+            send_message(conn, ("ok", _answer(backend, message, reader, normalise)))
         except BaseException as exc:  # noqa: BLE001
             send_message(conn, ("error", f"{type(exc).__name__}: {exc}"))

@@ -3,7 +3,7 @@
 The parent (the QSL's load callback) writes each loaded sample's uint8 (3, S, S) resize output
 into a slot of one memory-mapped file under ``/dev/shm`` (`SharedSamples`); pool workers map the
 same file read-only and receive only slot numbers. A worker normalises on its own device
-(`normalise_uint8`: on a GPU after a 4x smaller uint8 copy) and answers with only the valid
+(`Normaliser`: on a GPU after a 4x smaller uint8 copy) and answers with only the valid
 detections (`pack_detections`), so nothing proportional to the image size crosses a pipe: a few
 bytes per sample out, at most 200 x 22 bytes back.
 
@@ -91,19 +91,37 @@ class SampleReader:
         return torch.from_numpy(np.ascontiguousarray(self._maps[path][slots]))
 
 
-def normalise_uint8(batch: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """uint8 (N, 3, S, S) on the host -> the model input on ``device`` (benchmark.md §5).
+class Normaliser:
+    """uint8 (N, 3, S, S) on the host -> the model input on ``device`` (benchmark.md §5); one per worker.
 
     On CUDA the uint8 batch is pinned and copied (4x fewer bytes than float32), then converted
-    and normalised there. The float32 operations are those of `SampleLibrary.preprocessed`
-    (x / 255, then (x - mean) / std), so the result is bit for bit the QSL's own input.
+    and normalised there. On the CPU the result goes into a buffer kept from batch to batch and
+    is normalised in place: fresh float32 temporaries cost 554 ms CPU per batch of 8 at
+    1200x1200 (page faults), the reused buffer 64 ms (`benchmarks/RESULTS.md`). The float32
+    operations are those of `SampleLibrary.preprocessed` (x / 255, then (x - mean) / std), so the
+    result is bit for bit the QSL's own input; on the CPU it is valid until the next call.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (batch.to(device).float() / 255.0 - mean) / std
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.mean = torch.tensor(MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            x = batch.pin_memory().to(self.device, non_blocking=True).float()
+        else:
+            if self._buffer is None or self._buffer.shape[1:] != batch.shape[1:] or len(self._buffer) < len(batch):
+                self._buffer = torch.empty(batch.shape, dtype=torch.float32, device=self.device)
+            x = self._buffer[: len(batch)]
+            x.copy_(batch)
+        return x.div_(255.0).sub_(self.mean).div_(self.std)
+
+
+def normalise_uint8(batch: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """One batch through a fresh `Normaliser` (its own result tensor)."""
+    return Normaliser(device)(batch)
 
 
 def pack_detections(dets: PaddedDetections) -> tuple:
