@@ -174,7 +174,12 @@ def _device_rows(out) -> list[tuple[str, int]]:
     assert "## Devices" in report and (out / "device_throughput.png").stat().st_size > 1000
     per_sample = float(re.search(r"Pipe bytes per sample .*: (\d+)", report).group(1))
     assert 0 < per_sample < 8 * 1024  # indices out and valid detections back: a few KB at most
-    return [(w, int(n)) for w, n in re.findall(r"^\| (\d) \| cpu \| \d+ \| (\d+) \|", report, re.MULTILINE)]
+    rows = re.findall(r"^\| (\d) \| cpu \| \d+ \| (\d+) \|.* \| ([0-9.]+) \|$", report, re.MULTILINE)
+    # the devices' samples/s add up to LoadGen's own figure (both over the run's span)
+    loadgen = float(re.search(r"samples per second\s*:\s*([0-9.]+)", (out / "mlperf_log_summary.txt").read_text(),
+                              re.IGNORECASE).group(1))  # fmt: skip
+    assert abs(sum(float(r) for _, _, r in rows) - loadgen) < 0.25 * loadgen, (rows, loadgen)
+    return [(w, int(n)) for w, n, _ in rows]
 
 
 @TWO_CORES

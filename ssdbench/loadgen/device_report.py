@@ -46,7 +46,7 @@ def throughput_picture(stats: list[dict], path: str | Path, bins: int = 20) -> N
             counts[min(int(t / width), bins - 1)] += n
         ax.step([width * (k + 1) for k in range(bins)], [c / width for c in counts], where="pre",
                 label=f"{s['worker']}: {s['device']}")  # fmt: skip
-    ax.set_xlabel("seconds since the pool was ready")
+    ax.set_xlabel("seconds since the first batch")
     ax.set_ylabel("samples/s")
     ax.set_title("per-device throughput")
     ax.legend(fontsize=8)

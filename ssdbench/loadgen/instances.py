@@ -160,7 +160,7 @@ class InstancePool:
         self.bytes_sent = self.bytes_received = self.samples_by_index = 0
         n = len(self.devices)
         self.stats = [{"samples": 0, "batches": 0, "busy_s": 0.0, "done": []} for _ in range(n)]
-        self.t_start = time.monotonic()
+        self.t_start, self._first_start = time.monotonic(), float("inf")
         try:
             self._start(backend_kwargs, list(warmup), buckets, factory)
         except BaseException:
@@ -276,14 +276,18 @@ class InstancePool:
             stats["batches"] += 1
             stats["busy_s"] += end - start
             stats["done"].append((end - self.t_start, n))
+            self._first_start = min(self._first_start, start - self.t_start)
 
     def device_stats(self, wall_s: float | None = None) -> list[dict]:
         """Per worker: device, samples, batches, busy fraction and samples/s over ``wall_s``
-        (default: since the pool became ready), completion times (s) with batch sizes."""
-        wall = wall_s or max(time.monotonic() - self.t_start, 1e-9)
+        (default: from the first batch sent to the last answer, any worker), completion times (s
+        since the first batch) with batch sizes."""
+        last = max((t for s in self.stats for t, _ in s["done"]), default=0.0)
+        first = min(self._first_start, last)
+        wall = wall_s or max(last - first, 1e-9)
         return [{"worker": i, "device": self.devices[i], "cores": self.cores[i], "samples": s["samples"],
                  "batches": s["batches"], "busy_fraction": min(1.0, s["busy_s"] / wall),
-                 "samples_per_s": s["samples"] / wall, "done": list(s["done"])}
+                 "samples_per_s": s["samples"] / wall, "done": [(t - first, n) for t, n in s["done"]]}
                 for i, s in enumerate(self.stats)]  # fmt: skip
 
     def reset_stats(self) -> None:
@@ -292,7 +296,7 @@ class InstancePool:
             for s in self.stats:
                 s.update(samples=0, batches=0, busy_s=0.0, done=[])
             self.bytes_sent = self.bytes_received = self.samples_by_index = 0
-            self.t_start = time.monotonic()
+            self.t_start, self._first_start = time.monotonic(), float("inf")
 
     def bytes_per_sample(self) -> float | None:
         """Pipe bytes (both ways) per sample sent by index; None before any."""
