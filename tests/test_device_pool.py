@@ -219,8 +219,9 @@ def test_two_workers_write_the_same_detections_and_map_as_one(pool_env, tmp_path
     logs, maps = [], []
     for devices in ("cpu:1", "cpu:2"):
         out = tmp_path / devices.replace(":", "")
+        # 4 resident samples of 12: LoadGen walks the QSL in sets that fit the 4 shared slots
         code = _loadgen(data, weights, out, "--scenario", "Offline", "--mode", "accuracy", "--devices", devices,
-                        "--qps", 100, "--max-batch-size", 4)  # fmt: skip
+                        "--qps", 100, "--max-batch-size", 4, "--performance-sample-count", 4)  # fmt: skip
         assert code == 0, capsys.readouterr()
         logs.append(decode_log(out / "mlperf_log_accuracy.json"))
         maps.append(re.search(r"mAP[^0-9]*([0-9.]+)", (out / "accuracy.txt").read_text()).group(1))
