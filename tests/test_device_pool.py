@@ -326,3 +326,15 @@ def test_a_rate_with_many_digits_is_applied_as_loadgen_prints_it():
     assert effective_mismatches(want, {"effective_target_qps": "0.0872493"}) == []
     assert effective_mismatches(want, {"effective_target_qps": "0.0873"})
     assert effective_mismatches({"effective_target_qps": 2000.0}, {"effective_target_qps": "2000"}) == []
+
+
+def test_gpu_workers_get_their_share_of_the_cores(monkeypatch):
+    from ssdbench.loadgen import instances as I
+
+    monkeypatch.setattr(I, "read_topology", lambda cpus: None)
+    assert I.worker_cores(["cuda:0", "cuda:1"], [0, 1, 2, 3]) == [[0, 1], [2, 3]]
+    # more GPUs than cores: they share every core (a GPU worker mostly waits on its device)
+    assert I.worker_cores(["cuda:0", "cuda:1", "cuda:2"], [0, 1]) == [[0, 1]] * 3
+    assert I.worker_cores(["cpu", "cpu"], [0, 1, 2]) == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="--instances 3 needs at least 3 cores"):
+        I.worker_cores(["cpu"] * 3, [0, 1])
