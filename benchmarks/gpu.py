@@ -14,6 +14,10 @@ Sections (each checks every variant against fp32 eager on the same input before 
    post-processing (`postprocess_padded`) timed separately; Offline-style samples/s per batch
    size and SingleStream p90 latency (batch 1: host copy + network + post-processing).
 4. eval: a 4,952-image pass (network + batched post-processing + COCO scoring in a thread).
+5. pool: LoadGen Offline (`ssdbench.loadgen.run.run_loadgen`, eager, embedded data) on this one
+   device, once in the SUT's own process and once through the device pool with one worker
+   (``--devices cuda:K``: samples by index, uint8 copy, on-device normalisation): samples/s of
+   each and their ratio, the pool's cost before it is spread over more GPUs.
 Timing: warm-up, CUDA synchronised, medians; inputs are random (never all zero). Prints a table
 last and writes ``gpu.json`` into --out. Tolerances: fp32 variants rel. error <= 1e-3 (loss) /
 1e-3 (outputs); bf16 <= 5e-2 (loss) / 3e-2 (outputs), relative L2 error against fp32 eager.
@@ -263,6 +267,31 @@ def bench_eval(args, device) -> dict:
             "scoring_s": score_s, "total_s": net_s + score_s, "detections": len(results)}
 
 
+def bench_pool(args, device) -> list[dict]:
+    """Section 5: LoadGen Offline on one device, plain SUT beside the one-worker pool."""
+    from ssdbench.loadgen import settings as S
+    from ssdbench.loadgen.run import run_loadgen
+
+    one = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:1"
+    quick = args.quick
+    rows = []
+    for label, devices in (("plain", None), ("pool", one)):
+        keys = {"model": args.infer_model, "backend": "eager", "dtype": args.infer_dtype,
+                "channels_last": device.type == "cuda", "device": str(device), "devices": devices,
+                "count": 8 if quick else 64, "max_batch_size": 2 if quick else 32, "warmup": 1 if quick else 3,
+                "min_duration": 500 if quick else 10000, "min_query_count": 16 if quick else 1024,
+                "target_qps": 50 if quick else 1500, "threads": 2}  # fmt: skip
+        settings = S.resolve("Offline", "performance", "cpu", None, keys)
+        t0 = time.perf_counter()
+        run = run_loadgen(settings, Path(args.out) / f"pool-{label}", progress=False, verbose=False)
+        rows.append({"section": "pool", "sut": label, "devices": devices or str(device), "result": run.result,
+                     "samples_s": run.summary.metrics.get("Samples per second"),
+                     "wall_s": time.perf_counter() - t0})  # fmt: skip
+    plain, pool = (r["samples_s"] for r in rows)
+    rows[1]["of_plain"] = pool / plain if plain and pool else None
+    return rows
+
+
 def _fake_ground_truth(n: int) -> dict:
     rng = np.random.default_rng(0)
     anns = [{"id": k + 1, "image_id": k % n + 1, "category_id": int(rng.integers(1, 6)), "iscrowd": 0,
@@ -279,7 +308,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/out")
     p.add_argument("--data", help="synthetic COCO folder (default: generated under --out)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile on CPU")
-    p.add_argument("--sections", nargs="+", default=["train", "pipeline", "infer", "eval"])
+    p.add_argument("--sections", nargs="+", default=["train", "pipeline", "infer", "eval", "pool"])
     p.add_argument("--workers", type=int, default=12)
     args = p.parse_args(argv)
     quick = args.quick
@@ -312,7 +341,8 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     rows = []
     for section in args.sections:
-        fn = {"train": bench_train, "pipeline": bench_pipeline, "infer": bench_infer, "eval": bench_eval}[section]
+        fn = {"train": bench_train, "pipeline": bench_pipeline, "infer": bench_infer, "eval": bench_eval,
+              "pool": bench_pool}[section]
         out = fn(args, device)
         rows.extend(out if isinstance(out, list) else [out])
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -14,8 +14,8 @@ class TinyBackend:
 
     input_size = 8
 
-    def __init__(self, die_at: int | None):
-        self.die_at = die_at
+    def __init__(self, die_at: int | None, delay: float = 0.0, hang_at: int | None = None):
+        self.die_at, self.delay, self.hang_at, self.batches = die_at, delay, hang_at, 0
 
     def describe(self) -> dict:
         return {"backend": "tiny"}
@@ -24,12 +24,16 @@ class TinyBackend:
         n = images.shape[0]
         if n == self.die_at:
             os._exit(5)
+        self.batches += 1
+        if self.batches == self.hang_at:  # a hung device: the pool must stop it
+            time.sleep(600)
+        time.sleep(self.delay)
         return PaddedDetections(torch.zeros(n, 2, 4), torch.ones(n, 2, dtype=torch.int64), torch.zeros(n, 2),
                                 torch.ones(n, dtype=torch.int64))
 
 
-def tiny(threads=None, die_at=None, **_):
-    return TinyBackend(die_at)
+def tiny(threads=None, die_at=None, delay=0.0, hang_at=None, **_):
+    return TinyBackend(die_at, delay, hang_at)
 
 
 def die(**_):

@@ -56,7 +56,7 @@ def test_two_pinned_instances_answer_like_one_backend(tmp_path):
 
 def test_an_instance_that_cannot_start_is_one_error(tmp_path):
     kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(tmp_path / "missing.pt")}
-    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) failed to start: .*missing\.pt"):
+    with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) failed to start: .*missing\.pt"):
         InstancePool(kwargs, 1, cores=[[min(os.sched_getaffinity(0))]])
 
 
@@ -125,7 +125,7 @@ def test_topology_reader_reads_sys_or_gives_none():
 def test_an_instance_that_dies_while_starting_is_one_quick_error():
     before = _children()
     start = time.monotonic()
-    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) died while starting "
+    with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) died while starting "
                                              r"\(exit code 3\)$"):
         InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.die)
     assert time.monotonic() - start < 120  # not READY_TIMEOUT_S (900 s)
@@ -138,7 +138,7 @@ def test_a_dead_instance_stops_the_others_still_starting():
     before = _children()
     c0, c1 = sorted(os.sched_getaffinity(0))[:2]
     start = time.monotonic()
-    with pytest.raises(InstanceFailed, match=rf"^model instance 0 of 2 \(cores \[{c0}\]\) died while starting"):
+    with pytest.raises(InstanceFailed, match=rf"^worker 0 of 2 on cpu \(cores \[{c0}\]\) died while starting"):
         InstancePool({}, 2, cores=[[c0], [c0, c1]], factory=instance_fakes.die_if_one_thread_else_hang)
     assert time.monotonic() - start < 120  # the hanging instance is terminated, not waited for
     assert _children() <= before
@@ -147,7 +147,7 @@ def test_a_dead_instance_stops_the_others_still_starting():
 def test_an_instance_not_ready_in_time_is_one_error(monkeypatch):
     monkeypatch.setattr(I, "READY_TIMEOUT_S", 1.0)
     before = _children()
-    with pytest.raises(InstanceFailed, match=r"^model instance 0 of 1 \(cores \[\d+\]\) not ready after 1 s"):
+    with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) not ready after 1 s"):
         InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.hang)
     assert _children() <= before
 
@@ -170,7 +170,7 @@ def test_a_broken_instance_is_set_aside_and_named():
     pool = InstancePool({"die_at": 2}, 2, cores=[[core], [core]], factory=instance_fakes.tiny)
     try:
         assert pool.predict(torch.zeros(1, 3, 8, 8)).counts.tolist() == [1]
-        with pytest.raises(InstanceFailed, match=rf"^model instance \d of 2 \(cores \[{core}\]\) stopped answering "
+        with pytest.raises(InstanceFailed, match=rf"^worker \d of 2 on cpu \(cores \[{core}\]\) stopped answering "
                                                  r"\(EOFError.*\(exit code 5\)$"):
             pool.predict(torch.zeros(2, 3, 8, 8))
         # the other instance still answers, every time: the broken one is never handed out again
@@ -179,7 +179,7 @@ def test_a_broken_instance_is_set_aside_and_named():
         with pytest.raises(InstanceFailed, match="stopped answering"):
             pool.predict(torch.zeros(2, 3, 8, 8))
         for _ in range(2):  # none left: an error, not a caller waiting forever
-            with pytest.raises(InstanceFailed, match=r"^every model instance has failed \(2 of 2\)$"):
+            with pytest.raises(InstanceFailed, match=r"^every pool worker has failed \(2 of 2\)$"):
                 pool.predict(torch.zeros(1, 3, 8, 8))
     finally:
         pool.close()

@@ -31,6 +31,7 @@ EPILOG = """examples:
   ssdbench loadgen --scenario Server --preset cpu --latency 100 --qps 10 --find-peak   # highest VALID qps
   ssdbench loadgen --scenario Offline --preset cpu --model ssd1200_r34 --backend openvino --model-file q_ov
   ssdbench loadgen --scenario Offline --preset cpu --model ssd1200_r34 --backend compile --instances 2
+  ssdbench loadgen --scenario Offline --preset gpu_h100_8x --devices cuda:all --weights resnet34-ssd1200.pt
   ssdbench loadgen --scenario Offline --backend onnxruntime --model-file resnet34-ssd1200.onnx --data /coco
 precedence: --round (its mlperf.conf values) < built-in ssd-resnet34.conf < --preset < --user-conf < flags;
 the seeds are always the round's (LoadGen 6.x ignores seed keys in a user conf, so they are refused)
@@ -75,7 +76,9 @@ def add_arguments(parser) -> None:
     s.add_argument("--threads", type=S.SUT_RANGES["threads"],
                    help=f"worker threads (batches in flight, at most {S.MAX_THREADS})")
     s.add_argument("--instances", type=Range(int, ge=1, le=usable_cores()),
-                   help="model instances, each a process pinned to its own cores (CPU)")
+                   help="model instances, each a process pinned to its own cores (CPU; = --devices cpu:N)")
+    s.add_argument("--devices", help="one worker process per device behind one SUT: cuda:0,cuda:1 | "
+                   "cuda:all | cpu:N (N CPU workers on their own cores); samples go by index")
     s.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (auto: bf16 on CPUs with AMX/AVX512-BF16 and on CUDA, else fp32)")
     s.add_argument("--backend", choices=("eager", "compile", "onnxruntime", "openvino"), help="inference backend")
@@ -96,7 +99,7 @@ def flags_from_args(args) -> dict:
         "min_duration": ms, "min_query_count": args.min_query_count,
         "performance_sample_count_override": args.performance_sample_count, "count": args.count,
         "max_batch_size": args.max_batch_size, "batch_timeout_us": args.batch_timeout_us,
-        "threads": args.threads, "instances": args.instances, "dtype": args.dtype, "backend": args.backend, "model": args.model,
+        "threads": args.threads, "instances": args.instances, "devices": args.devices, "dtype": args.dtype, "backend": args.backend, "model": args.model,
         "device": args.device, "space_to_depth": args.space_to_depth,
         "channels_last": args.channels_last, "warmup": args.warmup,
         "predict_timeout_s": args.predict_timeout,

@@ -1,18 +1,28 @@
-"""Multi-instance CPU serving: N model instances, each in its own process pinned to its own cores.
+"""The SUT's worker pool: one process per device (``--devices cuda:0,cuda:1 | cuda:all | cpu:N``).
 
 CPU submitters run Offline and Server this way: instead of one model using every core (whose
 large-batch convolutions scale poorly and whose small ones leave cores idle), N independent
-instances each own ``cores / N`` cores and run whole batches side by side. `split_cores` gives
-each instance whole physical cores (a core's SMT siblings stay together, one package where
-possible). `InstancePool` starts the processes (``spawn``), pins each
-(``os.sched_setaffinity``) to its core set, sets its torch / backend threads to that many, builds
-the backend there from plain arguments (a weights path, never a live model) and warms it up;
-``predict`` is thread-safe: each SUT worker thread takes a free instance, sends its batch
-(float32 numpy through a pipe) and receives the padded detections (numpy). The SUT then runs
-``threads >= instances`` workers so every instance has a batch in flight.
+instances each own ``cores / N`` cores and run whole batches side by side; a node with several
+GPUs runs one worker per GPU. `split_cores` gives each worker whole physical cores (a core's SMT
+siblings stay together, one package where possible). `InstancePool` starts the processes
+(``spawn``), pins each (``os.sched_setaffinity``) to its core set, sets its torch / backend
+threads to that many, builds the backend there on its device from plain arguments (a weights
+path, never a live model) and warms it up.
 
-An instance that dies or does not report ready, at start or later, is `InstanceFailed`: one line
-naming the instance and its cores (exit status 2); a failed start stops every instance.
+Samples go by index (`ssdbench.loadgen.shared_samples`): ``predict_samples(indices)`` sends slot
+numbers of the QSL's shared uint8 set; the worker normalises on its device and answers with only
+the valid detections. Every byte through the pipes is counted (``bytes_sent`` /
+``bytes_received``). ``predict`` (float32 pixels) remains for callers without a shared set.
+
+Dispatch: each SUT worker thread takes the next free worker (a queue of idle ones), so a device
+receives a batch exactly when it finished its last one: Offline's batches split across devices in
+proportion to their measured speed, a slow device takes fewer (work stealing at batch
+granularity), and a Server batch goes to an idle device, the least loaded. Per worker the pool
+records samples, batches, busy seconds and completion times (`device_stats`).
+
+A worker that dies, answers nothing within ``timeout_s`` (it is then terminated) or does not
+report ready is `InstanceFailed`: one line naming the worker, its device and cores (exit status
+2); a failed start stops every worker.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import numpy as np
 import torch
 
 from ssdbench.errors import CliError
+from ssdbench.loadgen.pool_worker import recv_message, send_message, serve
+from ssdbench.loadgen.shared_samples import unpack_detections
 from ssdbench.model.postprocess import PaddedDetections
 
 READY_TIMEOUT_S = 900.0  # building + compiling + warming up an SSD1200 instance can take minutes
@@ -105,62 +117,50 @@ def split_cores(instances: int, cores: list[int] | None = None) -> list[list[int
     return [sorted(cpu for key in group for cpu in siblings[key]) for group in groups]
 
 
-def _serve(conn, backend_kwargs: dict, cores: list[int], warmup: list[tuple[int, int]], buckets: int | None,
-           factory=None) -> None:  # fmt: skip
-    """One instance: pin, build, warm up, then answer batches until it receives None (or EOF)."""
-    try:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-        torch.set_num_threads(len(cores))
-        if factory is None:
-            from ssdbench.infer.backends import make_backend as factory
-
-        backend = factory(**backend_kwargs, threads=len(cores))
-        if buckets and hasattr(backend, "use_batch_buckets"):
-            backend.use_batch_buckets(buckets)
-        s = backend.input_size
-        for batch, iterations in warmup:
-            for _ in range(iterations):
-                backend.predict(torch.zeros(batch, 3, s, s)).counts.cpu()
-        conn.send(("ready", backend.describe()))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    while True:
+def worker_cores(devices: list[str], cores: list[int] | None = None) -> list[list[int]]:
+    """Each worker's cores: whole physical cores per worker (`split_cores`); GPU workers that
+    outnumber the cores share them all (they mostly wait on their device)."""
+    cores = available_cores() if cores is None else sorted(cores)
+    if any(d != "cpu" for d in devices):
         try:
-            batch = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if batch is None:
-            return
-        try:
-            dets = backend.predict(torch.from_numpy(batch))
-            conn.send(("ok", tuple(t.cpu().numpy() for t in dets)))
-        except BaseException as exc:  # noqa: BLE001
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return split_cores(len(devices), cores)
+        except ValueError:
+            return [list(cores) for _ in devices]
+    return split_cores(len(devices), cores)
 
 
 class InstancePool:
-    """``instances`` backends in pinned processes (module doc); ``predict`` like `Backend.predict`.
+    """One backend per device in pinned processes (module doc); ``predict`` like `Backend.predict`.
 
-    backend_kwargs: arguments of `ssdbench.infer.backends.make_backend` (picklable: names, paths).
-    warmup: (batch size, iterations) pairs each instance runs before it reports ready.
+    backend_kwargs: arguments of `ssdbench.infer.backends.make_backend` (picklable: names, paths);
+      each worker's ``device`` replaces theirs.
+    instances: CPU workers when ``devices`` is not given (``--instances N`` = ``cpu:N``).
+    devices: one torch device name per worker (`ssdbench.loadgen.devices.parse_devices`).
+    warmup: (batch size, iterations) pairs each worker runs before it reports ready.
     buckets: the largest batch, for compile's padding buckets (`CompileBackend.use_batch_buckets`).
     factory: a picklable module-level callable used instead of ``make_backend`` (tests).
+    timeout_s: seconds a worker may take to answer one batch before it is declared hung.
 
-    Startup waits at most ``READY_TIMEOUT_S`` for every instance; an instance that reports an
-    error, dies or does not report ready in time raises `InstanceFailed`, and so does any failure
-    while starting (KeyboardInterrupt included) stop every instance before it propagates.
+    Startup waits at most ``READY_TIMEOUT_S`` for every worker; a worker that reports an error,
+    dies or does not report ready in time raises `InstanceFailed`, and so does any failure while
+    starting (KeyboardInterrupt included) stop every worker before it propagates.
     """
 
-    def __init__(self, backend_kwargs: dict, instances: int, cores: list[list[int]] | None = None,
-                 warmup: list[tuple[int, int]] = (), buckets: int | None = None, factory=None):  # fmt: skip
-        self.cores = cores or split_cores(instances)
+    def __init__(self, backend_kwargs: dict, instances: int = 1, cores: list[list[int]] | None = None,
+                 warmup: list[tuple[int, int]] = (), buckets: int | None = None, factory=None,
+                 devices: list[str] | None = None, timeout_s: float | None = None):  # fmt: skip
+        self.devices = list(devices) if devices else ["cpu"] * instances
+        self.cores = cores or worker_cores(self.devices)
+        self.timeout_s, self.store = timeout_s, None
         self._free: queue.Queue = queue.Queue()
         self._procs, self._conns, self.describe = [], [], []
-        self._ready: set[int] = set()  # instances that reported ready (they obey a stop message)
+        self._ready: set[int] = set()  # workers that reported ready (they obey a stop message)
         self._broken: set[int] = set()
         self._lock = threading.Lock()
+        self.bytes_sent = self.bytes_received = self.samples_by_index = 0
+        n = len(self.devices)
+        self.stats = [{"samples": 0, "batches": 0, "busy_s": 0.0, "done": []} for _ in range(n)]
+        self.t_start, self._first_start = time.monotonic(), float("inf")
         try:
             self._start(backend_kwargs, list(warmup), buckets, factory)
         except BaseException:
@@ -168,21 +168,21 @@ class InstancePool:
             raise
 
     def name(self, i: int) -> str:
-        """``model instance I of N (cores [...])``: how errors name instance ``i``."""
-        return f"model instance {i} of {len(self.cores)} (cores {self.cores[i]})"
+        """``worker I of N on DEVICE (cores [...])``: how errors name worker ``i``."""
+        return f"worker {i} of {len(self.cores)} on {self.devices[i]} (cores {self.cores[i]})"
 
     def _start(self, backend_kwargs, warmup, buckets, factory) -> None:
         ctx = mp.get_context("spawn")
-        for core_set in self.cores:
+        for core_set, device in zip(self.cores, self.devices):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, backend_kwargs, core_set, warmup, buckets, factory),
-                               daemon=True)  # fmt: skip
+            proc = ctx.Process(target=serve, args=(child, backend_kwargs, core_set, device, warmup, buckets,
+                                                    factory), daemon=True)  # fmt: skip
             self._procs.append(proc)
             self._conns.append(parent)
             try:
                 proc.start()
             finally:
-                child.close()  # only the instance holds its end: its death is EOF here, not silence
+                child.close()  # only the worker holds its end: its death is EOF here, not silence
         pending = dict(enumerate(self._conns))
         describe: dict[int, dict] = {}
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -195,49 +195,114 @@ class InstancePool:
                                      f"(loadgen.instances.READY_TIMEOUT_S)")  # fmt: skip
             for i in [i for i, conn in pending.items() if conn in done]:
                 try:
-                    status, payload = pending.pop(i).recv()
+                    (status, payload), _ = recv_message(pending.pop(i))
                 except (EOFError, OSError):
                     raise InstanceFailed(f"{self.name(i)} died while starting{self._exit_text(i)}") from None
                 if status != "ready":
                     raise InstanceFailed(f"{self.name(i)} failed to start: {payload}")
                 self._ready.add(i)
-                describe[i] = {**payload, "cores": self.cores[i]}
+                describe[i] = {**payload, "device": self.devices[i], "cores": self.cores[i]}
         self.describe = [describe[i] for i in range(len(self.cores))]
+        self.t_start = time.monotonic()
         for conn in self._conns:
             self._free.put(conn)
 
     def _exit_text(self, i: int) -> str:
-        """`` (exit code N)`` once instance ``i``'s process has ended, else empty."""
+        """`` (exit code N)`` once worker ``i``'s process has ended, else empty."""
         proc = self._procs[i]
         proc.join(timeout=5)
         return "" if proc.exitcode is None else f" (exit code {proc.exitcode})"
 
-    def predict(self, images: torch.Tensor) -> PaddedDetections:
-        """Images (N, 3, S, S) -> padded detections, on the next free instance.
+    def use_store(self, store) -> None:
+        """Serve `predict_samples` from this `SharedSamples` (the QSL's loaded set)."""
+        self.store = store
 
-        An instance goes back to the free ones only after a whole round trip; one whose pipe
-        breaks (it died) is set aside and the call raises `InstanceFailed` naming it; once every
-        instance is broken every call does.
+    def predict_samples(self, indices) -> PaddedDetections:
+        """Loaded QSL samples by index -> padded detections: only slot numbers cross the pipe."""
+        path, shape = self.store.handle()
+        detections = self._round_trip(("slots", path, shape, self.store.slots(indices)), len(indices))
+        with self._lock:
+            self.samples_by_index += len(indices)
+        return detections
+
+    def predict(self, images: torch.Tensor) -> PaddedDetections:
+        """Images (N, 3, S, S) float32 -> padded detections, on the next free worker."""
+        pixels = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        return self._round_trip(pixels, len(pixels))
+
+    def _round_trip(self, message, n: int) -> PaddedDetections:
+        """``message`` to the next free worker and its answer back.
+
+        A worker goes back to the free ones only after a whole round trip; one whose pipe breaks
+        (it died) or that gives no answer within ``timeout_s`` (it is terminated) is set aside and
+        the call raises `InstanceFailed` naming it; once every worker is broken every call does.
         """
         conn = self._free.get()
-        if conn is None:  # every instance is broken: pass the word on to the next caller
+        if conn is None:  # every worker is broken: pass the word on to the next caller
             self._free.put(None)
-            raise InstanceFailed(f"every model instance has failed ({len(self._broken)} of {len(self.cores)})")
+            raise InstanceFailed(f"every pool worker has failed ({len(self._broken)} of {len(self.cores)})")
         i = self._conns.index(conn)
+        start = time.monotonic()
         try:
-            conn.send(np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32))
-            status, payload = conn.recv()
+            sent = send_message(conn, message)
+            if self.timeout_s is not None and not conn.poll(self.timeout_s):
+                self._set_broken(i)
+                self._procs[i].kill()
+                raise InstanceFailed(f"{self.name(i)} gave no answer to a batch of {n} within {self.timeout_s:g} s "
+                                     "(hung; stopped; predict_timeout_s / --predict-timeout)")  # fmt: skip
+            (status, payload), received = recv_message(conn)
         except (EOFError, OSError) as exc:
             self._set_broken(i)
             raise InstanceFailed(f"{self.name(i)} stopped answering ({type(exc).__name__}: {exc})"
                                  f"{self._exit_text(i)}") from None  # fmt: skip
+        except InstanceFailed:
+            raise
         except BaseException:  # interrupted mid-round-trip: its next answer would be this batch's
             self._set_broken(i)
             raise
+        self._record(i, n, start, sent, received)
         self._free.put(conn)
         if status != "ok":
             raise InstanceFailed(f"{self.name(i)} failed: {payload}")
-        return PaddedDetections(*(torch.from_numpy(a) for a in payload))
+        return unpack_detections(payload)
+
+    def _record(self, i: int, n: int, start: float, sent: int, received: int) -> None:
+        end = time.monotonic()
+        with self._lock:
+            self.bytes_sent += sent
+            self.bytes_received += received
+            stats = self.stats[i]
+            stats["samples"] += n
+            stats["batches"] += 1
+            stats["busy_s"] += end - start
+            stats["done"].append((end - self.t_start, n))
+            self._first_start = min(self._first_start, start - self.t_start)
+
+    def device_stats(self, wall_s: float | None = None) -> list[dict]:
+        """Per worker: device, samples, batches, busy fraction and samples/s over ``wall_s``
+        (default: from the first batch sent to the last answer, any worker), completion times (s
+        since the first batch) with batch sizes."""
+        last = max((t for s in self.stats for t, _ in s["done"]), default=0.0)
+        first = min(self._first_start, last)
+        wall = wall_s or max(last - first, 1e-9)
+        return [{"worker": i, "device": self.devices[i], "cores": self.cores[i], "samples": s["samples"],
+                 "batches": s["batches"], "busy_fraction": min(1.0, s["busy_s"] / wall),
+                 "samples_per_s": s["samples"] / wall, "done": [(t - first, n) for t, n in s["done"]]}
+                for i, s in enumerate(self.stats)]  # fmt: skip
+
+    def reset_stats(self) -> None:
+        """Start counting afresh (after warm-up, before LoadGen starts)."""
+        with self._lock:
+            for s in self.stats:
+                s.update(samples=0, batches=0, busy_s=0.0, done=[])
+            self.bytes_sent = self.bytes_received = self.samples_by_index = 0
+            self.t_start, self._first_start = time.monotonic(), float("inf")
+
+    def bytes_per_sample(self) -> float | None:
+        """Pipe bytes (both ways) per sample sent by index; None before any."""
+        if not self.samples_by_index:
+            return None
+        return (self.bytes_sent + self.bytes_received) / self.samples_by_index
 
     def _set_broken(self, i: int) -> None:
         with self._lock:
@@ -246,11 +311,11 @@ class InstancePool:
                 self._free.put(None)
 
     def close(self) -> None:
-        """Stop every instance (idempotent): ready ones are asked to stop, the rest are terminated."""
+        """Stop every worker (idempotent): ready ones are asked to stop, the rest are terminated."""
         for i, conn in enumerate(self._conns):
             if i in self._ready and i not in self._broken:
                 try:
-                    conn.send(None)
+                    send_message(conn, None)
                 except (OSError, ValueError):
                     pass
         for i, proc in enumerate(self._procs):

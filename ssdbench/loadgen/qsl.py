@@ -68,6 +68,12 @@ class SampleLibrary:
         self.error: BaseException | None = None  # first failure inside a LoadGen callback
         self._folder_key: str | None = None
         self._stamps: dict[int, str] = {}
+        self.store = None  # a `SharedSamples`: loaded samples kept there as uint8 for pool workers
+
+    def use_store(self, store) -> None:
+        """Keep loaded samples as uint8 in ``store`` (`ssdbench.loadgen.shared_samples`) instead of
+        float32 in this process: the pool's workers read them by index and normalise themselves."""
+        self.store = store
 
     def __len__(self) -> int:
         return self.count
@@ -121,7 +127,8 @@ class SampleLibrary:
         Never raises (LoadGen cannot recover from a callback exception): a failure is kept in
         ``self.error``, the sample stays absent and the SUT answers it empty and fails the run.
         """
-        todo = [int(i) for i in indices if int(i) not in self.samples]
+        loaded = self.samples if self.store is None else self.store.slot_of
+        todo = [int(i) for i in indices if int(i) not in loaded]
         with self._progress(len(todo), "QSL load", len(todo) > 16) as progress:
             for i in progress.iterate(todo):
                 self._load_one(i)
@@ -129,7 +136,10 @@ class SampleLibrary:
     def _load_one(self, i: int) -> None:
         try:
             self._check_index(i)
-            self.samples[i] = self.preprocessed(i)
+            if self.store is not None:
+                self.store.put(i, self._cached_resized(i))
+            else:
+                self.samples[i] = self.preprocessed(i)
         except Exception as exc:  # noqa: BLE001 - reported after the run
             self.error = self.error or exc
 
@@ -141,6 +151,8 @@ class SampleLibrary:
         """LoadGen's unload callback: free the samples."""
         for i in indices:
             self.samples.pop(int(i), None)
+            if self.store is not None:
+                self.store.drop(int(i))
 
     def get(self, index: int) -> np.ndarray:
         """A resident sample, float32 (3, S, S); KeyError if LoadGen did not load it."""

@@ -32,6 +32,8 @@ from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.device_report import write_device_report
+from ssdbench.loadgen.devices import describe_devices, pool_devices
 from ssdbench.loadgen.official import official_line
 from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
 from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
@@ -71,17 +73,26 @@ def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: tor
 
 
 def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
-                  allow_pickle: bool = False, model_file=None):  # fmt: skip
+                  allow_pickle: bool = False, model_file=None, devices_source: str = "flags"):  # fmt: skip
     """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing);
-    with ``sut.instances > 1`` an `InstancePool` (its ``predict``; ``close`` it afterwards)."""
+    with a device pool (``devices`` or ``instances > 1``) an `InstancePool` (``close`` it afterwards)."""
     kwargs = backend_arguments(sut, weights, num_classes, device, model_file, allow_pickle)
-    if sut.instances > 1:
-        if device.type != "cpu":
-            raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device}")
+    try:
+        devices = pool_devices(sut.devices, sut.instances)
+    except ValueError as exc:
+        asked = len(sut.devices.split(","))
+        origin = "" if devices_source == "flags" else (f" ({devices_source} is a {asked}-device system: "
+                                                       f"devices = {sut.devices}; --devices overrides)")  # fmt: skip
+        raise CliError(f"{exc}{origin}") from None
+    if devices:
+        if sut.instances > 1 and device.type != "cpu":
+            raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device} "
+                           "(several GPUs: --devices cuda:0,cuda:1 or cuda:all)")  # fmt: skip
         from ssdbench.loadgen.instances import InstancePool
 
         warmup = [(n, sut.warmup) for n in warmup_sizes(sut)]
-        return InstancePool(kwargs, sut.instances, warmup=warmup, buckets=sut.max_batch_size)
+        return InstancePool(kwargs, devices=devices, warmup=warmup, buckets=sut.max_batch_size,
+                            timeout_s=sut.predict_timeout_s)  # fmt: skip
     backend = make_backend(**kwargs)
     if hasattr(backend, "use_batch_buckets"):  # compile: one graph per bucket, all warmed up
         backend.use_batch_buckets(sut.max_batch_size)
@@ -161,7 +172,8 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     device = _device(run_settings)
     pool = None
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file)
+        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file,
+                                run_settings.sources.get("devices", "flags"))
         if hasattr(predict, "close"):
             pool, predict = predict, predict.predict
     try:
@@ -183,6 +195,31 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
     audit = apply.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
     apply.check_settings(run_settings, qsl.performance_count, audit)
     qsl.prepare()
+    store = _share_samples(qsl, pool)
+    try:
+        return _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progress, verbose,
+                              eval_backend, audit, audit_test, command, model_file)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _share_samples(qsl: SampleLibrary, pool):
+    """With a pool: the QSL's loaded set as uint8 in shared memory, read by the workers by index."""
+    if pool is None:
+        return None
+    from ssdbench.loadgen.shared_samples import SharedSamples
+
+    store = SharedSamples(qsl.performance_count, qsl.sample_shape)
+    qsl.use_store(store)
+    pool.use_store(store)
+    return store
+
+
+def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progress, verbose, eval_backend,
+                   audit, audit_test, command, model_file) -> LoadgenRun:  # fmt: skip
+    """Warm-up, the test in a staging folder and its publication (or RUN_FAILED.txt)."""
+    sut_settings = run_settings.sut
     if pool is None:  # instances warm themselves up
         warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
                 sut_settings.predict_timeout_s, warmup_sizes(sut_settings))
@@ -193,9 +230,10 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
                  "audit": audit, "command": command,
                  "backend_info": {"model_file": None if model_file is None else str(model_file),
                                   "instances": pool.describe if pool is not None else None,
+                                  "pool_devices": describe_devices(pool.devices if pool else None, str(device)),
                                   "backend_config": backend.describe() if pool is None and hasattr(backend, "describe")
                                   else None}}  # fmt: skip
-        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra)
+        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra, pool)
     except BaseException as exc:
         failed = run_folder.fail(staging, out, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunFailed):
@@ -254,7 +292,7 @@ def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
 
 
 def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torch.device, staging: Path,
-          extra: dict) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
+          extra: dict, pool=None) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
     rnd, audit = get_round(run_settings.round), extra["audit"]
@@ -267,9 +305,13 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     (staging / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
     sut_settings = run_settings.sut
     # Every instance gets a batch in flight: at least one worker thread per instance.
+    workers = len(pool.devices) if pool is not None else 1
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
-                      max(sut_settings.threads, sut_settings.instances), device,
-                      sut_settings.predict_timeout_s, max_queue_wait(run_settings))  # fmt: skip
+                      max(sut_settings.threads, workers), device, sut_settings.predict_timeout_s,
+                      max_queue_wait(run_settings),
+                      predict_samples=pool.predict_samples if pool is not None else None)  # fmt: skip
+    if pool is not None:
+        pool.reset_stats()  # warm-up is not part of the devices' record
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
     checks = _detail_checks(staging, apply.expected_effective(run_settings, qsl.performance_count, audit),
@@ -280,6 +322,8 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
                            sut.batch_sizes, checks)  # fmt: skip
     if run_settings.mode != "accuracy":
         _append_timeline(staging, run_settings.scenario, sut, f"{summary.scenario} {summary.mode}: {summary.result}")
+    if pool is not None:
+        write_device_report(staging, pool.device_stats(), pool.bytes_per_sample(), run_settings.scenario)
     # Scored before publishing: an accuracy run whose log cannot be scored is no result.
     accuracy = run_settings.mode == "accuracy"
     score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None

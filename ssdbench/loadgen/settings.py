@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, get_type_hints
@@ -59,6 +60,9 @@ class SutSettings:
     batch_timeout_us: int  # ... or when its first sample has waited this long (µs)
     threads: int  # SUT worker threads: batches in flight
     instances: int  # model instances, each a process pinned to its own cores (`loadgen.instances`)
+    # Pool devices, one worker each: cuda:0,cuda:1 | cuda:all | cpu:N (`loadgen.devices`); auto: one
+    # device in the SUT's process, or cpu:instances.
+    devices: str
     count: int  # QSL samples (0 = every image of the val split)
     warmup: int  # untimed warm-up batches per batch size before the test
     # A batch (or a warm-up batch) the model has not answered after this many seconds ends the run
@@ -225,9 +229,22 @@ def _preset_layer(name: str, scenario: str) -> tuple[dict[str, Any], set[str]]:
             key, convert = SEED_COLUMNS[key]
             value = convert(value)
         values[key] = value
+    if (n := seed_row_accelerators(name)) > 1 and "devices" not in values:
+        values["devices"] = ",".join(f"cuda:{k}" for k in range(n))  # one worker per accelerator
     block = presets[name].get(scenario, {})
     values.update(block)
     return values, set(block)
+
+
+def seed_row_accelerators(name: str) -> int:
+    """Accelerators of a seed-table system (``tpu_v3_8x_offline`` -> 8); 1 for other presets.
+
+    Each row of the seed table is a system of N accelerators behind one SUT, so its preset asks
+    for N pool workers (``cuda:0..N-1``); on a machine with fewer the run is an error naming both
+    counts unless ``--devices`` (or a user conf) says otherwise.
+    """
+    match = re.match(r"^tpu_v3_(\d+)x_", name)
+    return int(match.group(1)) if match else 1
 
 
 def preset_scenario(name: str) -> str | None:

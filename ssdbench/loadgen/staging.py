@@ -18,7 +18,7 @@ from pathlib import Path
 RESULT_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
                 "mlperf_log_trace.json", "settings.conf", "settings.json", "report.md",
                 "latency_histogram.png", "accuracy.txt", "audit.config",
-                "latency_timeline.png", "throughput_timeline.png")  # fmt: skip
+                "latency_timeline.png", "throughput_timeline.png", "device_throughput.png")  # fmt: skip
 
 
 def make_staging(out: Path) -> Path:

@@ -35,7 +35,7 @@ from ssdbench.loadgen.compliance import MARKER
 from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
 from ssdbench.loadgen.rules import IMPLEMENTATION, MAX_ACCURACY_LOG_BYTES, MODEL_DIR
 from ssdbench.loadgen.settings import SCENARIOS, RunSettings
-from ssdbench.loadgen.sysinfo import system_description
+from ssdbench.loadgen.sysinfo import accelerators_of_runs, system_description
 
 VIEWABLE = 4096  # characters kept at each end of a truncated accuracy log
 
@@ -101,7 +101,8 @@ def build_submission(org: str, system: str, division: str, category: str, folder
     round_name = found
     get_round(round_name).scenario_lists(category)  # ValueError for an unknown category
     given = read_json(Path(system_json), "system description") if system_json else {}
-    desc = system_description(org, system, division, category, round_name, given)
+    used = accelerators_of_runs(folder for slot in runs.values() for folder in slot.values())
+    desc = system_description(org, system, division, category, round_name, {**used, **given})
     safe_name(org, "--org")
     safe_name(system, "--system")
     base = inside(Path(out) / division / org, out, "--org")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ssdbench.errors import CliError
 from ssdbench.model.postprocess import PaddedDetections
 
 
@@ -144,16 +145,19 @@ class BatchingSUT:
     max_queue_wait_s: seconds a sample may wait in the queue before the run fails as overloaded
     (Server: arrivals outpace the model; None: no limit). Answered like a timeout, so a Server
     run at a rate the system cannot serve ends at its schedule's end instead of draining for hours.
+    predict_samples: callable on an int64 array of QSL indices -> `PaddedDetections`, used instead
+      of staging pixels for ``predict`` (a device pool reading the QSL's shared set by index).
     """
 
     def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
                  threads: int = 1, device: str | torch.device = "cpu",
-                 predict_timeout_s: float | None = None, max_queue_wait_s: float | None = None):  # fmt: skip
+                 predict_timeout_s: float | None = None, max_queue_wait_s: float | None = None,
+                 predict_samples=None):  # fmt: skip
         if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0:
             raise ValueError("max_batch_size and threads must be >= 1 and batch_timeout_us >= 0")
         if predict_timeout_s is not None and not predict_timeout_s > 0:
             raise ValueError(f"predict_timeout_s must be > 0, got {predict_timeout_s}")
-        self.predict, self.qsl = predict, qsl
+        self.predict, self.qsl, self.predict_samples = predict, qsl, predict_samples
         self.max_batch_size, self.timeout = int(max_batch_size), batch_timeout_us / 1e6
         self.device = torch.device(device)
         self.queue: queue.Queue = queue.Queue()
@@ -171,6 +175,7 @@ class BatchingSUT:
         self.predict_timeout_s = predict_timeout_s
         self._inflight: dict[object, tuple[float, list[_Item]]] = {}  # token -> (start, items)
         self._timed_out, self._stopping = threading.Event(), threading.Event()
+        self._worker_failed = threading.Event()  # a pool worker failed: answer the rest at once
         self._workers = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
                          for i in range(int(threads))]  # fmt: skip
         for w in self._workers:
@@ -227,10 +232,11 @@ class BatchingSUT:
                 self._inflight[token] = (time.monotonic(), items)
             arrays = None
             try:
-                if not self._timed_out.is_set():  # after a timeout every sample is answered empty
+                # after a timeout or a failed pool worker every sample is answered empty
+                if not self._timed_out.is_set() and not self._worker_failed.is_set():
                     arrays = self._run_batch(items)
             except BaseException as exc:  # noqa: BLE001 - LoadGen must still get every response
-                self.error = self.error or exc
+                self._note_error(exc)
             with self._stats_lock:
                 ours = self._inflight.pop(token, None) is not None  # False: the watchdog answered it
             if ours:
@@ -238,6 +244,16 @@ class BatchingSUT:
                 if arrays is not None:
                     with self._stats_lock:
                         self.batch_sizes.append(len(items))
+
+    def _note_error(self, exc: BaseException) -> None:
+        """Keep the first error; a failed pool worker (a CliError naming its device) ends the run
+        early and its line beats the watchdog's generic timeout, which it explains."""
+        if isinstance(exc, CliError):
+            self._worker_failed.set()
+            if self.error is None or isinstance(self.error, TimeoutError):
+                self.error = exc
+                return
+        self.error = self.error or exc
 
     def _watch(self) -> None:
         """Fail the run when a batch outlives ``predict_timeout_s``; then answer everything at once."""
@@ -308,6 +324,8 @@ class BatchingSUT:
     def _run_batch(self, items: list[_Item]) -> list[np.ndarray]:
         """The model's responses to one batch (float32 (K, 7) per sample)."""
         index = np.array([it.index for it in items], np.int64)
+        if self.predict_samples is not None:
+            return detections_to_responses(index, check_detections(self.predict_samples(index)))
         batch = self._to_device([self.qsl.get(int(i)) for i in index])
         with torch.inference_mode():
             dets = check_detections(self.predict(batch))

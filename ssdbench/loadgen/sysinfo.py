@@ -14,6 +14,8 @@ submitter's JSON when given.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from ssdbench.errors import CliError
@@ -41,3 +43,21 @@ def system_description(org: str, system: str, division: str, category: str, roun
         raise CliError(f"the system description lacks required field(s) {', '.join(missing)}: give them in "
                        "--system-json FILE (a JSON object)")  # fmt: skip
     return desc
+
+
+def accelerators_of_runs(folders) -> dict[str, Any]:
+    """``{"accelerators_per_node": N}``: the GPUs the runs' SUT used (``pool_devices`` of their
+    settings.json, else ``device``), not the ones this machine happens to show; {} without
+    settings. CliError when the runs used different numbers (one system, one count)."""
+    counts: dict[str, int] = {}
+    for folder in folders:
+        path = Path(folder) / "settings.json"
+        if not path.is_file():
+            continue
+        settings = json.loads(path.read_text())
+        devices = str(settings.get("pool_devices") or settings.get("device") or "cpu")
+        counts[str(folder)] = sum(d.strip().startswith("cuda") for d in devices.split(","))
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{folder}: {n}" for folder, n in counts.items())
+        raise CliError(f"the runs used different numbers of accelerators ({listed}); one system, one count")
+    return {"accelerators_per_node": next(iter(counts.values()))} if counts else {}
