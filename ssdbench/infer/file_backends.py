@@ -20,12 +20,15 @@ import torch
 from ssdbench.infer import model_file as MF
 from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backend_base import Backend
+from ssdbench.infer.openvino_uint8 import uint8_input_model
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
 
 
 class FileBackend(Backend):
     """Shared part: the file's layout, batching for fixed-batch files, outputs -> detections."""
+
+    accepts_uint8 = False  # True: uint8 0..255 images go to the runtime as they are (normalised inside)
 
     def _init_file(self, info: MF.ModelFile) -> None:
         MF.check_input_size(info, self.model_name, self.input_size)  # before any inference (a runtime error)
@@ -48,7 +51,8 @@ class FileBackend(Backend):
         """The file's outputs per run: one run per ``file.batch`` images when the batch is fixed
         (the last one filled up with zero images, whose outputs are dropped), else one run."""
         self.check_images(images)
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        dtype = torch.uint8 if self.accepts_uint8 and images.dtype == torch.uint8 else torch.float32
+        x = images.detach().to("cpu", dtype).contiguous().numpy()
         if self.file.input_layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         n = len(x)
@@ -140,9 +144,12 @@ class OpenVinoBackend(FileBackend):
 
     Each SUT worker thread gets its own infer request; ``threads`` bounds OpenVINO's thread pool
     (default: torch's thread count), ``streams`` its parallel streams (1: latency-oriented).
+    uint8 images (0..255, not normalised) run a second compiled model whose preprocessing
+    normalises them (`ssdbench.infer.openvino_uint8`); float32 images run the file as it is.
     """
 
     name = "openvino"
+    accepts_uint8 = True
 
     def __init__(self, path, model_name: str, input_size: int, device="cpu", dtype="fp32",
                  threads: int | None = None, streams: int = 1):
@@ -162,25 +169,28 @@ class OpenVinoBackend(FileBackend):
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _compiled_for(self, n: int):
-        """The model compiled for batch ``n`` (the file's own shape when its batch is fixed)."""
+    def _compiled_for(self, n: int, uint8: bool = False):
+        """The model compiled for batch ``n`` (the file's own shape when its batch is fixed), with
+        the uint8 preprocessing in front when ``uint8``."""
         with self._lock:
-            if n not in self._compiled:
+            if (n, uint8) not in self._compiled:
                 model = self.model
                 if self.file.batch is None:
                     model = model.clone()
                     s = self.input_size
                     model.reshape({model.inputs[0]: [n, s, s, 3] if self.file.input_layout == "NHWC" else [n, 3, s, s]})
-                self._compiled[n] = self.core.compile_model(model, "CPU", self.config)
-            return self._compiled[n]
+                if uint8:
+                    model = uint8_input_model(model, self.file.input_layout)
+                self._compiled[n, uint8] = self.core.compile_model(model, "CPU", self.config)
+            return self._compiled[n, uint8]
 
     def _run_numpy(self, batch):
-        n = len(batch)
+        key = (len(batch), batch.dtype == np.uint8)
         requests = self._local.__dict__.setdefault("requests", {})
-        if n not in requests:
-            compiled = self._compiled_for(n)
-            requests[n] = (compiled.create_infer_request(), [_output_name(o) for o in compiled.outputs])
-        request, names = requests[n]
+        if key not in requests:
+            compiled = self._compiled_for(*key)
+            requests[key] = (compiled.create_infer_request(), [_output_name(o) for o in compiled.outputs])
+        request, names = requests[key]
         request.infer({0: batch})
         return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)}
 

@@ -1,10 +1,12 @@
 """A pool worker's side (`ssdbench.loadgen.instances.InstancePool`): pin, pick the device, build
 the backend, warm up, then answer requests (slot numbers of the QSL's shared uint8 set, or
 float32 pixels) with compact detections until told to stop; pickled messages whose bytes the
-parent counts."""
+parent counts. OpenVINO takes the shared uint8 samples straight (its model normalises them,
+`ssdbench.infer.openvino_uint8`); other backends normalise them on their device first."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -56,10 +58,14 @@ def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
 
 
 def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tuple:
-    """One request: ("slots", path, shape, slots) from the shared set, or float32 pixels."""
+    """One request: ("slots", path, shape, slots) from the shared set, or float32 pixels. A
+    backend that ``accepts_uint8`` (OpenVINO: normalisation compiled into the model) gets the
+    shared uint8 samples as they are."""
     if isinstance(message, tuple) and message[0] == "slots":
         _, path, shape, slots = message
-        images = normalise(reader.batch(path, shape, slots))
+        images = reader.batch(path, shape, slots)
+        if not getattr(backend, "accepts_uint8", False):
+            images = normalise(images)
     else:
         images = torch.from_numpy(message).to(normalise.device)
     return pack_detections(backend.predict(images))
@@ -73,9 +79,10 @@ def serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: lis
         if buckets and hasattr(backend, "use_batch_buckets"):
             backend.use_batch_buckets(buckets)
         s = backend.input_size
+        dtypes = (torch.float32, torch.uint8) if getattr(backend, "accepts_uint8", False) else (torch.float32,)
         for batch, iterations in warmup:
-            for _ in range(iterations):
-                backend.predict(torch.zeros(batch, 3, s, s, device=device)).counts.cpu()
+            for _, dtype in itertools.product(range(iterations), dtypes):  # both compiled models
+                backend.predict(torch.zeros(batch, 3, s, s, dtype=dtype, device=device)).counts.cpu()
         send_message(conn, ("ready", backend.describe()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
         send_message(conn, ("error", f"{type(exc).__name__}: {exc}"))
