@@ -14,11 +14,18 @@ numbers of the QSL's shared uint8 set; the worker normalises on its device and a
 the valid detections. Every byte through the pipes is counted (``bytes_sent`` /
 ``bytes_received``). ``predict`` (float32 pixels) remains for callers without a shared set.
 
-Dispatch: each SUT worker thread takes the next free worker (a queue of idle ones), so a device
-receives a batch exactly when it finished its last one: Offline's batches split across devices in
-proportion to their measured speed, a slow device takes fewer (work stealing at batch
-granularity), and a Server batch goes to an idle device, the least loaded. Per worker the pool
-records samples, batches, busy seconds and completion times (`device_stats`).
+Dispatch, Offline (the default, pull): each SUT worker thread takes the next free worker (a queue
+of idle ones), so a device receives a batch exactly when it finished its last one: Offline's
+batches split across devices in proportion to their measured speed, a slow device takes fewer
+(work stealing at batch granularity).
+
+Dispatch, Server (`dispatch_least_loaded`): the SUT runs one batcher per device (``batchers`` of
+`BatchingSUT`: D batches may form at once, each closed at the maximum batch size or at the batch
+timeout after its own first sample, so the timeout applies per device), and each formed batch goes
+to the worker with the fewest samples queued or in flight on it (ties: the lowest worker number),
+where it waits its turn if that worker is busy. Every choice is kept in ``choices`` (the worker, the
+loads it was chosen from). Per worker the pool records samples, batches, busy seconds and
+completion times (`device_stats`).
 
 A worker that dies, answers nothing within ``timeout_s`` (it is then terminated) or does not
 report ready is `InstanceFailed`: one line naming the worker, its device and cores (exit status
@@ -32,6 +39,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import wait as _wait
 
 import numpy as np
@@ -43,6 +51,7 @@ from ssdbench.loadgen.shared_samples import unpack_detections
 from ssdbench.model.postprocess import PaddedDetections
 
 READY_TIMEOUT_S = 900.0  # building + compiling + warming up an SSD1200 instance can take minutes
+CHOICES_KEPT = 100_000  # dispatch decisions kept for inspection (tests, debugging)
 _STOP_S = 30.0  # a ready instance's time to leave after it is told to stop
 _SYS_CPU = "/sys/devices/system/cpu"
 
@@ -152,13 +161,18 @@ class InstancePool:
         self.devices = list(devices) if devices else ["cpu"] * instances
         self.cores = cores or worker_cores(self.devices)
         self.timeout_s, self.store = timeout_s, None
-        self._free: queue.Queue = queue.Queue()
+        self._free: queue.Queue = queue.Queue()  # pull dispatch: idle workers' pipes
+        self.least_loaded = False  # True: `dispatch_least_loaded`
+        # least-loaded: (worker, loads it was chosen from), the latest CHOICES_KEPT (a long run makes millions)
+        self.choices: deque[tuple[int, tuple[int, ...]]] = deque(maxlen=CHOICES_KEPT)
         self._procs, self._conns, self.describe = [], [], []
         self._ready: set[int] = set()  # workers that reported ready (they obey a stop message)
         self._broken: set[int] = set()
         self._lock = threading.Lock()
         self.bytes_sent = self.bytes_received = self.samples_by_index = 0
         n = len(self.devices)
+        self._load = [0] * n  # least-loaded: samples queued or in flight per worker
+        self._turns = [threading.Lock() for _ in range(n)]  # least-loaded: one request per pipe at a time
         self.stats = [{"samples": 0, "batches": 0, "busy_s": 0.0, "done": []} for _ in range(n)]
         self.t_start, self._first_start = time.monotonic(), float("inf")
         try:
@@ -231,18 +245,14 @@ class InstancePool:
         return self._round_trip(pixels, len(pixels))
 
     def _round_trip(self, message, n: int) -> PaddedDetections:
-        """``message`` to the next free worker and its answer back.
+        """``message`` to a worker (`_take`: the next free one, or the least loaded) and its answer back.
 
         A worker goes back to the free ones only after a whole round trip; one whose pipe breaks
         (it died) or that gives no answer within ``timeout_s`` (it is terminated) is set aside and
         the call raises `InstanceFailed` naming it; once every worker is broken every call does.
         """
-        conn = self._free.get()
-        if conn is None:  # every worker is broken: pass the word on to the next caller
-            self._free.put(None)
-            raise InstanceFailed(f"every pool worker has failed ({len(self._broken)} of {len(self.cores)})")
-        i = self._conns.index(conn)
-        start = time.monotonic()
+        i = self._take(n)
+        conn, start, answered = self._conns[i], time.monotonic(), False
         try:
             sent = send_message(conn, message)
             if self.timeout_s is not None and not conn.poll(self.timeout_s):
@@ -251,6 +261,7 @@ class InstancePool:
                 raise InstanceFailed(f"{self.name(i)} gave no answer to a batch of {n} within {self.timeout_s:g} s "
                                      "(hung; stopped; predict_timeout_s / --predict-timeout)")  # fmt: skip
             (status, payload), received = recv_message(conn)
+            answered = True
         except (EOFError, OSError) as exc:
             self._set_broken(i)
             raise InstanceFailed(f"{self.name(i)} stopped answering ({type(exc).__name__}: {exc})"
@@ -260,11 +271,51 @@ class InstancePool:
         except BaseException:  # interrupted mid-round-trip: its next answer would be this batch's
             self._set_broken(i)
             raise
+        finally:
+            self._leave(i, n, answered)
         self._record(i, n, start, sent, received)
-        self._free.put(conn)
         if status != "ok":
             raise InstanceFailed(f"{self.name(i)} failed: {payload}")
         return unpack_detections(payload)
+
+    def dispatch_least_loaded(self) -> None:
+        """Send each batch to the least-loaded worker instead of the next free one (Server; module doc)."""
+        self.least_loaded = True
+
+    def _all_failed(self) -> InstanceFailed:
+        return InstanceFailed(f"every pool worker has failed ({len(self._broken)} of {len(self.cores)})")
+
+    def _take(self, n: int) -> int:
+        """The worker for a batch of ``n``: the next free one, or (least-loaded) the one with the
+        fewest samples queued or in flight, once it is its turn."""
+        if not self.least_loaded:
+            conn = self._free.get()
+            if conn is None:  # every worker is broken: pass the word on to the next caller
+                self._free.put(None)
+                raise self._all_failed()
+            return self._conns.index(conn)
+        with self._lock:
+            live = [j for j in range(len(self._conns)) if j not in self._broken]
+            if not live:
+                raise self._all_failed()
+            i = min(live, key=lambda j: (self._load[j], j))
+            self.choices.append((i, tuple(self._load)))
+            self._load[i] += n
+        self._turns[i].acquire()
+        if i in self._broken:  # it failed while this batch waited for it
+            self._leave(i, n, False)
+            raise InstanceFailed(f"{self.name(i)} failed before a batch of {n} queued on it could run")
+        return i
+
+    def _leave(self, i: int, n: int, answered: bool) -> None:
+        """Worker ``i`` is done with a batch of ``n``: free again (pull: only after an answer)."""
+        if not self.least_loaded:
+            if answered:
+                self._free.put(self._conns[i])
+            return
+        with self._lock:
+            self._load[i] -= n
+        self._turns[i].release()
 
     def _record(self, i: int, n: int, start: float, sent: int, received: int) -> None:
         end = time.monotonic()

@@ -306,10 +306,13 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     sut_settings = run_settings.sut
     # Every instance gets a batch in flight: at least one worker thread per instance.
     workers = len(pool.devices) if pool is not None else 1
+    per_device = pool is not None and run_settings.scenario == "Server"  # a batcher per device, least loaded
+    if per_device:
+        pool.dispatch_least_loaded()
     sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
                       max(sut_settings.threads, workers), device, sut_settings.predict_timeout_s,
-                      max_queue_wait(run_settings),
-                      predict_samples=pool.predict_samples if pool is not None else None)  # fmt: skip
+                      max_queue_wait(run_settings), predict_samples=pool.predict_samples if pool is not None else None,
+                      batchers=workers if per_device else 1)  # fmt: skip
     if pool is not None:
         pool.reset_stats()  # warm-up is not part of the devices' record
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)

@@ -3,6 +3,8 @@
 LoadGen's issue callback only enqueues samples. ``threads`` workers take turns forming a batch:
 a batch leaves when it holds ``max_batch_size`` samples or when its first sample has waited
 ``batch_timeout_us`` (Offline's single huge query therefore splits into full batches at once).
+Server over a pool of D devices runs D batchers (``batchers``): D batches form at once, each with
+its own timeout, and each goes to the least-loaded device (`ssdbench.loadgen.instances`).
 While one worker runs its batch, the next one forms and copies the following batch; on CUDA the
 copy goes host -> pinned staging buffer -> device on a side stream, so it overlaps compute. The
 staging buffers are a small shared pool (`MAX_STAGING`), held only while a copy is queued: the
@@ -147,21 +149,25 @@ class BatchingSUT:
     run at a rate the system cannot serve ends at its schedule's end instead of draining for hours.
     predict_samples: callable on an int64 array of QSL indices -> `PaddedDetections`, used instead
       of staging pixels for ``predict`` (a device pool reading the QSL's shared set by index).
+    batchers: how many batches may form at once, each with its own timeout from its own first
+      sample (Server over a pool of D devices: D, the batch timeout applies per device; worker
+      thread k gathers for batcher k mod D). 1: one batch forms at a time.
     """
 
     def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
                  threads: int = 1, device: str | torch.device = "cpu",
                  predict_timeout_s: float | None = None, max_queue_wait_s: float | None = None,
-                 predict_samples=None):  # fmt: skip
-        if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0:
-            raise ValueError("max_batch_size and threads must be >= 1 and batch_timeout_us >= 0")
+                 predict_samples=None, batchers: int = 1):  # fmt: skip
+        if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0 or not 1 <= batchers <= threads:
+            raise ValueError("max_batch_size and threads must be >= 1, batch_timeout_us >= 0, batchers 1..threads")
         if predict_timeout_s is not None and not predict_timeout_s > 0:
             raise ValueError(f"predict_timeout_s must be > 0, got {predict_timeout_s}")
         self.predict, self.qsl, self.predict_samples = predict, qsl, predict_samples
         self.max_batch_size, self.timeout = int(max_batch_size), batch_timeout_us / 1e6
         self.device = torch.device(device)
         self.queue: queue.Queue = queue.Queue()
-        self._gather_lock, self._stats_lock = threading.Lock(), threading.Lock()
+        self._gather_locks = [threading.Lock() for _ in range(int(batchers))]  # one per batcher
+        self._stats_lock = threading.Lock()
         self.query_latencies_ns: list[int] = []  # per IssueQuery call, completion order
         self.sample_latencies_ns: list[int] = []  # per sample: its query's issue -> its response
         self.query_spans_ns: list[tuple[int, int]] = []  # per query: (issue, done) perf_counter_ns
@@ -176,8 +182,8 @@ class BatchingSUT:
         self._inflight: dict[object, tuple[float, list[_Item]]] = {}  # token -> (start, items)
         self._timed_out, self._stopping = threading.Event(), threading.Event()
         self._worker_failed = threading.Event()  # a pool worker failed: answer the rest at once
-        self._workers = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
-                         for i in range(int(threads))]  # fmt: skip
+        self._workers = [threading.Thread(target=self._work, args=(self._gather_locks[i % len(self._gather_locks)],),
+                                          name=f"sut-worker-{i}", daemon=True) for i in range(int(threads))]  # fmt: skip
         for w in self._workers:
             w.start()
         self._watchdog = None
@@ -205,9 +211,10 @@ class BatchingSUT:
         return lg.ConstructSUT(self.issue_queries, self.flush_queries)
 
     # ---- workers ----
-    def _gather(self) -> list[_Item] | None:
-        """Block for a first sample, then take more until the batch is full or its timeout passes."""
-        with self._gather_lock:
+    def _gather(self, gather_lock: threading.Lock) -> list[_Item] | None:
+        """Block for a first sample, then take more until the batch is full or its timeout passes
+        (one batch at a time per ``gather_lock``: its batcher)."""
+        with gather_lock:
             first = self.queue.get()
             if first is _STOP:
                 return None
@@ -225,8 +232,8 @@ class BatchingSUT:
                 items.append(item)
             return items
 
-    def _work(self) -> None:
-        while (items := self._gather()) is not None:
+    def _work(self, gather_lock: threading.Lock) -> None:
+        while (items := self._gather(gather_lock)) is not None:
             token = object()
             with self._stats_lock:
                 self._inflight[token] = (time.monotonic(), items)
