@@ -27,7 +27,7 @@ def _two_tiny_workers(delay: float) -> InstancePool:
 
 
 def test_each_batch_goes_to_the_worker_with_fewest_samples_queued_or_in_flight():
-    pool = _two_tiny_workers(delay=0.6)
+    pool = _two_tiny_workers(delay=1.5)  # long enough that every choice falls inside the first batch
     pool.dispatch_least_loaded()
     sizes = [4, 1, 2, 1]  # started 0.1 s apart, all while the first batch still runs
     answers: list = [None] * len(sizes)
@@ -79,11 +79,11 @@ def test_each_batcher_closes_its_batch_at_its_own_timeout():
 
     for batchers, want in ((2, [[0], [1]]), (1, [[0, 1]])):
         batches.clear()
-        sut = _RecordingSUT(None, None, max_batch_size=8, batch_timeout_us=600_000, threads=2,
+        sut = _RecordingSUT(None, None, max_batch_size=8, batch_timeout_us=1_500_000, threads=2,
                             predict_samples=predict_samples, batchers=batchers)  # fmt: skip
         sut.completed = []
         sut.issue_queries([_Sample(0, 0)])
-        time.sleep(0.15)  # the first batcher holds sample 0 and waits for more
+        time.sleep(0.3)  # the first batcher holds sample 0 and waits for more
         sut.issue_queries([_Sample(1, 1)])
         deadline = time.monotonic() + 10
         while len(sut.completed) < 2 and time.monotonic() < deadline:
