@@ -124,3 +124,12 @@ def test_two_devices_share_a_server_run_least_loaded_first(server_env, tmp_path,
         assert loads[worker] == min(loads) and worker == loads.index(min(loads))
     assert all(s["samples"] > 0 for s in pool.stats)  # both devices served the run
     assert any(loads[0] > 0 for _, loads in pool.choices)  # worker 1 chosen because worker 0 was busy
+
+
+def test_the_device_report_names_the_servers_dispatch_rule():
+    from ssdbench.loadgen.device_report import device_lines
+
+    stats = [{"worker": 0, "device": "cpu", "cores": [0], "samples": 4, "batches": 1, "busy_fraction": 0.5,
+              "samples_per_s": 2.0, "done": [(0.5, 4)]}]  # fmt: skip
+    assert "least-loaded device" in "\n".join(device_lines(stats, 100.0, "Server"))
+    assert "next batch when it is free" in "\n".join(device_lines(stats, 100.0, "Offline"))

@@ -12,9 +12,11 @@ PICTURE = "device_throughput.png"
 def device_lines(stats: list[dict], bytes_per_sample: float | None, scenario: str) -> list[str]:
     """Markdown lines of the per-device section."""
     total = sum(s["samples"] for s in stats) or 1
+    dispatch = ("one batcher per device (its own batch timeout), each batch to the least-loaded device"
+                if scenario == "Server" else "each device takes the next batch when it is free")
     lines = ["", "## Devices", "",
              (f"{len(stats)} worker(s), one per device; samples go by index (shared uint8 set), "
-              "each device takes the next batch when it is free."), "",
+              f"{dispatch}."), "",
              "| worker | device | cores | samples | share | batches | busy | samples/s |",
              "|---:|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for s in stats:
