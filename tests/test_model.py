@@ -149,7 +149,7 @@ def test_shape_check_names_the_bad_level():
 
 
 def run_cli(capsys, **kw) -> str:
-    model_cli.run(argparse.Namespace(**{"num_classes": None, **kw}))
+    model_cli.run(argparse.Namespace(**{"num_classes": None, "model_file": None, **kw}))
     return capsys.readouterr().out
 
 
