@@ -175,6 +175,13 @@ def coco_stats(
       detections still counts (its ground truths are misses). Default: every image of ``gt``.
     Returns float64 (12,). A stat with no ground truth in its range is -1, as pycocotools reports it.
     """
+    return np.asarray(evaluated(gt, results, image_ids, backend, verbose)[0].stats[:12], dtype=np.float64)
+
+
+def evaluated(gt: Any, results: Iterable[dict], image_ids: Iterable[int] | None = None, backend: str = "faster",
+              verbose: bool = False) -> tuple[Any, dict]:
+    """(the COCOeval object after evaluate/accumulate/summarize, the dataset dict of ``gt``): the one
+    COCO bbox evaluation behind `coco_stats` and the per-class analysis (`eval.per_class`)."""
     COCO, COCOeval = _coco_api(backend)
     results = list(results)
     data = _load_dataset_dict(gt)
@@ -182,8 +189,7 @@ def coco_stats(
     coco_gt = _build_gt(COCO, data)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
-        coco_dt = _build_dt(COCO, coco_gt, results)
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator = COCOeval(coco_gt, _build_dt(COCO, coco_gt, results), "bbox")
         if backend == "faster" and not verbose:
             evaluator.print_function = lambda *a, **k: None
         if image_ids is not None:
@@ -191,7 +197,7 @@ def coco_stats(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+    return evaluator, data
 
 
 def _check_results(results: list[dict], data: dict) -> None:

@@ -12,8 +12,6 @@ is the mean of the entries > -1 at area "all" and 100 detections (pycocotools
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,22 +38,9 @@ class CocoDetails:
 def run_cocoeval(gt: Any, results: Iterable[dict], image_ids: Iterable[int] | None = None,
                  backend: str = "faster") -> CocoDetails:
     """Evaluate like `eval.coco.coco_stats` and keep the precision array and category facts."""
-    from ssdbench.eval.coco import _build_dt, _build_gt, _check_results, _coco_api, _load_dataset_dict
+    from ssdbench.eval.coco import evaluated
 
-    COCO, COCOeval = _coco_api(backend)
-    results = list(results)
-    data = _load_dataset_dict(gt)
-    _check_results(results, data)
-    coco_gt = _build_gt(COCO, data)
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(coco_gt, _build_dt(COCO, coco_gt, results), "bbox")
-        if backend == "faster":
-            evaluator.print_function = lambda *a, **k: None
-        if image_ids is not None:
-            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+    evaluator, data = evaluated(gt, results, image_ids, backend)
     cat_ids = [int(c) for c in evaluator.params.catIds]
     names_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
     precision = np.asarray(evaluator.eval["precision"], np.float64)[:, :, :, AREA_ALL, MAX_DETS_100]
