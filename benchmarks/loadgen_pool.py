@@ -124,7 +124,7 @@ def harness_costs(repeats: int = 5) -> dict[str, float]:
     """(h): median thread CPU ms per batch of 8 uint8 / float32 1200x1200 samples."""
     import numpy as np
 
-    from ssdbench.loadgen.shared_samples import Normaliser, SampleReader, SharedSamples
+    from ssdbench.loadgen.samples import Normaliser, SampleReader, SharedSamples
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""MLPerf compliance tests (`ssdbench.loadgen.compliance`, `ssdbench.loadgen.verify`) on CPU.
+"""MLPerf compliance tests (`ssdbench.loadgen.compliance`) on CPU.
 
 ssd128_mini on a 32-image synthetic val set, Offline, short runs. The SUT answers with
 ssd128_mini run one sample at a time (answers do not depend on batching), each image's answer
@@ -21,12 +21,12 @@ import torch
 from loadgen_fixtures import Pacer, concat_detections, loadgen_env, paced_per_sample
 
 from ssdbench import cli
+from ssdbench.loadgen import compliance
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen import verify
 from ssdbench.loadgen.compliance import expand_tests, run_compliance
-from ssdbench.loadgen.detail_log import DetailLog, read_detail_log
-from ssdbench.loadgen.rounds import get_round
+from ssdbench.loadgen.rules import DetailLog, read_detail_log
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.settings import get_round
 from ssdbench.model.postprocess import PaddedDetections
 
 PACE = 0.01  # seconds per sample
@@ -186,7 +186,7 @@ def test_official_verify_accuracy_compares_the_first_byte_as_the_script(tmp_path
     Computed here independently with numpy as the script reads the logs."""
     import numpy as np
 
-    from ssdbench.loadgen.official import official_verify_accuracy
+    from ssdbench.loadgen.rules import official_verify_accuracy
 
     def entry(i, floats):
         return {"seq_id": i, "qsl_idx": i, "data": np.asarray(floats, np.float32).tobytes().hex().upper()}
@@ -221,23 +221,23 @@ def test_verification_rules_by_hand(tmp_path):
     v20, v07 = get_round("v2.0"), get_round("v0.7")
     off = {"result_validity": "VALID", "effective_scenario": "Offline"}
     ref = _log(tmp_path, **off, result_samples_per_second=100.0)
-    assert verify.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=104.9), v20, "TEST05").passed
-    assert not verify.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=105.1), v20,
+    assert compliance.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=104.9), v20, "TEST05").passed
+    assert not compliance.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=105.1), v20,
                                          "TEST05").passed  # fmt: skip
-    assert verify.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=91), v20, "TEST01").passed
+    assert compliance.verify_performance(ref, _log(tmp_path, **off, result_samples_per_second=91), v20, "TEST01").passed
     invalid = _log(tmp_path, **{**off, "result_validity": "INVALID"}, result_samples_per_second=100.0)
-    assert "invalid" in verify.verify_performance(ref, invalid, v20, "TEST01").text
+    assert "invalid" in compliance.verify_performance(ref, invalid, v20, "TEST01").text
     ss = {"result_validity": "VALID", "effective_scenario": "SingleStream"}
     fast = _log(tmp_path, **ss, **{"result_90.00_percentile_latency_ns": 150_000})
     slower = _log(tmp_path, **ss, **{"result_90.00_percentile_latency_ns": 175_000})
-    assert verify.verify_performance(fast, slower, v20, "TEST01").passed  # <= 0.2 ms: 20 % from v1.0
-    assert not verify.verify_performance(fast, slower, v07, "TEST01").passed  # v0.7's scripts never relax
+    assert compliance.verify_performance(fast, slower, v20, "TEST01").passed  # <= 0.2 ms: 20 % from v1.0
+    assert not compliance.verify_performance(fast, slower, v07, "TEST01").passed  # v0.7's scripts never relax
     a = _log(tmp_path, **off, result_samples_per_second=100.0, effective_performance_issue_unique=True)
     b_slow = _log(tmp_path, **off, result_samples_per_second=50.0, effective_performance_issue_same=True)
     b_fast = _log(tmp_path, **off, result_samples_per_second=150.0, effective_performance_issue_same=True)
-    assert verify.verify_test04(a, b_slow, v20).passed and not verify.verify_test04(a, b_fast, v20).passed
-    assert not verify.verify_test04(a, _log(tmp_path, **off, result_samples_per_second=100.0), v20).passed
-    assert verify.compare_accuracy(20.0, 19.81, v20).passed and not verify.compare_accuracy(20.0, 19.7, v20).passed
+    assert compliance.verify_test04(a, b_slow, v20).passed and not compliance.verify_test04(a, b_fast, v20).passed
+    assert not compliance.verify_test04(a, _log(tmp_path, **off, result_samples_per_second=100.0), v20).passed
+    assert compliance.compare_accuracy(20.0, 19.81, v20).passed and not compliance.compare_accuracy(20.0, 19.7, v20).passed
 
 
 def test_test_names_and_bad_input(env, tmp_path, capsys, monkeypatch):

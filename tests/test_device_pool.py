@@ -21,9 +21,8 @@ from ssdbench import cli
 from ssdbench.data.jitter import MEAN, STD
 from ssdbench.loadgen import run as run_module
 from ssdbench.loadgen.accuracy import decode_log
-from ssdbench.loadgen.devices import describe_devices, parse_devices, pool_devices
-from ssdbench.loadgen.instances import InstancePool
-from ssdbench.loadgen.shared_samples import (
+from ssdbench.loadgen.device_pool import InstancePool, describe_devices, parse_devices, pool_devices
+from ssdbench.loadgen.samples import (
     Normaliser,
     SampleReader,
     SharedSamples,
@@ -300,7 +299,7 @@ def test_a_hung_worker_is_stopped_and_named(pool_env, tmp_path, monkeypatch, cap
 
 def test_the_system_description_counts_the_accelerators_the_runs_used(tmp_path):
     from ssdbench.errors import CliError
-    from ssdbench.loadgen.sysinfo import accelerators_of_runs
+    from ssdbench.loadgen.submission import accelerators_of_runs
 
     def run(name, **settings):
         folder = tmp_path / name
@@ -320,7 +319,7 @@ def test_the_system_description_counts_the_accelerators_the_runs_used(tmp_path):
 def test_a_rate_with_many_digits_is_applied_as_loadgen_prints_it():
     """The detail log prints 6 significant digits: 0.0872493 is the 0.08724931999550634 that was
     set (a benchmark's computed --qps made every run INVALID), 0.0873 is not."""
-    from ssdbench.loadgen.apply import effective_mismatches
+    from ssdbench.loadgen.settings import effective_mismatches
 
     want = {"effective_target_qps": 0.08724931999550634}
     assert effective_mismatches(want, {"effective_target_qps": "0.0872493"}) == []
@@ -329,7 +328,7 @@ def test_a_rate_with_many_digits_is_applied_as_loadgen_prints_it():
 
 
 def test_gpu_workers_get_their_share_of_the_cores(monkeypatch):
-    from ssdbench.loadgen import instances as I
+    from ssdbench.loadgen import device_pool as I
 
     monkeypatch.setattr(I, "read_topology", lambda cpus: None)
     assert I.worker_cores(["cuda:0", "cuda:1"], [0, 1, 2, 3]) == [[0, 1], [2, 3]]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ssdbench.errors import CliError
-from ssdbench.loadgen import instances as I
-from ssdbench.loadgen.instances import InstanceFailed, InstancePool, split_cores
+from ssdbench.loadgen import device_pool as I
+from ssdbench.loadgen.device_pool import InstanceFailed, InstancePool, split_cores
 
 
 def test_split_cores_without_topology_contiguous_and_balanced(monkeypatch):

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from ssdbench.loadgen.detail_log import DetailLog
-from ssdbench.loadgen.official import official_result, summary_headline_note
+from ssdbench.loadgen.rules import DetailLog, official_result, summary_headline_note
 
 DETAIL = {"result_90.00_percentile_latency_ns": 26_840_000, "early_stopping_latency_ss": 29_570_000,
           "result_99.00_percentile_per_query_latency_ns": 80_000_000, "early_stopping_latency_ms": 84_000_000,
@@ -68,15 +67,15 @@ def test_resolved_data_types():
 
 
 def test_system_fields_are_the_checkers(monkeypatch):
-    from ssdbench.loadgen import sysinfo
+    from ssdbench.loadgen import submission
     from ssdbench.loadgen.rules import known_system_fields
 
     facts = {"host_processor_model_name": "cpu", "host_processor_vcpu_count": 2, "framework": "PyTorch"}
-    monkeypatch.setattr(sysinfo, "machine_facts", lambda: facts)
+    monkeypatch.setattr(submission, "machine_facts", lambda: facts)
     given = {k: "x" for k in known_system_fields("v2.0") if k not in facts} | {"power_management": "none"}
-    desc = sysinfo.system_description("O", "s", "open", "edge", "v2.0", given)
+    desc = submission.system_description("O", "s", "open", "edge", "v2.0", given)
     assert set(desc) <= set(known_system_fields("v2.0"))  # nothing the checker would call unknown
     assert desc["hw_notes"] == "x"  # the submitter's notes win
-    desc = sysinfo.system_description("O", "s", "open", "edge", "v2.0", {k: v for k, v in given.items() if k != "hw_notes"})
+    desc = submission.system_description("O", "s", "open", "edge", "v2.0", {k: v for k, v in given.items() if k != "hw_notes"})
     assert desc["hw_notes"] == "host_processor_vcpu_count: 2" and "host_processor_vcpu_count" not in desc
     assert json.loads(json.dumps(desc)) == desc

@@ -9,8 +9,8 @@ pytest.importorskip("openvino")
 
 from ssdbench.infer.backends import make_backend
 from ssdbench.infer.export import export_model
-from ssdbench.loadgen.instances import InstancePool, available_cores
-from ssdbench.loadgen.shared_samples import SharedSamples, normalise_uint8
+from ssdbench.loadgen.device_pool import InstancePool, available_cores
+from ssdbench.loadgen.samples import SharedSamples, normalise_uint8
 from ssdbench.model.ssd import build_model
 
 MODEL = "ssd128_mini"

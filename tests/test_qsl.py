@@ -1,4 +1,4 @@
-"""The LoadGen query sample library (`ssdbench.loadgen.qsl`): preprocessing, the disk cache, progress."""
+"""The LoadGen query sample library (`ssdbench.loadgen.samples`): preprocessing, the disk cache, progress."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from loadgen_fixtures import loadgen_env
 
 from ssdbench.data.coco import CocoDetection
 from ssdbench.data.transforms import preprocess_for_inference
-from ssdbench.loadgen.qsl import SampleLibrary
+from ssdbench.loadgen.samples import SampleLibrary
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""MLPerf rounds (`ssdbench.loadgen.rounds`): each round's seeds and rules reach LoadGen on
+"""MLPerf rounds (`ssdbench.loadgen.settings`): each round's seeds and rules reach LoadGen on
 TestSettings, the detail log proves it, keys LoadGen would ignore are refused, a second run in a
 process works, detail-log errors make a run INVALID, a stray ./audit.config is reported and unread.
 """
@@ -12,12 +12,11 @@ import pytest
 from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench import cli
-from ssdbench.loadgen import apply
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.detail_log import read_detail_log
 from ssdbench.loadgen.report import Checks, write_report
-from ssdbench.loadgen.rounds import ROUNDS, get_round
+from ssdbench.loadgen.rules import read_detail_log
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.settings import ROUNDS, get_round
 
 # The seeds of each round's mlperf.conf (mlcommons/inference, branches r0.5 .. r2.0), written out
 # here independently of rounds.json.
@@ -114,14 +113,14 @@ def test_test_settings_carry_every_round_value():
             if scenario == "MultiStream" and get_round(name).legacy_multistream:
                 continue
             settings = S.resolve(scenario, round=name)
-            ts = apply.make_test_settings(settings, 64)
+            ts = S.make_test_settings(settings, 64)
             assert (ts.qsl_rng_seed, ts.sample_index_rng_seed, ts.schedule_rng_seed) == SEEDS[name]
             assert ts.min_duration_ms == settings.loadgen["min_duration"]
             assert ts.min_query_count == settings.loadgen["min_query_count"]
             assert ts.performance_sample_count_override == 64
-            expected = apply.expected_effective(settings, 64)
+            expected = S.expected_effective(settings, 64)
             assert expected["effective_qsl_rng_seed"] == SEEDS[name][0]
-    text = apply.round_conf("v2.0")
+    text = S.round_conf("v2.0")
     assert "*.*.schedule_rng_seed = 12662793979680847247" in text
     assert "ssd-resnet34.MultiStream.samples_per_query = 8" in text and "Offline.target_latency" not in text
 
@@ -156,10 +155,10 @@ def test_settings_loadgen_would_misuse_are_refused():
     """LoadGen 6.x logs an error and then issues out-of-range samples for these: refused before."""
     same = S.resolve("Offline", flags={"performance_issue_same": 1, "performance_issue_same_index": 40})
     with pytest.raises(ValueError, match="performance_issue_same_index 40 must be below the performance sample count 12"):
-        apply.make_test_settings(same, 12)
+        S.make_test_settings(same, 12)
     both = S.resolve("Offline", flags={"performance_issue_same": 1, "performance_issue_unique": 1})
     with pytest.raises(ValueError, match="performance_issue_unique and performance_issue_same cannot both be set"):
-        apply.make_test_settings(both, 12)
+        S.make_test_settings(both, 12)
 
 
 def test_report_overrules_loadgen_on_errors_and_settings_not_applied(tmp_path):

@@ -14,7 +14,7 @@ from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench import cli
 from ssdbench.loadgen import run as run_module
-from ssdbench.loadgen.instances import InstancePool
+from ssdbench.loadgen.device_pool import InstancePool
 from ssdbench.loadgen.sut import BatchingSUT
 
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
@@ -127,7 +127,7 @@ def test_two_devices_share_a_server_run_least_loaded_first(server_env, tmp_path,
 
 
 def test_the_device_report_names_the_servers_dispatch_rule():
-    from ssdbench.loadgen.device_report import device_lines
+    from ssdbench.loadgen.report import device_lines
 
     stats = [{"worker": 0, "device": "cpu", "cores": [0], "samples": 4, "batches": 1, "busy_fraction": 0.5,
               "samples_per_s": 2.0, "done": [(0.5, 4)]}]  # fmt: skip

@@ -1,4 +1,4 @@
-"""LoadGen settings (`ssdbench.loadgen.settings`, `ssdbench.loadgen.apply`): the layers with their
+"""LoadGen settings (`ssdbench.loadgen.settings`): the layers with their
 sources, `.conf` parsing, the seed table's columns, typed SUT settings, errors that name the key and
 where it came from, and the resolved values on LoadGen's TestSettings."""
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from ssdbench.loadgen import apply
 from ssdbench.loadgen import settings as S
 
 
@@ -44,17 +43,17 @@ def test_settings_precedence_and_spec_values(tmp_path):
 
 def test_settings_reach_loadgen(tmp_path):
     settings = S.resolve("Server", flags={"target_qps": 12.5, "target_latency": 0.25, "min_duration": 700})
-    ts = apply.make_test_settings(settings, performance_count=10)
+    ts = S.make_test_settings(settings, performance_count=10)
     assert ts.server_target_qps == 12.5 and ts.server_target_latency_ns == 250_000
     assert ts.min_duration_ms == 700 and ts.performance_sample_count_override == 10
     assert ts.min_query_count == 270336 and abs(ts.server_target_latency_percentile - 0.99) < 1e-9
     # the round's seeds (v2.0 mlperf.conf), set directly: LoadGen 6.x ignores them in a user conf
     assert (ts.qsl_rng_seed, ts.sample_index_rng_seed, ts.schedule_rng_seed) == (
         6655344265603136530, 15863379492028895792, 12662793979680847247)
-    ms = apply.make_test_settings(S.resolve("MultiStream", flags={"target_latency": 40}), 64)
+    ms = S.make_test_settings(S.resolve("MultiStream", flags={"target_latency": 40}), 64)
     assert ms.multi_stream_samples_per_query == 8 and ms.multi_stream_expected_latency_ns == 40_000_000
     assert abs(ms.multi_stream_target_latency_percentile - 0.99) < 1e-9
-    off = apply.make_test_settings(S.resolve("Offline", flags={"target_qps": 300}), 64)
+    off = S.make_test_settings(S.resolve("Offline", flags={"target_qps": 300}), 64)
     assert off.offline_expected_qps == 300 and off.min_query_count == 24576 and off.min_duration_ms == 600000
 
 
@@ -191,7 +190,7 @@ def test_a_sut_key_missing_from_the_builtin_conf_is_named(tmp_path, monkeypatch)
 def test_written_conf_holds_only_loadgen_keys_with_sources(tmp_path):
     run = S.resolve("Offline", preset="cpu", flags={"target_qps": 12.5})
     path = tmp_path / "settings.conf"
-    apply.write_conf(run, str(path))
+    S.write_conf(run, str(path))
     text = path.read_text()
     assert "ssd-resnet34.Offline.target_qps = 12.5" in text and "# target_qps: from flags" in text
     assert "threads" not in text and "model" not in text.replace("ssd-resnet34", "")

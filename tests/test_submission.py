@@ -21,9 +21,9 @@ from loadgen_fixtures import loadgen_env, one_detection, pace, paced_per_sample
 
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.compliance import run_compliance
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.submission_check import check_tree
 
 WAIVE = "min-duration,min-queries"
 SYSTEM = {"status": "available", "host_storage_capacity": "1 TB", "host_storage_type": "SSD",

@@ -1,4 +1,4 @@
-"""LoadGen over time (`ssdbench.loadgen.timeline`, `timeline_report`): the trace against the detail
+"""LoadGen over time (`ssdbench.loadgen.report`): the trace against the detail
 log, the pictures of all four scenarios, the moment a Server bound was first broken."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.detail_log import read_detail_log
+from ssdbench.loadgen.report import TRACE_ENV, bound_report, from_sut, read_trace, throughput
+from ssdbench.loadgen.rules import read_detail_log
 from ssdbench.loadgen.run import run_loadgen
-from ssdbench.loadgen.timeline import TRACE_ENV, bound_report, from_sut, read_trace, throughput
 
 RUNS = {  # CI-sized settings (see tests/test_run.py)
     "SingleStream": {"min_duration": 200, "min_query_count": 70},

@@ -18,8 +18,8 @@ from ssdbench.checks import (
     usable_cores,
 )
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.rounds import DEFAULT_ROUND, ROUNDS
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.settings import DEFAULT_ROUND, ROUNDS
 
 EPILOG = """examples:
   ssdbench loadgen --scenario Offline --mode performance --preset cpu --out runs/lg_offline

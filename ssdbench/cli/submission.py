@@ -2,7 +2,7 @@
 
 Assembles the MLPerf inference submission tree of ssd-resnet34 from `ssdbench loadgen` runs and
 `ssdbench compliance` folders (`ssdbench.loadgen.submission`), then checks it against the round's
-rules (`ssdbench.loadgen.checker`) and prints each violation. `--check DIR` only checks a tree.
+rules (`ssdbench.loadgen.submission_check`) and prints each violation. `--check DIR` only checks a tree.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 
 from ssdbench.checks import safe_name
 from ssdbench.errors import CliError
-from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.rules import WAIVABLE
 from ssdbench.loadgen.submission import build_submission
+from ssdbench.loadgen.submission_check import check_tree
 
 SUBCOMMANDS = {"run": "ssdbench.cli.submission_run"}  # `ssdbench submission run ...`: every step in one command
 

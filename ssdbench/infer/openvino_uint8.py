@@ -1,6 +1,6 @@
 """OpenVINO models that take uint8 pixels: benchmark.md §5's normalisation compiled into the graph.
 
-A pool worker (`ssdbench.loadgen.pool_worker`) reads the QSL's loaded samples as uint8 (N, 3, S, S)
+A pool worker (`ssdbench.loadgen.device_pool`) reads the QSL's loaded samples as uint8 (N, 3, S, S)
 from shared memory; with OpenVINO it hands them to the model as they are. OpenVINO's
 preprocessing API (`openvino.preprocess.PrePostProcessor`) adds in front of the network's input:
 u8 -> f32, subtract the ImageNet mean x 255, divide by the std x 255, per channel, in the file's

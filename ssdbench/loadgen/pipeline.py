@@ -15,7 +15,7 @@ folder without a marker is what a SIGTERM or a failure left: it is removed first
 a step are part of its marker: a rerun with other settings is refused by name, not mixed.
 
 At the end: ``OUT/summary.md`` / ``summary.json`` / ``summary.png``, one row per scenario: the
-round checker's result and unit (`official.official_result`), VALID, mAP, each compliance verdict.
+round checker's result and unit (`rules.official_result`), VALID, mAP, each compliance verdict.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from pathlib import Path
 from ssdbench.errors import CliError
 from ssdbench.io import atomic_write_text
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.checker import check_tree
 from ssdbench.loadgen.compliance import run_compliance
-from ssdbench.loadgen.detail_log import read_detail_log
-from ssdbench.loadgen.official import official_result
-from ssdbench.loadgen.rounds import get_round
+from ssdbench.loadgen.rules import official_result, read_detail_log
 from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.settings import get_round
 from ssdbench.loadgen.submission import build_submission
+from ssdbench.loadgen.submission_check import check_tree
 
 KINDS = ("find-peak", "performance", "accuracy", "compliance")
 

@@ -1,23 +1,32 @@
-"""One SSD-Large test under MLPerf LoadGen (the library side of `ssdbench loadgen`).
+"""One SSD-Large test under MLPerf LoadGen (the library side of `ssdbench loadgen`), and the run
+folder it is published in only on success.
 
-Wires the parts: resolved settings (`settings`), the QSL over COCO val (`qsl`), the
-dynamic-batching SUT (`sut`) around a backend (`ssdbench.infer.backends`), LoadGen itself, the
-report (`report`) and, in accuracy mode, the score of ``mlperf_log_accuracy.json`` (`accuracy`).
-Files appear in ``--out`` only for a trustworthy run (`staging`): one that completed, answered
-every query exactly once and had no SUT or QSL error.
+Wires the parts: resolved settings (`settings`), the QSL over COCO val (`samples`), the
+dynamic-batching SUT (`sut`) around a backend (`ssdbench.infer.backends`) or a device pool
+(`device_pool`), LoadGen itself, the report (`report`) and, in accuracy mode, the score of
+``mlperf_log_accuracy.json`` (`accuracy`).
 
-LoadGen gets its settings on ``TestSettings`` directly (`apply`) and an explicit audit.config
-path: the test's own for a compliance run (`ssdbench.loadgen.compliance`), else a path that does
-not exist, so an ``audit.config`` lying in the working directory is never read (it is reported
-before the run). Afterwards the detail log must show the ``effective_*`` values that were set and
-no error; otherwise the run is INVALID (report.md says why).
+LoadGen gets its settings on ``TestSettings`` directly and an explicit audit.config path: the
+test's own for a compliance run (`ssdbench.loadgen.compliance`), else a path that does not exist,
+so an ``audit.config`` lying in the working directory is never read (it is reported before the
+run). Afterwards the detail log must show the ``effective_*`` values that were set and no error;
+otherwise the run is INVALID (report.md says why).
+
+The run folder: LoadGen writes into a hidden staging folder ``--out/.incomplete-<pid>-<time>/``
+(`make_staging`). A run that completed, answered every query exactly once and had no SUT or QSL
+error is published (`publish`): its files move into ``--out`` (result files of an older run there
+are removed first, so old and new never mix). A failed run's staging folder is renamed
+``failed-<time>/`` with a ``RUN_FAILED.txt`` saying why (`fail`), so its logs can never be taken
+for results.
 """
-
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,20 +36,22 @@ import torch
 from ssdbench.dist import pick_device
 from ssdbench.errors import CliError
 from ssdbench.infer.backends import make_backend
-from ssdbench.loadgen import apply
+from ssdbench.loadgen import settings
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen import staging as run_folder
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
-from ssdbench.loadgen.detail_log import read_detail_log
-from ssdbench.loadgen.device_report import write_device_report
-from ssdbench.loadgen.devices import describe_devices, pool_devices
-from ssdbench.loadgen.official import official_line
-from ssdbench.loadgen.qsl import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
-from ssdbench.loadgen.report import Checks, Summary, short_text, write_report
-from ssdbench.loadgen.rounds import get_round
-from ssdbench.loadgen.rules import run_rule_violations
+from ssdbench.loadgen.device_pool import describe_devices, pool_devices
+from ssdbench.loadgen.report import (
+    Checks,
+    Summary,
+    short_text,
+    trace_enabled,
+    write_device_report,
+    write_report,
+)
+from ssdbench.loadgen.rules import official_line, read_detail_log, run_rule_violations
+from ssdbench.loadgen.samples import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
+from ssdbench.loadgen.settings import get_round
 from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
-from ssdbench.loadgen.timeline import trace_enabled
 from ssdbench.model.specs import get_spec
 
 _REPORTED: set[Path] = set()  # stray audit.config files already reported
@@ -88,7 +99,7 @@ def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.d
         if sut.instances > 1 and device.type != "cpu":
             raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device} "
                            "(several GPUs: --devices cuda:0,cuda:1 or cuda:all)")  # fmt: skip
-        from ssdbench.loadgen.instances import InstancePool
+        from ssdbench.loadgen.device_pool import InstancePool
 
         warmup = [(n, sut.warmup) for n in warmup_sizes(sut)]
         return InstancePool(kwargs, devices=devices, warmup=warmup, buckets=sut.max_batch_size,
@@ -192,8 +203,8 @@ def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights
                         run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
                         cache=cache, progress=progress)  # fmt: skip
     run_settings = _cap_count(run_settings, qsl.count)
-    audit = apply.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
-    apply.check_settings(run_settings, qsl.performance_count, audit)
+    audit = settings.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
+    settings.check_settings(run_settings, qsl.performance_count, audit)
     qsl.prepare()
     store = _share_samples(qsl, pool)
     try:
@@ -208,7 +219,7 @@ def _share_samples(qsl: SampleLibrary, pool):
     """With a pool: the QSL's loaded set as uint8 in shared memory, read by the workers by index."""
     if pool is None:
         return None
-    from ssdbench.loadgen.shared_samples import SharedSamples
+    from ssdbench.loadgen.samples import SharedSamples
 
     store = SharedSamples(qsl.performance_count, qsl.sample_shape)
     qsl.use_store(store)
@@ -224,7 +235,7 @@ def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progr
         warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
                 sut_settings.predict_timeout_s, warmup_sizes(sut_settings))
     backend = getattr(predict, "__self__", None)  # a Backend's bound predict: record what it resolved to
-    staging = run_folder.make_staging(out)
+    staging = make_staging(out)
     try:
         extra = {"weights": str(weights), "eval_backend": eval_backend, "audit_test": audit_test,
                  "audit": audit, "command": command,
@@ -235,11 +246,11 @@ def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progr
                                   else None}}  # fmt: skip
         sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra, pool)
     except BaseException as exc:
-        failed = run_folder.fail(staging, out, f"{type(exc).__name__}: {exc}")
+        failed = fail(staging, out, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunFailed):
             raise RunFailed(f"{exc} (logs moved to {failed}, not results)") from None
         raise
-    run_folder.publish(staging, out)
+    publish(staging, out)
     if verbose:
         print(short_text(summary))
         if line := official_line(out, run_settings.scenario, run_settings.round, run_settings.mode):
@@ -296,8 +307,8 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
     rnd, audit = get_round(run_settings.round), extra["audit"]
-    ts = apply.make_test_settings(run_settings, qsl.performance_count, audit)
-    apply.write_conf(run_settings, str(staging / "settings.conf"))
+    ts = settings.make_test_settings(run_settings, qsl.performance_count, audit)
+    settings.write_conf(run_settings, str(staging / "settings.conf"))
     audit_path = _write_audit(staging, audit, extra["audit_test"])
     info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": extra["weights"],
             "device": str(device), "qsl_count": qsl.count, "audit_test": extra["audit_test"],
@@ -317,7 +328,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
         pool.reset_stats()  # warm-up is not part of the devices' record
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
-    checks = _detail_checks(staging, apply.expected_effective(run_settings, qsl.performance_count, audit),
+    checks = _detail_checks(staging, settings.expected_effective(run_settings, qsl.performance_count, audit),
                             rnd, run_settings)  # fmt: skip
     # Offline is one query: its samples' latencies make the histogram; else per query.
     offline = run_settings.scenario == "Offline"
@@ -348,8 +359,8 @@ def max_queue_wait(run_settings: S.RunSettings) -> float | None:
 
 
 def _append_timeline(staging: Path, scenario: str, sut, title: str) -> None:
-    """latency_timeline.png, throughput_timeline.png and their report.md section (`loadgen.timeline_report`)."""
-    from ssdbench.loadgen.timeline_report import write_timeline
+    """latency_timeline.png, throughput_timeline.png and their report.md section (`loadgen.report`)."""
+    from ssdbench.loadgen.report import write_timeline
 
     lines = write_timeline(staging, scenario, sut, title)
     if lines:
@@ -375,7 +386,7 @@ def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettin
     rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy",
                                 seeds=seeds)  # fmt: skip
     return Checks(errors=detail.errors, warnings=detail.warnings,
-                  not_applied=apply.effective_mismatches(expected, detail), round=rnd.name,
+                  not_applied=settings.effective_mismatches(expected, detail), round=rnd.name,
                   round_violations=[str(v) for v in rules], peak_qps=detail.peak_qps)  # fmt: skip
 
 
@@ -388,7 +399,7 @@ def _run_loadgen_test(sut: BatchingSUT, qsl: SampleLibrary, test_settings, stagi
     log = lg.LogSettings()
     log.log_output.outdir = str(staging)
     log.log_output.copy_summary_to_stdout = False
-    log.enable_trace = trace_enabled()  # SSDBENCH_LOADGEN_TRACE=1 (`loadgen.timeline`)
+    log.enable_trace = trace_enabled()  # SSDBENCH_LOADGEN_TRACE=1 (`loadgen.report`)
     sut_handle, qsl_handle = sut.construct(), qsl.construct()
     try:
         lg.StartTestWithLogSettings(sut_handle, qsl_handle, test_settings, log, str(audit_path))
@@ -415,3 +426,41 @@ def _score_accuracy(folder: Path, dataset, backend: str) -> float:
     value, text = accuracy_text(folder / "mlperf_log_accuracy.json", dataset, backend)
     (folder / "accuracy.txt").write_text(text)
     return value
+
+
+# Every file a published run may leave in --out (LoadGen's logs, our settings, report and score).
+RESULT_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
+                "mlperf_log_trace.json", "settings.conf", "settings.json", "report.md",
+                "latency_histogram.png", "accuracy.txt", "audit.config",
+                "latency_timeline.png", "throughput_timeline.png", "device_throughput.png")  # fmt: skip
+
+
+def make_staging(out: Path) -> Path:
+    """A fresh hidden staging folder inside ``out`` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".incomplete-{os.getpid()}-{int(time.time())}"
+    staging.mkdir()
+    return staging
+
+
+def fail(staging: Path, out: Path, reason: str) -> Path:
+    """Rename the staging folder to ``out/failed-<time>/`` with the reason; return its path."""
+    (staging / "RUN_FAILED.txt").write_text(f"This run FAILED; its logs are not results.\nreason: {reason}\n")
+    failed = out / time.strftime("failed-%Y%m%d-%H%M%S")
+    n = 1
+    while failed.exists():
+        failed, n = out / f"{failed.name.split('.')[0]}.{n}", n + 1
+    staging.rename(failed)
+    return failed
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a successful run's files into ``out``; stale result files of older runs go first."""
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+    trace = staging / "mlperf_log_trace.json"
+    if trace.is_file() and trace.stat().st_size == 0:
+        trace.unlink()  # tracing is off; LoadGen still creates the empty file
+    for path in staging.iterdir():
+        shutil.move(str(path), out / path.name)
+    staging.rmdir()

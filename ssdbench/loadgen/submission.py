@@ -1,4 +1,7 @@
-"""Assemble an MLPerf inference submission tree for ssd-resnet34 (`ssdbench submission`).
+"""An MLPerf inference submission: the tree (`build_submission`) and its system description
+(`system_description`).
+
+Assemble an MLPerf inference submission tree for ssd-resnet34 (`ssdbench submission`).
 
 From ``ssdbench loadgen`` run folders (one performance and one accuracy run per scenario) and
 ``ssdbench compliance`` output folders, it writes, in the layout of the round's submission checker
@@ -17,25 +20,49 @@ From ``ssdbench loadgen`` run folders (one performance and one accuracy run per 
 
 Accuracy logs (results and TEST01) are hashed (sha256 of the full file, the ``hash=`` line of
 accuracy.txt) and, when larger than 10 KiB, truncated to their first and last 4 KiB with
-``\\n\\n...\\n\\n`` between, as the truncation tool does. Keep the run folders: they hold the full logs.
-"""
+``\n\n...\n\n`` between, as the truncation tool does. Keep the run folders: they hold the full logs.
 
+The system description of an MLPerf inference submission (``systems/<system>.json``).
+
+The required fields are the round's submission checker's (``SYSTEM_DESC_REQUIRED_FIELDS`` and, from
+v1.0, ``SYSTEM_DESC_REQUIED_FIELDS_SINCE_V1`` in tools/submission/submission-checker.py;
+`ssdbench.loadgen.rules.system_fields`). `ssdbench.sysinfo.machine_facts` reads what this machine
+can tell (CPU model, sockets, cores, frequency, caches, memory, accelerators, OS, framework
+versions); the submitter gives the rest (availability status, storage, networking, cooling, ...)
+in a JSON file, whose values win. `system_description` names every field still missing in one error.
+Machine facts the round's checker does not know (``host_processor_vcpu_count``: it would warn
+"field ... is unknown") go into ``hw_notes`` instead; the optional power fields
+(``SYSTEM_DESC_REQUIED_FIELDS_POWER``, `rules.SYSTEM_FIELDS_POWER`) are known and taken from the
+submitter's JSON when given.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ssdbench.checks import inside, safe_name
 from ssdbench.errors import CliError
 from ssdbench.io import read_json
-from ssdbench.loadgen.apply import round_conf, write_conf
 from ssdbench.loadgen.compliance import MARKER
-from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, get_round
-from ssdbench.loadgen.rules import IMPLEMENTATION, MAX_ACCURACY_LOG_BYTES, MODEL_DIR
-from ssdbench.loadgen.settings import SCENARIOS, RunSettings
-from ssdbench.loadgen.sysinfo import accelerators_of_runs, system_description
+from ssdbench.loadgen.rules import (
+    IMPLEMENTATION,
+    MAX_ACCURACY_LOG_BYTES,
+    MODEL_DIR,
+    known_system_fields,
+    system_fields,
+)
+from ssdbench.loadgen.settings import (
+    COMPLIANCE_TESTS,
+    SCENARIOS,
+    RunSettings,
+    get_round,
+    round_conf,
+    write_conf,
+)
+from ssdbench.sysinfo import machine_facts
 
 VIEWABLE = 4096  # characters kept at each end of a truncated accuracy log
 
@@ -171,8 +198,7 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
 def _official_notes(slot: dict[str, Path], scenario: str, round_name: str) -> list[str]:
     """The round checker's result of the performance run; the summary line the round's compliance
     scripts misread (SingleStream / MultiStream); ssdbench's own TEST01 check, reported apart."""
-    from ssdbench.loadgen.detail_log import read_detail_log
-    from ssdbench.loadgen.official import official_result, summary_headline_note
+    from ssdbench.loadgen.rules import official_result, read_detail_log, summary_headline_note
 
     perf = slot["performance"]
     result = official_result(read_detail_log(perf / "mlperf_log_detail.txt"), round_name, scenario)
@@ -234,3 +260,43 @@ def _code(folder: Path) -> None:
         "package that produced these results; install it with its dependencies (`pip install -e .` from its "
         "project) and run the commands in each measurements/<system>/ssd-resnet34/<Scenario>/README.md.\n"
     )
+
+
+def system_description(org: str, system: str, division: str, category: str, round_name: str,
+                       given: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The system JSON: the submission's identity, the machine's fields, then ``given`` on top.
+
+    Raises CliError naming every required field that is still missing.
+    """
+    desc: dict[str, Any] = {"division": division, "submitter": org, "system_name": system,
+                            "system_type": category, "hw_notes": "", "sw_notes": ""}  # fmt: skip
+    desc.update(machine_facts())
+    known = known_system_fields(round_name)
+    unknown = {k: desc.pop(k) for k in list(desc) if k not in known}  # the machine's extras: into the notes
+    extra = "; ".join(f"{k}: {v}" for k, v in unknown.items() if v not in (None, ""))
+    if extra:
+        desc["hw_notes"] = extra
+    desc.update(given or {})
+    missing = [k for k in system_fields(round_name) if k not in desc]
+    if missing:
+        raise CliError(f"the system description lacks required field(s) {', '.join(missing)}: give them in "
+                       "--system-json FILE (a JSON object)")  # fmt: skip
+    return desc
+
+
+def accelerators_of_runs(folders) -> dict[str, Any]:
+    """``{"accelerators_per_node": N}``: the GPUs the runs' SUT used (``pool_devices`` of their
+    settings.json, else ``device``), not the ones this machine happens to show; {} without
+    settings. CliError when the runs used different numbers (one system, one count)."""
+    counts: dict[str, int] = {}
+    for folder in folders:
+        path = Path(folder) / "settings.json"
+        if not path.is_file():
+            continue
+        settings = json.loads(path.read_text())
+        devices = str(settings.get("pool_devices") or settings.get("device") or "cpu")
+        counts[str(folder)] = sum(d.strip().startswith("cuda") for d in devices.split(","))
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{folder}: {n}" for folder, n in counts.items())
+        raise CliError(f"the runs used different numbers of accelerators ({listed}); one system, one count")
+    return {"accelerators_per_node": next(iter(counts.values()))} if counts else {}

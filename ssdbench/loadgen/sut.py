@@ -4,7 +4,7 @@ LoadGen's issue callback only enqueues samples. ``threads`` workers take turns f
 a batch leaves when it holds ``max_batch_size`` samples or when its first sample has waited
 ``batch_timeout_us`` (Offline's single huge query therefore splits into full batches at once).
 Server over a pool of D devices runs D batchers (``batchers``): D batches form at once, each with
-its own timeout, and each goes to the least-loaded device (`ssdbench.loadgen.instances`).
+its own timeout, and each goes to the least-loaded device (`ssdbench.loadgen.device_pool`).
 While one worker runs its batch, the next one forms and copies the following batch; on CUDA the
 copy goes host -> pinned staging buffer -> device on a side stream, so it overlaps compute. The
 staging buffers are a small shared pool (`MAX_STAGING`), held only while a copy is queued: the

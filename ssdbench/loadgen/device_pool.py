@@ -1,17 +1,26 @@
-"""The SUT's worker pool: one process per device (``--devices cuda:0,cuda:1 | cuda:all | cpu:N``).
+"""The SUT's worker pool: one process per device (``--devices cuda:0,cuda:1 | cuda:all | cpu:N``),
+the devices it runs on, and the worker's own side.
+
+Devices (`parse_devices`, `pool_devices`): ``cpu:N`` is N CPU workers, each pinned to its own
+whole cores (the same as ``--instances N``); ``cuda:K`` one worker on GPU K; ``cuda:all`` one per
+visible GPU. CPU and CUDA workers are not mixed in one pool (their speeds differ by two orders of
+magnitude; Offline would wait on the CPU's tail). The ``devices`` key is ``auto`` by default: one
+device (``device``) in the SUT's own process, or ``cpu:instances`` when ``instances > 1``.
 
 CPU submitters run Offline and Server this way: instead of one model using every core (whose
 large-batch convolutions scale poorly and whose small ones leave cores idle), N independent
 instances each own ``cores / N`` cores and run whole batches side by side; a node with several
 GPUs runs one worker per GPU. `split_cores` gives each worker whole physical cores (a core's SMT
 siblings stay together, one package where possible). `InstancePool` starts the processes
-(``spawn``), pins each (``os.sched_setaffinity``) to its core set, sets its torch / backend
-threads to that many, builds the backend there on its device from plain arguments (a weights
-path, never a live model) and warms it up.
+(`ssdbench.workers`: ``spawn``, ready handshake, death and timeout handling), each pins itself
+(``os.sched_setaffinity``) to its core set, sets its torch / backend threads to that many, builds
+the backend there on its device from plain arguments (a weights path, never a live model) and
+warms it up (`serve`, the worker's side: it then answers requests until told to stop).
 
-Samples go by index (`ssdbench.loadgen.shared_samples`): ``predict_samples(indices)`` sends slot
-numbers of the QSL's shared uint8 set; the worker normalises on its device and answers with only
-the valid detections. Every byte through the pipes is counted (``bytes_sent`` /
+Samples go by index (`ssdbench.loadgen.samples`): ``predict_samples(indices)`` sends slot
+numbers of the QSL's shared uint8 set; the worker normalises on its device (OpenVINO takes the
+uint8 samples straight: its model normalises them, `ssdbench.infer.openvino_uint8`) and answers
+with only the valid detections. Every byte through the pipes is counted (``bytes_sent`` /
 ``bytes_received``). ``predict`` (float32 pixels) remains for callers without a shared set.
 
 Dispatch, Offline (the default, pull): each SUT worker thread takes the next free worker (a queue
@@ -31,11 +40,12 @@ A worker that dies, answers nothing within ``timeout_s`` (it is then terminated)
 report ready is `InstanceFailed`: one line naming the worker, its device and cores (exit status
 2); a failed start stops every worker.
 """
-
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import threading
 import time
@@ -46,9 +56,89 @@ import numpy as np
 import torch
 
 from ssdbench.errors import CliError
-from ssdbench.loadgen.pool_worker import recv_message, send_message, serve
-from ssdbench.loadgen.shared_samples import unpack_detections
+from ssdbench.loadgen.samples import Normaliser, SampleReader, pack_detections, unpack_detections
 from ssdbench.model.postprocess import PaddedDetections
+
+
+def cuda_count() -> int:
+    """Visible CUDA devices (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _cpu_entry(entry: str, flag: str) -> list[str]:
+    count = entry.partition(":")[2] or "1"
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{flag} {entry!r}: cpu:N needs a whole number of workers >= 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if int(count) > cores:
+        raise ValueError(f"{flag} {entry!r} asks for {count} CPU workers; this process has {cores} cores "
+                         "(each worker needs at least one)")  # fmt: skip
+    return ["cpu"] * int(count)
+
+
+def _cuda_entry(entry: str, visible: int, flag: str) -> list[str]:
+    index = entry.partition(":")[2] or "0"
+    there = ", ".join(f"cuda:{k}" for k in range(visible)) or "none"
+    if index == "all":
+        if visible == 0:
+            raise ValueError(f"{flag} {entry!r}: this machine has no CUDA device")
+        return [f"cuda:{k}" for k in range(visible)]
+    if not index.isdigit():
+        raise ValueError(f"{flag} {entry!r} is not a device (cuda:N, cuda:all, cpu:N)")
+    if int(index) >= visible:
+        raise ValueError(f"{flag} asks for cuda:{int(index)}; this machine has {visible} CUDA "
+                         f"device(s) ({there})")  # fmt: skip
+    return [f"cuda:{int(index)}"]
+
+
+def parse_devices(text: str, visible_cuda: int | None = None, flag: str = "--devices") -> list[str]:
+    """``cuda:0,cuda:1`` / ``cuda:all`` / ``cpu:2`` -> one torch device name per worker.
+
+    ValueError (one line naming ``flag``, what was asked and what exists) for an unknown entry, a
+    GPU that is not there, a device named twice, or CPU and CUDA entries mixed.
+    """
+    visible = cuda_count() if visible_cuda is None else visible_cuda
+    entries = [e.strip() for e in str(text).split(",")]
+    if not text or any(not e for e in entries):
+        raise ValueError(f"{flag} {text!r}: an empty entry (examples: cuda:0,cuda:1  cuda:all  cpu:2)")
+    devices: list[str] = []
+    for entry in entries:
+        kind = entry.partition(":")[0]
+        if kind == "cpu":
+            devices += _cpu_entry(entry, flag)
+        elif kind == "cuda":
+            devices += _cuda_entry(entry, visible, flag)
+        else:
+            raise ValueError(f"{flag} {entry!r} is not a device (cuda:N, cuda:all, cpu:N)")
+    if len({d.split(":")[0] for d in devices}) > 1:
+        raise ValueError(f"{flag} {text!r} mixes CPU and CUDA workers; use one kind per pool")
+    gpus = [d for d in devices if d != "cpu"]
+    if len(set(gpus)) < len(gpus):
+        twice = sorted({d for d in gpus if gpus.count(d) > 1})
+        raise ValueError(f"{flag} {text!r} names {', '.join(twice)} more than once")
+    return devices
+
+
+def pool_devices(devices: str, instances: int, visible_cuda: int | None = None) -> list[str] | None:
+    """The pool's devices from the ``devices`` and ``instances`` keys; None: no pool (one device
+    in the SUT's process). ValueError when both ask for different CPU worker counts."""
+    if devices in (None, "", "auto"):
+        return ["cpu"] * instances if instances > 1 else None
+    listed = parse_devices(devices, visible_cuda)
+    if instances > 1 and listed != ["cpu"] * instances:
+        raise ValueError(f"--instances {instances} and --devices {devices} disagree (--instances N is "
+                         f"--devices cpu:N); give one of them")  # fmt: skip
+    return listed
+
+
+def describe_devices(devices: list[str] | None, single: str) -> str:
+    """``cuda:0,cuda:1`` / ``cpu:2`` for settings and reports; ``single`` when there is no pool."""
+    if not devices:
+        return single
+    if all(d == "cpu" for d in devices):
+        return f"cpu:{len(devices)}"
+    return ",".join(devices)
+
 
 READY_TIMEOUT_S = 900.0  # building + compiling + warming up an SSD1200 instance can take minutes
 CHOICES_KEPT = 100_000  # dispatch decisions kept for inspection (tests, debugging)
@@ -144,7 +234,7 @@ class InstancePool:
     backend_kwargs: arguments of `ssdbench.infer.backends.make_backend` (picklable: names, paths);
       each worker's ``device`` replaces theirs.
     instances: CPU workers when ``devices`` is not given (``--instances N`` = ``cpu:N``).
-    devices: one torch device name per worker (`ssdbench.loadgen.devices.parse_devices`).
+    devices: one torch device name per worker (`ssdbench.loadgen.device_pool.parse_devices`).
     warmup: (batch size, iterations) pairs each worker runs before it reports ready.
     buckets: the largest batch, for compile's padding buckets (`CompileBackend.use_batch_buckets`).
     factory: a picklable module-level callable used instead of ``make_backend`` (tests).
@@ -206,7 +296,7 @@ class InstancePool:
             if not done:
                 i = min(pending)
                 raise InstanceFailed(f"{self.name(i)} not ready after {READY_TIMEOUT_S:g} s "
-                                     f"(loadgen.instances.READY_TIMEOUT_S)")  # fmt: skip
+                                     f"(loadgen.device_pool.READY_TIMEOUT_S)")  # fmt: skip
             for i in [i for i, conn in pending.items() if conn in done]:
                 try:
                     (status, payload), _ = recv_message(pending.pop(i))
@@ -383,3 +473,88 @@ class InstancePool:
         for conn in self._conns:
             conn.close()
         self._procs, self._conns = [], []
+
+
+def send_message(conn, obj) -> int:
+    """Pickle ``obj`` onto ``conn``; the bytes written."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    conn.send_bytes(data)
+    return len(data)
+
+
+def recv_message(conn) -> tuple[object, int]:
+    data = conn.recv_bytes()
+    return pickle.loads(data), len(data)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the SUT's process dies (even by SIGKILL), so a
+    worker still building its backend is never left behind (strictly: when the thread that
+    started it ends, so a pool is made and closed by one long-lived thread)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # elsewhere: the worker leaves at its next pipe read (EOF)
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request took hold
+        os._exit(1)
+
+
+def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
+    """Pin, select the device, build the backend there."""
+    _die_with_parent()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if factory is None:
+        from ssdbench.infer.backends import make_backend as factory
+    return factory(**{**backend_kwargs, "device": device}, threads=len(cores))
+
+
+def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tuple:
+    """One request: ("slots", path, shape, slots) from the shared set, or float32 pixels. A
+    backend that ``accepts_uint8`` (OpenVINO: normalisation compiled into the model) gets the
+    shared uint8 samples as they are."""
+    if isinstance(message, tuple) and message[0] == "slots":
+        _, path, shape, slots = message
+        images = reader.batch(path, shape, slots)
+        if not getattr(backend, "accepts_uint8", False):
+            images = normalise(images)
+    else:
+        images = torch.from_numpy(message).to(normalise.device)
+    return pack_detections(backend.predict(images))
+
+
+def serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: list[tuple[int, int]],
+           buckets: int | None, factory=None) -> None:  # fmt: skip
+    """One worker: pin, build, warm up, then answer batches until it receives None (or EOF)."""
+    try:
+        backend = _start_worker(backend_kwargs, cores, device, factory)
+        if buckets and hasattr(backend, "use_batch_buckets"):
+            backend.use_batch_buckets(buckets)
+        s = backend.input_size
+        dtypes = (torch.float32, torch.uint8) if getattr(backend, "accepts_uint8", False) else (torch.float32,)
+        for batch, iterations in warmup:
+            for _, dtype in itertools.product(range(iterations), dtypes):  # both compiled models
+                backend.predict(torch.zeros(batch, 3, s, s, dtype=dtype, device=device)).counts.cpu()
+        send_message(conn, ("ready", backend.describe()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        send_message(conn, ("error", f"{type(exc).__name__}: {exc}"))
+        return
+    reader, normalise = SampleReader(), Normaliser(device)
+    while True:
+        try:
+            message, _ = recv_message(conn)
+        except EOFError:  # the parent is gone
+            return
+        if message is None:
+            return
+        try:
+            send_message(conn, ("ok", _answer(backend, message, reader, normalise)))
+        except BaseException as exc:  # noqa: BLE001
+            send_message(conn, ("error", f"{type(exc).__name__}: {exc}"))

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssdbench.loadgen import verify
+from ssdbench.loadgen import compliance
 from ssdbench.loadgen.accuracy import COCO_VAL_IMAGES
-from ssdbench.loadgen.detail_log import DetailLog, read_detail_log
-from ssdbench.loadgen.official import official_result, summary_headline_note
-from ssdbench.loadgen.rounds import COMPLIANCE_TESTS, Round, get_round
 from ssdbench.loadgen.rules import (
     ACC_FILES,
     CLOSED_MODEL,
@@ -29,13 +26,18 @@ from ssdbench.loadgen.rules import (
     STATUSES,
     WAIVABLE,
     CheckResult,
+    DetailLog,
     Violation,
     accuracy_lines,
     known_system_fields,
+    official_result,
+    read_detail_log,
     read_json_file,
-    run_rule_violations,  # fmt: skip
+    run_rule_violations,
+    summary_headline_note,
     system_fields,
 )
+from ssdbench.loadgen.settings import COMPLIANCE_TESTS, Round, get_round
 
 
 def check_tree(root: str | Path, round_name: str | None = None, waive=()) -> CheckResult:
@@ -199,7 +201,7 @@ class _Checker:
         where = str(folder.relative_to(self.root))
         for violation in run_rule_violations(detail, self.rnd, scenario, where=where):
             self.add(violation)
-        if scenario in verify.METRICS:
+        if scenario in compliance.METRICS:
             official = official_result(detail, self.rnd.name, scenario)
             if official.value is None:
                 self.bad("files", folder, f"no {official.field}: the round's checker reads its result from it")
@@ -211,13 +213,13 @@ class _Checker:
 
     def detail(self, path: Path, test04: bool = False) -> DetailLog | None:
         """The detail log, with a violation per error message (None when unreadable); a TEST04 run
-        may carry LoadGen's early-end error (`verify.TEST04_EXPECTED_ERROR`)."""
+        may carry LoadGen's early-end error (`compliance.TEST04_EXPECTED_ERROR`)."""
         try:
             detail = read_detail_log(path)
         except ValueError as exc:
             self.bad("files", path, str(exc))
             return None
-        for error in verify.unexpected_errors(detail, test04):
+        for error in compliance.unexpected_errors(detail, test04):
             self.bad("detail-errors", path, error)
         return detail
 
@@ -316,6 +318,6 @@ class _Checker:
             return
         base = accuracy_lines(acc / "baseline_accuracy.txt")[0]
         comp = accuracy_lines(acc / "compliance_accuracy.txt")[0]
-        if base is None or comp is None or not verify.compare_accuracy(base, comp, self.rnd).passed:
+        if base is None or comp is None or not compliance.compare_accuracy(base, comp, self.rnd).passed:
             why = f"responses differ and the mAPs differ too much: baseline {base}, compliance {comp}"
             self.bad("compliance", acc, why)
