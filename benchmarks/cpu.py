@@ -212,7 +212,7 @@ def table(args, model, model_name, qfiles, peak) -> list[dict]:
 # ---------------------------------------------------------------- 3. LoadGen
 def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
     from ssdbench.loadgen import settings as S
-    from ssdbench.loadgen.run import run_loadgen
+    from ssdbench.loadgen.run import RunInputs, run_loadgen
 
     results = []
     for variant in args.loadgen_variants.split(","):
@@ -231,13 +231,14 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
         folder = out / f"loadgen-{len(results)}-{variant.replace(':', '-')}"
         t0 = time.perf_counter()
         model_file = qfiles.get(v["backend"]) if v["precision"] == "int8" else None
-        run = run_loadgen(settings, folder, model_file=model_file, progress=False, verbose=False)
+        run = run_loadgen(settings, folder, RunInputs(model_file=model_file), progress=False, verbose=False)
         sps = run.summary.metrics.get("Samples per second")
         if run.result != "VALID" and sps:  # faster than expected: too short; once more at its own rate
             flags["target_qps"] = expected = 1.2 * sps
             settings = S.resolve("Offline", "performance", "cpu", None, flags)
             folder = Path(f"{folder}-again")  # the run recorded below is this one
-            run = run_loadgen(settings, folder, model_file=model_file, progress=False, verbose=False)
+            run = run_loadgen(settings, folder, RunInputs(model_file=model_file), progress=False,
+                              verbose=False)
             sps = run.summary.metrics.get("Samples per second")
         results.append({**v, "result": run.result, "samples_per_s": sps, "expected_qps": expected,
                         "folder": str(folder), "wall_s": time.perf_counter() - t0})

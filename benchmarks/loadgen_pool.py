@@ -100,7 +100,7 @@ def network_alone(variant: str, int8, iters: int) -> float:
 def loadgen_offline(variant: str, int8, devices: str | None, expected: float, args, folder: Path) -> dict:
     """(b) / (b1) / (c): one LoadGen Offline run (rerun once at its own rate when it was too short)."""
     from ssdbench.loadgen import settings as S
-    from ssdbench.loadgen.run import run_loadgen
+    from ssdbench.loadgen.run import RunInputs, run_loadgen
 
     flags = backend_flags(variant, int8)
     model_file = flags.pop("model_file", None)
@@ -110,7 +110,8 @@ def loadgen_offline(variant: str, int8, devices: str | None, expected: float, ar
     t0 = time.perf_counter()
     for attempt in range(2):
         settings = S.resolve("Offline", "performance", "cpu", None, keys)
-        run = run_loadgen(settings, folder / f"try{attempt}", model_file=model_file, progress=False, verbose=False)
+        run = run_loadgen(settings, folder / f"try{attempt}", RunInputs(model_file=model_file),
+                          progress=False, verbose=False)
         sps = run.summary.metrics.get("Samples per second")
         if run.result == "VALID" or not sps:
             break

@@ -1,4 +1,4 @@
-"""Backend factories for `InstancePool(factory=...)` tests: they run inside spawned instances, so
+"""Backend factories for `WorkerRecipe(factory=...)` tests: they run inside spawned instances, so
 they live in an importable module of their own."""
 
 import os

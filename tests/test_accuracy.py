@@ -12,7 +12,7 @@ from loadgen_fixtures import loadgen_env
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import coco_results, decode_log, evaluate_log, tuples_to_detections
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 from ssdbench.model.postprocess import PaddedDetections
 
 
@@ -142,7 +142,7 @@ def test_oracle_detections_score_full_map(acc_env, tmp_path):
         return PaddedDetections(boxes=boxes, labels=labels, scores=scores, counts=counts)
 
     settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 4})
-    run = run_loadgen(settings, tmp_path / "out", data=dataset.root, predict=oracle, verbose=False)
+    run = run_loadgen(settings, tmp_path / "out", RunInputs(data=dataset.root, predict=oracle), verbose=False)
     assert run.map == pytest.approx(1.0, abs=1e-6)
 
 
@@ -197,7 +197,8 @@ def test_accuracy_log_map_equals_evaluate_nonzero(acc_env, tmp_path):
 
     predict = make_backend("eager", "ssd128_mini", model=net).predict
     settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 3})
-    run = run_loadgen(settings, tmp_path / "out", data=dataset.root, predict=predict, verbose=False)
+    run = run_loadgen(settings, tmp_path / "out", RunInputs(data=dataset.root, predict=predict),
+                      verbose=False)
     assert run.map == pytest.approx(stats[0], abs=1e-9)
     np.testing.assert_allclose(evaluate_log(tmp_path / "out" / "mlperf_log_accuracy.json", dataset)[0], stats,
                                atol=1e-9)  # fmt: skip
@@ -271,7 +272,8 @@ def test_perfect_detections_score_one_under_the_official_rule(tmp_path):
         return out
 
     settings = S.resolve("Offline", "accuracy", "cpu", flags={"warmup": 0, "count": 0, "max_batch_size": 3})
-    run = run_loadgen(settings, tmp_path / "out", data=root, predict=oracle, verbose=False, cache=False)
+    run = run_loadgen(settings, tmp_path / "out", RunInputs(data=root, predict=oracle, cache=False),
+                      verbose=False)
     log = tmp_path / "out" / "mlperf_log_accuracy.json"
     assert {e["qsl_idx"] for e in json.loads(log.read_text())} == set(range(8))  # every image, empty ones too
     assert _official_rule_map(root / "annotations" / "instances_val2017.json", log) == pytest.approx(1.0)

@@ -1,7 +1,7 @@
 """The package's shape: no import cycles, and every import goes down the pipeline.
 
 Layers, lowest first (a module may import its own layer and the layers below it):
-  base     errors, checks, io, dist, precision, progress, sysinfo
+  base     errors, checks, io, dist, precision, progress, sysinfo, workers
   model    network, default boxes, encoding, loss, post-processing
   data     COCO, synthetic data, augmentation, loaders
   eval     COCO scoring, evaluate
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ssdbench"
-BASE = {"errors", "checks", "io", "dist", "precision", "progress", "sysinfo"}
+BASE = {"errors", "checks", "io", "dist", "precision", "progress", "sysinfo", "workers"}
 ALLOWED = {
     "base": {"base"},
     "model": {"base", "model"},

@@ -67,8 +67,8 @@ def test_a_dead_worker_falls_back_to_scoring_in_process(data):
     ann, ids = data / "annotations" / "instances_val2017.json", [im["id"] for im in gt["images"]]
     scorer = Scorer(ann, ids, background=True)
     try:
-        scorer._proc.kill()
-        scorer._proc.join(10)
+        scorer._worker.process.kill()
+        scorer._worker.process.join(10)
         with pytest.warns(RuntimeWarning, match="COCO scoring process ended"):
             scorer.submit(1, results_to_array(results))  # the pipe is broken: scored here at once
         scores = scorer.wait()

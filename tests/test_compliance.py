@@ -25,7 +25,7 @@ from ssdbench.loadgen import compliance
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.compliance import expand_tests, run_compliance
 from ssdbench.loadgen.rules import DetailLog, read_detail_log
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 from ssdbench.loadgen.settings import get_round
 from ssdbench.model.postprocess import PaddedDetections
 
@@ -44,10 +44,10 @@ def env(tmp_path_factory):
         honest = paced_per_sample(backend.predict, PACE, memo={})
         root = data.parent
         # the accuracy run first: it computes (and keeps) every image's answer
-        acc = run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags=FLAGS), root / "acc", data=data,
-                          predict=honest, verbose=False)  # fmt: skip
-        perf = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=FLAGS), root / "perf", data=data,
-                           predict=honest, verbose=False)  # fmt: skip
+        acc = run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags=FLAGS), root / "acc",
+                          RunInputs(data=data, predict=honest), verbose=False)  # fmt: skip
+        perf = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=FLAGS), root / "perf",
+                           RunInputs(data=data, predict=honest), verbose=False)  # fmt: skip
         assert perf.result == "VALID", perf.summary.reasons
         yield data, weights, honest, perf.out, acc.out
 
@@ -55,7 +55,7 @@ def env(tmp_path_factory):
 def test_all_four_tests_run_and_pass(env, tmp_path):
     _, _, honest, perf, acc = env
     out = tmp_path / "Offline"
-    results = run_compliance(["all"], perf, out, accuracy_run=acc, predict=honest, verbose=False)
+    results = run_compliance(["all"], perf, out, accuracy_run=acc, inputs=RunInputs(predict=honest), verbose=False)
     assert results == {"TEST01": True, "TEST04-A": True, "TEST04-B": True, "TEST05": True}
     # the layout the submission checker reads
     for path in ("TEST01/verify_accuracy.txt", "TEST01/verify_performance.txt", "TEST01/accuracy/accuracy.txt",
@@ -112,7 +112,7 @@ def test_a_caching_sut_fails_test04(env, tmp_path):
         return concat_detections(parts)
 
     out = tmp_path / "Offline"
-    results = run_compliance(["TEST04"], perf, out, predict=caching, verbose=False)
+    results = run_compliance(["TEST04"], perf, out, inputs=RunInputs(predict=caching), verbose=False)
     assert results == {"TEST04-A": False, "TEST04-B": False}
     text = (out / "TEST04-A" / "verify_performance.txt").read_text()
     assert "TEST FAIL: TEST04-B is much faster than TEST04-A" in text
@@ -160,11 +160,11 @@ def test_a_sut_whose_outputs_differ_run_to_run_goes_to_the_baseline_comparison(e
 
     data, _, _, perf, _ = env
     predict = _noisy_oracle(open_val_dataset(data), jitter=1e-4)
-    acc = run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags=FLAGS), tmp_path / "acc", data=data,
-                      predict=predict, verbose=False)  # fmt: skip
+    acc = run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags=FLAGS), tmp_path / "acc",
+                      RunInputs(data=data, predict=predict), verbose=False)  # fmt: skip
     assert 0.1 < acc.map < 0.98
     out = tmp_path / "Offline"
-    assert run_compliance(["TEST01"], perf, out, accuracy_run=acc.out, predict=predict, verbose=False) == {
+    assert run_compliance(["TEST01"], perf, out, accuracy_run=acc.out, inputs=RunInputs(predict=predict), verbose=False) == {
         "TEST01": True}
     official = (out / "TEST01" / "verify_accuracy.txt").read_text()
     assert "num_perf_log_data_mismatch = 0\n" in official and official.endswith("TEST PASS\n\n")

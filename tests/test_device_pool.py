@@ -21,7 +21,13 @@ from ssdbench import cli
 from ssdbench.data.jitter import MEAN, STD
 from ssdbench.loadgen import run as run_module
 from ssdbench.loadgen.accuracy import decode_log
-from ssdbench.loadgen.device_pool import InstancePool, describe_devices, parse_devices, pool_devices
+from ssdbench.loadgen.device_pool import (
+    InstancePool,
+    WorkerRecipe,
+    describe_devices,
+    parse_devices,
+    pool_devices,
+)
 from ssdbench.loadgen.samples import (
     Normaliser,
     SampleReader,
@@ -239,7 +245,7 @@ def _patched_pool(monkeypatch, **fake):
 
     def build(sut, *args, **kwargs):
         cores = [[c] for c in sorted(os.sched_getaffinity(0))[:2]]
-        pool = InstancePool(fake, devices=["cpu", "cpu"], cores=cores, factory=instance_fakes.tiny,
+        pool = InstancePool(WorkerRecipe(fake, factory=instance_fakes.tiny), devices=["cpu", "cpu"], cores=cores,
                             timeout_s=sut.predict_timeout_s)  # fmt: skip
         made.append(pool)
         return pool
@@ -265,7 +271,7 @@ def test_a_worker_killed_mid_run_ends_it_quickly_naming_the_device(pool_env, tmp
     def killer():
         while not made or sum(s["batches"] for s in made[0].stats) < 4:
             time.sleep(0.05)
-        os.kill(made[0]._procs[1].pid, 9)
+        os.kill(made[0]._workers[1].process.pid, 9)
         killed.append(time.monotonic())
 
     before = _children()

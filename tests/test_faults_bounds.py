@@ -73,8 +73,8 @@ def test_a_server_run_that_cannot_keep_up_ends_as_overloaded(lg_env, tmp_path, m
     start = time.monotonic()
     with pytest.raises(R.RunFailed, match=r"OverloadError: the system cannot keep up with the arrival rate: a sample "
                                           r"waited .* s in the queue \(limit 1 s\).*lower target_qps \(--qps\)"):
-        R.run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                      predict=slow, verbose=False, progress=False)
+        R.run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), tmp_path / "out",
+                      R.RunInputs(data=data, predict=slow), verbose=False, progress=False)
     assert time.monotonic() - start < 60  # 10,000 queries at 20/s would take over 8 minutes
     assert [p.name.startswith("failed-") for p in (tmp_path / "out").iterdir()] == [True]
 

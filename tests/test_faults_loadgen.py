@@ -12,7 +12,7 @@ from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.run import RunFailed, run_loadgen
+from ssdbench.loadgen.run import RunFailed, RunInputs, run_loadgen
 
 NEVER = threading.Event()  # never set: predict blocks for good
 
@@ -35,8 +35,8 @@ def test_a_model_that_never_answers_fails_the_run(lg_env, tmp_path, scenario):
     start = time.monotonic()
     with pytest.raises(RunFailed, match=r"TimeoutError: a batch of \d sample\(s\) got no answer from the model "
                                         r"within 0.3 s \(predict_timeout_s / --predict-timeout\)"):
-        run_loadgen(S.resolve(scenario, "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                    predict=hangs, verbose=False, progress=False)
+        run_loadgen(S.resolve(scenario, "performance", "cpu", flags=flags), tmp_path / "out",
+                    RunInputs(data=data, predict=hangs), verbose=False, progress=False)
     assert time.monotonic() - start < 20  # the timeout, LoadGen's short schedule, and one join
     (failed,) = (tmp_path / "out").iterdir()  # logs kept aside, no results published
     assert failed.name.startswith("failed-") and not (tmp_path / "out" / "mlperf_log_summary.txt").exists()
@@ -47,8 +47,8 @@ def test_a_hung_warm_up_fails_before_loadgen(lg_env, tmp_path):
     flags = {"warmup": 1, "predict_timeout_s": 0.2, "min_query_count": 8, "min_duration": 100}
     start = time.monotonic()
     with pytest.raises(RunFailed, match=r"no answer to a warm-up batch of 1 within 0.2 s"):
-        run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                    predict=hangs, verbose=False, progress=False)
+        run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out",
+                    RunInputs(data=data, predict=hangs), verbose=False, progress=False)
     assert time.monotonic() - start < 10 and not (tmp_path / "out").exists()
 
 
@@ -62,8 +62,8 @@ def test_a_slow_but_answering_model_is_not_cut_off(lg_env, tmp_path):
 
     flags = {"min_duration": 100, "min_query_count": 64, "warmup": 1, "threads": 2, "predict_timeout_s": 5,
              "target_qps": 2000}
-    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                      predict=slow, verbose=False, progress=False)
+    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out",
+                      RunInputs(data=data, predict=slow), verbose=False, progress=False)
     assert run.sut.error is None and run.sut.response_problems() is None
 
 

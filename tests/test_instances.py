@@ -8,9 +8,10 @@ import instance_fakes
 import pytest
 import torch
 
+from ssdbench import workers
 from ssdbench.errors import CliError
 from ssdbench.loadgen import device_pool as I
-from ssdbench.loadgen.device_pool import InstanceFailed, InstancePool, split_cores
+from ssdbench.loadgen.device_pool import InstanceFailed, InstancePool, WorkerRecipe, split_cores
 
 
 def test_split_cores_without_topology_contiguous_and_balanced(monkeypatch):
@@ -39,7 +40,7 @@ def test_two_pinned_instances_answer_like_one_backend(tmp_path):
     torch.save({"model": model.state_dict(), "model_name": "ssd128_mini"}, weights)
     kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(weights), "dtype": "fp32"}
     cores = [[c] for c in sorted(os.sched_getaffinity(0))[:2]]
-    pool = InstancePool(kwargs, 2, cores=cores, warmup=[(1, 1)])
+    pool = InstancePool(WorkerRecipe(kwargs, warmup=((1, 1),)), 2, cores=cores)
     try:
         assert _cores_of_instance(pool) == cores
         assert all(d["backend"] == "eager" and d["dtype"] == "fp32" for d in pool.describe)
@@ -57,7 +58,7 @@ def test_two_pinned_instances_answer_like_one_backend(tmp_path):
 def test_an_instance_that_cannot_start_is_one_error(tmp_path):
     kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(tmp_path / "missing.pt")}
     with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) failed to start: .*missing\.pt"):
-        InstancePool(kwargs, 1, cores=[[min(os.sched_getaffinity(0))]])
+        InstancePool(WorkerRecipe(kwargs), 1, cores=[[min(os.sched_getaffinity(0))]])
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
@@ -127,7 +128,7 @@ def test_an_instance_that_dies_while_starting_is_one_quick_error():
     start = time.monotonic()
     with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) died while starting "
                                              r"\(exit code 3\)$"):
-        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.die)
+        InstancePool(WorkerRecipe({}, factory=instance_fakes.die), 1, cores=[[min(os.sched_getaffinity(0))]])
     assert time.monotonic() - start < 120  # not READY_TIMEOUT_S (900 s)
     assert _children() <= before
     assert issubclass(InstanceFailed, CliError)  # `ssdbench loadgen` prints it as one line, exit status 2
@@ -139,7 +140,7 @@ def test_a_dead_instance_stops_the_others_still_starting():
     c0, c1 = sorted(os.sched_getaffinity(0))[:2]
     start = time.monotonic()
     with pytest.raises(InstanceFailed, match=rf"^worker 0 of 2 on cpu \(cores \[{c0}\]\) died while starting"):
-        InstancePool({}, 2, cores=[[c0], [c0, c1]], factory=instance_fakes.die_if_one_thread_else_hang)
+        InstancePool(WorkerRecipe({}, factory=instance_fakes.die_if_one_thread_else_hang), 2, cores=[[c0], [c0, c1]])
     assert time.monotonic() - start < 120  # the hanging instance is terminated, not waited for
     assert _children() <= before
 
@@ -148,26 +149,26 @@ def test_an_instance_not_ready_in_time_is_one_error(monkeypatch):
     monkeypatch.setattr(I, "READY_TIMEOUT_S", 1.0)
     before = _children()
     with pytest.raises(InstanceFailed, match=r"^worker 0 of 1 on cpu \(cores \[\d+\]\) not ready after 1 s"):
-        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.hang)
+        InstancePool(WorkerRecipe({}, factory=instance_fakes.hang), 1, cores=[[min(os.sched_getaffinity(0))]])
     assert _children() <= before
 
 
 def test_an_interrupted_start_leaves_no_instance(monkeypatch):
     def interrupted(conns, timeout=None):
-        assert I.mp.active_children()  # the instance runs
+        assert mp.active_children()  # the instance runs
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(I, "_wait", interrupted)
+    monkeypatch.setattr(workers, "_wait", interrupted)
     before = _children()
     with pytest.raises(KeyboardInterrupt):
-        InstancePool({}, 1, cores=[[min(os.sched_getaffinity(0))]], factory=instance_fakes.hang)
+        InstancePool(WorkerRecipe({}, factory=instance_fakes.hang), 1, cores=[[min(os.sched_getaffinity(0))]])
     assert _children() <= before
 
 
 def test_a_broken_instance_is_set_aside_and_named():
     before = _children()
     core = min(os.sched_getaffinity(0))
-    pool = InstancePool({"die_at": 2}, 2, cores=[[core], [core]], factory=instance_fakes.tiny)
+    pool = InstancePool(WorkerRecipe({"die_at": 2}, factory=instance_fakes.tiny), 2, cores=[[core], [core]])
     try:
         assert pool.predict(torch.zeros(1, 3, 8, 8)).counts.tolist() == [1]
         with pytest.raises(InstanceFailed, match=rf"^worker \d of 2 on cpu \(cores \[{core}\]\) stopped answering "

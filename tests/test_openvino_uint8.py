@@ -9,7 +9,7 @@ pytest.importorskip("openvino")
 
 from ssdbench.infer.backends import make_backend
 from ssdbench.infer.export import export_model
-from ssdbench.loadgen.device_pool import InstancePool, available_cores
+from ssdbench.loadgen.device_pool import InstancePool, WorkerRecipe, available_cores
 from ssdbench.loadgen.samples import SharedSamples, normalise_uint8
 from ssdbench.model.ssd import build_model
 
@@ -55,8 +55,8 @@ def test_a_pool_worker_hands_shared_uint8_samples_to_openvino(mini_onnx):
     images = _images(3)
     store = SharedSamples(4, (3, 128, 128))
     kwargs = {"name": "openvino", "model_name": MODEL, "model_file": str(mini_onnx)}
-    pool = InstancePool(kwargs, devices=["cpu"], cores=[available_cores()[:1]],
-                        warmup=[(2, 1)], timeout_s=120)  # fmt: skip
+    pool = InstancePool(WorkerRecipe(kwargs, warmup=((2, 1),)), devices=["cpu"], cores=[available_cores()[:1]],
+                        timeout_s=120)  # fmt: skip
     try:
         for index, image in zip((7, 3, 5), images):
             store.put(index, image.numpy())

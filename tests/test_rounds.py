@@ -15,7 +15,7 @@ from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.report import Checks, write_report
 from ssdbench.loadgen.rules import read_detail_log
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 from ssdbench.loadgen.settings import ROUNDS, get_round
 
 # The seeds of each round's mlperf.conf (mlcommons/inference, branches r0.5 .. r2.0), written out
@@ -142,8 +142,8 @@ def test_a_detail_log_error_makes_the_run_invalid(lg_env, tmp_path):
     for _ in range(2):
         lg.TestSettings().FromConfig(str(conf), "ssd-resnet34", "Offline", 1)
     flags = {"min_duration": 10, "min_query_count": 16, "target_qps": 2000, "warmup": 0, "threads": 1}
-    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                      predict=_fast, verbose=False)  # fmt: skip
+    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out",
+                      RunInputs(data=data, predict=_fast), verbose=False)  # fmt: skip
     assert run.result == "INVALID"
     assert "detail log error: error_invalid_config: Multiple conf files are used. This is not valid for " \
            "official submission." in run.summary.reasons  # fmt: skip
@@ -180,8 +180,8 @@ def test_a_stray_audit_config_is_reported_and_never_read(lg_env, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "audit.config").write_text("*.*.mode = 1\n*.*.min_duration = 99\n")  # accuracy mode, if read
     flags = {"min_duration": 50, "min_query_count": 16, "target_qps": 2000, "warmup": 0, "threads": 1}
-    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out", data=data,
-                      predict=_fast, verbose=False, progress=False)  # fmt: skip
+    run = run_loadgen(S.resolve("Offline", "performance", "cpu", flags=flags), tmp_path / "out",
+                      RunInputs(data=data, predict=_fast), verbose=False, progress=False)  # fmt: skip
     assert f"warning: {tmp_path / 'audit.config'} exists; ssdbench does not let LoadGen read it" in capsys.readouterr().err
     detail = read_detail_log(tmp_path / "out" / "mlperf_log_detail.txt")
     assert run.summary.mode == "PerformanceOnly" and not detail.found_audit_config

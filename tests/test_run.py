@@ -19,7 +19,7 @@ from loadgen_fixtures import loadgen_env, one_detection
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.report import parse_summary
-from ssdbench.loadgen.run import RunFailed, run_loadgen
+from ssdbench.loadgen.run import RunFailed, RunInputs, run_loadgen
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_scenario_runs_valid_harness(lg_env, tmp_path, scenario):
     data, _ = lg_env
     flags = {**HARNESS_RUNS[scenario], "threads": 2, "warmup": 0}
     run = run_loadgen(S.resolve(scenario, "performance", "cpu", flags=flags), tmp_path / "out",
-                      data=data, predict=fast_predict, verbose=False)  # fmt: skip
+                      RunInputs(data=data, predict=fast_predict), verbose=False)  # fmt: skip
     assert run.result == "VALID", run.summary.reasons
     assert run.summary.scenario == scenario and run.sut.response_problems() is None
     if scenario == "MultiStream":  # 2 samples per query, the latency counted once per query
@@ -132,7 +132,7 @@ def test_server_random_arrivals_answer_each_query_once(lg_env, tmp_path):
     settings = S.resolve("Server", "performance", "cpu", flags={
         "target_qps": 600, "target_latency": 5000, "min_duration": 400, "min_query_count": 300,
         "max_batch_size": 4, "batch_timeout_us": 300, "threads": 3, "warmup": 0})  # fmt: skip
-    run = run_loadgen(settings, tmp_path / "out", data=data, predict=slow_predict, verbose=False)
+    run = run_loadgen(settings, tmp_path / "out", RunInputs(data=data, predict=slow_predict), verbose=False)
     sut = run.sut
     assert sut.response_problems() is None
     assert set(sut.issued.values()) == {1} and sut.responded == sut.issued
@@ -151,7 +151,7 @@ def test_failed_run_leaves_no_results(lg_env, tmp_path):
                                                                  "warmup": 0})  # fmt: skip
     out = tmp_path / "out"
     with pytest.raises(RunFailed, match="device lost"):
-        run_loadgen(settings, out, data=data, predict=broken, verbose=False)
+        run_loadgen(settings, out, RunInputs(data=data, predict=broken), verbose=False)
     assert not (out / "mlperf_log_summary.txt").exists() and not (out / "report.md").exists()
     (failed,) = [p for p in out.iterdir()]
     assert failed.name.startswith("failed-") and "FAILED" in (failed / "RUN_FAILED.txt").read_text()
@@ -207,8 +207,8 @@ def test_find_peak_searches_the_server_rate(lg_env, tmp_path):
 
     flags = {"min_duration": 60, "min_query_count": 30, "target_qps": 50, "target_latency": 30, "warmup": 0,
              "max_batch_size": 1, "threads": 1}  # fmt: skip
-    run = run_loadgen(S.resolve("Server", "find-peak", "cpu", flags=flags), tmp_path / "out", data=data,
-                      predict=four_ms, verbose=False)  # fmt: skip
+    run = run_loadgen(S.resolve("Server", "find-peak", "cpu", flags=flags), tmp_path / "out",
+                      RunInputs(data=data, predict=four_ms), verbose=False)  # fmt: skip
     assert run.peak_qps is not None and 100 <= run.peak_qps < 800, run.peak_qps
     assert run.summary.mode == "FindPeakPerformance"
     assert f"peak target_qps = {run.peak_qps:g}" in (tmp_path / "out" / "report.md").read_text()

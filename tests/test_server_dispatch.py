@@ -14,16 +14,16 @@ from loadgen_fixtures import loadgen_env, one_detection
 
 from ssdbench import cli
 from ssdbench.loadgen import run as run_module
-from ssdbench.loadgen.device_pool import InstancePool
-from ssdbench.loadgen.sut import BatchingSUT
+from ssdbench.loadgen.device_pool import InstancePool, WorkerRecipe
+from ssdbench.loadgen.sut import Batching, BatchingSUT
 
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 
 
 def _two_tiny_workers(delay: float) -> InstancePool:
     cores = [[c] for c in sorted(os.sched_getaffinity(0))[:2]] if len(os.sched_getaffinity(0)) > 1 else None
-    return InstancePool({"delay": delay}, devices=["cpu", "cpu"], cores=cores or [[0], [0]],
-                        factory=instance_fakes.tiny, timeout_s=30)  # fmt: skip
+    return InstancePool(WorkerRecipe({"delay": delay}, factory=instance_fakes.tiny), devices=["cpu", "cpu"],
+                        cores=cores or [[0], [0]], timeout_s=30)  # fmt: skip
 
 
 def test_each_batch_goes_to_the_worker_with_fewest_samples_queued_or_in_flight():
@@ -79,8 +79,8 @@ def test_each_batcher_closes_its_batch_at_its_own_timeout():
 
     for batchers, want in ((2, [[0], [1]]), (1, [[0, 1]])):
         batches.clear()
-        sut = _RecordingSUT(None, None, max_batch_size=8, batch_timeout_us=1_500_000, threads=2,
-                            predict_samples=predict_samples, batchers=batchers)  # fmt: skip
+        batching = Batching(max_batch_size=8, batch_timeout_us=1_500_000, threads=2, batchers=batchers)
+        sut = _RecordingSUT(None, None, batching, predict_samples=predict_samples)
         sut.completed = []
         sut.issue_queries([_Sample(0, 0)])
         time.sleep(0.3)  # the first batcher holds sample 0 and waits for more

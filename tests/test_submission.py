@@ -22,7 +22,7 @@ from loadgen_fixtures import loadgen_env, one_detection, pace, paced_per_sample
 from ssdbench import cli
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.compliance import run_compliance
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 from ssdbench.loadgen.submission_check import check_tree
 
 WAIVE = "min-duration,min-queries"
@@ -59,13 +59,14 @@ def runs(tmp_path_factory):
                                                ("Offline", "performance", OFFLINE, net),
                                                ("Server", "accuracy", SERVER, net),
                                                ("Server", "performance", SERVER, stand_in)):  # fmt: skip
-            run = run_loadgen(S.resolve(scenario, mode, "cpu", flags=flags), root / f"{scenario}-{mode}", data=data,
-                              predict=predict, verbose=False)  # fmt: skip
+            run = run_loadgen(S.resolve(scenario, mode, "cpu", flags=flags), root / f"{scenario}-{mode}",
+                              RunInputs(data=data, predict=predict), verbose=False)  # fmt: skip
             assert run.result in ("VALID", "ACCURACY-ONLY"), (scenario, mode, run.summary.reasons)
             folders[scenario, mode] = run.out
         comp = root / "compliance-Offline"
         results = run_compliance(["all"], folders["Offline", "performance"], comp,
-                                 accuracy_run=folders["Offline", "accuracy"], predict=net, verbose=False)
+                                 accuracy_run=folders["Offline", "accuracy"], inputs=RunInputs(predict=net),
+                                 verbose=False)
         assert all(results.values()), {t: (comp / t / "verify_performance.txt").read_text()
                                        for t in ("TEST01", "TEST04-A", "TEST05")}  # fmt: skip
         system_json = root / "system.json"

@@ -25,7 +25,7 @@ from loadgen_fixtures import loadgen_env, paced_per_sample
 
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.pipeline import Plan, run_submission, step_names
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 
 WAIVE = ("min-duration", "min-queries")
 SYSTEM = {"status": "available", "host_storage_capacity": "1 TB", "host_storage_type": "SSD",
@@ -55,8 +55,8 @@ def env(tmp_path_factory):
         memo: dict = {}
         net = paced_per_sample(backend.predict, 0.0002, memo=memo)
         # every image's answer computed once beforehand: Server's arrivals then meet the paced speed
-        run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags={"max_batch_size": 8}), root / "warm", data=data,
-                    predict=net, verbose=False)  # fmt: skip
+        run_loadgen(S.resolve("Offline", "accuracy", "cpu", flags={"max_batch_size": 8}), root / "warm",
+                    RunInputs(data=data, predict=net), verbose=False)  # fmt: skip
         # Server: 1 ms a sample, so that the pace, not the machine's load, sets the peak find-peak finds
         yield data, weights, root, {"edge": net, "datacenter": paced_per_sample(backend.predict, 0.001, memo=memo)}
 

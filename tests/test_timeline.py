@@ -15,7 +15,7 @@ from loadgen_fixtures import loadgen_env, one_detection
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.report import TRACE_ENV, bound_report, from_sut, read_trace, throughput
 from ssdbench.loadgen.rules import read_detail_log
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 
 RUNS = {  # CI-sized settings (see tests/test_run.py)
     "SingleStream": {"min_duration": 200, "min_query_count": 70},
@@ -53,8 +53,8 @@ def test_pictures_for_every_scenario_trace_matches_detail_log(lg_env, tmp_path, 
     data, _ = lg_env
     out = tmp_path / "out"
     flags = {**RUNS[scenario], "threads": 2, "warmup": 0}
-    run = run_loadgen(S.resolve(scenario, "performance", "cpu", flags=flags), out, data=data,
-                      predict=fast_predict, verbose=False)
+    run = run_loadgen(S.resolve(scenario, "performance", "cpu", flags=flags), out,
+                      RunInputs(data=data, predict=fast_predict), verbose=False)
     for name in ("latency_timeline.png", "throughput_timeline.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
@@ -91,8 +91,8 @@ def test_server_bound_first_broken_matches_the_trace_and_detail_log(lg_env, tmp_
     flags = {"min_duration": 400, "min_query_count": 200, "target_qps": 300, "target_latency": 20,
              "max_batch_size": 1, "threads": 1, "warmup": 0}
     out = tmp_path / "out"
-    run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), out, data=data,
-                predict=slowing_predict, verbose=False)
+    run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), out,
+                RunInputs(data=data, predict=slowing_predict), verbose=False)
     detail = read_detail_log(out / "mlperf_log_detail.txt")
     bound_ns = detail.get("effective_target_latency_ns")
     assert bound_ns == 20_000_000
@@ -113,8 +113,8 @@ def test_without_trace_the_sut_timings_are_used(lg_env, tmp_path, monkeypatch):
     data, _ = lg_env
     out = tmp_path / "out"
     flags = {**RUNS["Server"], "threads": 2, "warmup": 0, "target_latency": 0.001}  # every query over
-    run = run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), out, data=data,
-                      predict=fast_predict, verbose=False)
+    run = run_loadgen(S.resolve("Server", "performance", "cpu", flags=flags), out,
+                      RunInputs(data=data, predict=fast_predict), verbose=False)
     assert not (out / "mlperf_log_trace.json").exists()
     text = (out / "report.md").read_text()
     assert "the SUT's own timings" in text and f"{TRACE_ENV}=1" in text

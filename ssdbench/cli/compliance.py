@@ -7,6 +7,7 @@ verifies it as MLPerf's scripts do; the outputs land in the layout the submissio
 from __future__ import annotations
 
 from ssdbench.loadgen.compliance import run_compliance
+from ssdbench.loadgen.run import RunInputs
 
 EPILOG = """examples:
   ssdbench compliance all --run runs/offline --accuracy-run runs/offline_acc --out runs/compliance/Offline
@@ -30,6 +31,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    results = run_compliance(args.tests, args.run, args.out, accuracy_run=args.accuracy_run, cache=not args.no_cache,
-                             allow_pickle=args.allow_pickle)  # fmt: skip
+    inputs = RunInputs(cache=not args.no_cache, allow_pickle=args.allow_pickle)
+    results = run_compliance(args.tests, args.run, args.out, accuracy_run=args.accuracy_run, inputs=inputs)
     return 0 if all(results.values()) else 1

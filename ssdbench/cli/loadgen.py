@@ -1,7 +1,7 @@
 """`ssdbench loadgen --scenario S --mode performance|accuracy`: SSD-Large under MLPerf LoadGen.
 
-Flags become setting keys (`ssdbench.loadgen.settings`); the run itself is
-`ssdbench.loadgen.run.run_loadgen`.
+Flags become setting keys (`ssdbench.loadgen.settings`), resolved once by
+`ssdbench.loadgen.run.resolve_run`; the run itself is `ssdbench.loadgen.run.run_loadgen`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ssdbench.checks import (
     usable_cores,
 )
 from ssdbench.loadgen import settings as S
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, resolve_run, run_loadgen
 from ssdbench.loadgen.settings import DEFAULT_ROUND, ROUNDS
 
 EPILOG = """examples:
@@ -106,47 +106,14 @@ def flags_from_args(args) -> dict:
     }  # fmt: skip
 
 
-def check_model_file(args, run_settings: S.RunSettings) -> None:
-    """--model-file runs on the RESOLVED backend (flag, preset or user conf) of a file runtime; the
-    file holds the network, so --weights and --space-to-depth, which it would ignore, are refused."""
-    from ssdbench.errors import CliError
-
-    backend = run_settings.sut.backend
-    if backend not in ("onnxruntime", "openvino"):
-        source = run_settings.sources.get("backend", "flags")
-        origin = "--backend" if source == "flags" else f"backend from {source}"
-        raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {backend}, {origin})")
-    ignored = [flag for flag, given in (("--weights", args.weights is not None),
-                                        ("--space-to-depth", bool(args.space_to_depth))) if given]  # fmt: skip
-    if ignored:
-        raise CliError(f"{' and '.join(ignored)} cannot go with --model-file (the file holds the weights "
-                       "and decides space-to-depth)")  # fmt: skip
-
-
-def _resolve(args) -> S.RunSettings:
-    return S.resolve(args.scenario, "find-peak" if args.find_peak else args.mode, args.preset, args.user_conf,
-                     flags_from_args(args), round=args.round)  # fmt: skip
-
-
 def run(args) -> int:
-    from ssdbench.model.weights import checkpoint_model_name
-
     output_folder(args.out, "--out")
-    # Our checkpoints and quantized files name their network: they decide the model unless --model does.
-    if args.model_file is None:
-        args.model = args.model or checkpoint_model_name(args.weights)
-    run_settings = _resolve(args)
-    if args.model_file is not None:
-        from ssdbench.infer.backends import model_file_network
-
-        check_model_file(args, run_settings)
-        if args.model is None:
-            args.model = model_file_network(args.model_file)
-            run_settings = _resolve(args)
+    inputs = RunInputs(data=args.data, weights=args.weights, model_file=args.model_file,
+                       allow_pickle=args.allow_pickle, cache=not args.no_cache, eval_backend=args.eval_backend)
+    run_settings = resolve_run(inputs, args.scenario, "find-peak" if args.find_peak else args.mode, args.preset,
+                               args.user_conf, flags_from_args(args), args.round)  # fmt: skip
     print("resolved settings (value, source):")
     print("  " + S.format_settings(run_settings).replace("\n", "\n  "))
     command = shlex.join(args.command_line) if hasattr(args, "command_line") else None
-    result = run_loadgen(run_settings, args.out, args.data, args.weights, cache=not args.no_cache,
-                         eval_backend=args.eval_backend, allow_pickle=args.allow_pickle,
-                         command=command, model_file=args.model_file)  # fmt: skip
+    result = run_loadgen(run_settings, args.out, inputs, command=command)
     return 0 if result.result in ("VALID", "ACCURACY-ONLY") else 1

@@ -13,7 +13,7 @@ import sys
 from ssdbench.checks import safe_name
 from ssdbench.errors import CliError
 from ssdbench.loadgen.rules import WAIVABLE
-from ssdbench.loadgen.submission import build_submission
+from ssdbench.loadgen.submission import Submitter, build_submission
 from ssdbench.loadgen.submission_check import check_tree
 
 SUBCOMMANDS = {"run": "ssdbench.cli.submission_run"}  # `ssdbench submission run ...`: every step in one command
@@ -56,8 +56,8 @@ def run(args) -> int:
             raise CliError(f"building a tree needs --{', --'.join(missing or ['...'])} and RUN_DIRs (or --check DIR)")
         safe_name(args.org, "--org")  # both become folder names under --out
         safe_name(args.system, "--system")
-        root, round_name = build_submission(args.org, args.system, args.division, args.category, args.runs,
-                                            args.out, args.system_json, args.round)  # fmt: skip
+        submitter = Submitter(args.org, args.system, args.division, args.category)
+        root, round_name = build_submission(submitter, args.runs, args.out, args.system_json, args.round)
         print(f"submission tree written to {root} (round {round_name})")
     result = check_tree(root, round_name, waive)
     if args.json:

@@ -50,14 +50,14 @@ from __future__ import annotations
 import json
 import shutil
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ssdbench.errors import CliError
-from ssdbench.io import read_json
+from ssdbench.io import atomic_write_json, atomic_write_text, read_json
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.rules import DetailLog, official_verify_accuracy, read_detail_log
-from ssdbench.loadgen.run import report_stray_audit_config, run_loadgen
+from ssdbench.loadgen.run import RunInputs, report_stray_audit_config, run_loadgen
 from ssdbench.loadgen.settings import COMPLIANCE_TESTS, Round, RunSettings, get_round
 
 MARKER = "compliance.json"
@@ -96,15 +96,15 @@ def load_run(folder: str | Path, mode: str) -> dict:
 
 
 def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | Path | None = None,
-                   predict=None, cache: bool = True, progress: bool = True, verbose: bool = True,
-                   allow_pickle: bool = False) -> dict[str, bool]:  # fmt: skip
+                   inputs: RunInputs | None = None, progress: bool = True, verbose: bool = True) -> dict[str, bool]:
     """Run and verify ``tests`` against performance run ``run``; returns test -> passed.
 
-    ``accuracy_run``: the submission's accuracy run (TEST01 compares with it). ``predict``
-    replaces the backend the runs would build from their settings (tests). ``allow_pickle``: the
-    run's weights are a pickled whole-model file (as ``ssdbench loadgen --allow-pickle``).
+    ``accuracy_run``: the submission's accuracy run (TEST01 compares with it). ``inputs``: the
+    sample cache, ``allow_pickle`` (the run's weights are a pickled whole-model file, as
+    ``ssdbench loadgen --allow-pickle``) and ``predict``, which replaces the backend the runs would
+    build from their settings (tests); the dataset and the weights are the run's own.
     """
-    tests, run, out = expand_tests(tests), Path(run), Path(out)
+    tests, run, out, inputs = expand_tests(tests), Path(run), Path(out), inputs or RunInputs()
     info = load_run(run, "performance")
     accuracy_info = load_run(accuracy_run, "accuracy") if accuracy_run else None
     if "TEST01" in tests and accuracy_info is None:
@@ -116,7 +116,7 @@ def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | 
     settings = RunSettings.from_json(info)
     rnd = get_round(settings.round)
     for test in tests:
-        _run_one(test, settings, info, out, predict, cache, progress, allow_pickle)
+        _run_one(test, settings, info, out, inputs, progress)
     extra: dict[str, bool] = {}
     results = _verify(tests, run, accuracy_run, out, rnd, info, extra)
     _write_marker(out, info, run, accuracy_run, results, extra)
@@ -128,13 +128,11 @@ def run_compliance(tests, run: str | Path, out: str | Path, accuracy_run: str | 
     return results
 
 
-def _run_one(test: str, settings: RunSettings, info: dict, out: Path, predict, cache: bool, progress: bool,
-             allow_pickle: bool) -> None:  # fmt: skip
+def _run_one(test: str, settings: RunSettings, info: dict, out: Path, inputs: RunInputs, progress: bool) -> None:
     """One audited LoadGen run in ``out/runs/<test>``; its logs copied into the official layout."""
     weights = None if info.get("weights") in (None, "None") else info["weights"]
-    run = run_loadgen(deepcopy(settings), out / "runs" / test, data=info["data"], weights=weights,
-                      predict=predict, cache=cache, progress=progress, verbose=False,
-                      allow_pickle=allow_pickle, audit_test=test)  # fmt: skip
+    run = run_loadgen(deepcopy(settings), out / "runs" / test, replace(inputs, data=info["data"], weights=weights),
+                      progress=progress, verbose=False, audit_test=test)  # fmt: skip
     detail = read_detail_log(run.out / "mlperf_log_detail.txt")
     if not detail.found_audit_config:
         raise CliError(f"{test}: LoadGen did not report reading {run.out / 'audit.config'}")
@@ -159,7 +157,7 @@ def _verify(tests: list[str], run: Path, accuracy_run, out: Path, rnd, info: dic
     for test in ("TEST01", "TEST05"):
         if test in tests:
             verdict = verify_performance(reference, _test_detail(out, test), rnd, test)
-            (out / test / "verify_performance.txt").write_text(verdict.text)
+            atomic_write_text(out / test / "verify_performance.txt", verdict.text)
             results[test] = verdict.passed
     if "TEST01" in tests:
         official, whole = _verify_accuracy(Path(accuracy_run), out, rnd, info)
@@ -181,7 +179,7 @@ def _verify_test04(out: Path, rnd) -> dict[str, bool]:
     if missing:
         raise CliError(f"TEST04 compares TEST04-A with TEST04-B: run {' and '.join(missing)} into {out} too")
     verdict = verify_test04(_test_detail(out, "TEST04-A"), _test_detail(out, "TEST04-B"), rnd)
-    (out / "TEST04-A" / "verify_performance.txt").write_text(verdict.text)
+    atomic_write_text(out / "TEST04-A" / "verify_performance.txt", verdict.text)
     return {"TEST04-A": verdict.passed, "TEST04-B": verdict.passed}
 
 
@@ -196,13 +194,13 @@ def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> tuple[bo
     acc_dir = out / "TEST01" / "accuracy"
     reference_log, test_log = accuracy_run / "mlperf_log_accuracy.json", acc_dir / "mlperf_log_accuracy.json"
     official_pass, official_text = official_verify_accuracy(reference_log, test_log)
-    (out / "TEST01" / "verify_accuracy.txt").write_text(official_text)
+    atomic_write_text(out / "TEST01" / "verify_accuracy.txt", official_text)
     verdict, indices = compare_responses(reference_log, test_log)
     dataset = open_val_dataset(info["data"])
     value = text = None
     if indices:
         value, text = accuracy_text(test_log, dataset)
-        (acc_dir / "accuracy.txt").write_text(text)
+        atomic_write_text(acc_dir / "accuracy.txt", text)
     own = out / SSDBENCH_CHECKS
     own.mkdir(exist_ok=True)
     passed, whole = official_pass, verdict.passed
@@ -210,8 +208,8 @@ def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> tuple[bo
         where = acc_dir if not official_pass else own
         baseline = baseline_log(reference_log, indices, out / "runs" / "TEST01" / "mlperf_log_accuracy_baseline.json")
         base_value, base_text = accuracy_text(baseline, dataset)
-        (where / "baseline_accuracy.txt").write_text(base_text)
-        (where / "compliance_accuracy.txt").write_text(text)
+        atomic_write_text(where / "baseline_accuracy.txt", base_text)
+        atomic_write_text(where / "compliance_accuracy.txt", text)
         # the rounded mAPs of the two texts, the numbers the submission checker reads back
         decision = compare_accuracy(round(100 * base_value, 3), round(100 * value, 3), rnd)
         verdict.lines += ["responses differ: the baseline comparison decides (TEST01 README, Part III)", *decision.lines]
@@ -219,7 +217,7 @@ def _verify_accuracy(accuracy_run: Path, out: Path, rnd, info: dict) -> tuple[bo
         whole = decision.passed
     header = [("ssdbench's whole-response comparison (stricter than verify_accuracy.py, which compares the first "
                "byte of each response); not part of the official result"), ""]  # fmt: skip
-    (own / "TEST01_whole_response.txt").write_text("\n".join(header) + "\n" + verdict.text)
+    atomic_write_text(own / "TEST01_whole_response.txt", "\n".join(header) + "\n" + verdict.text)
     return passed, whole
 
 
@@ -227,13 +225,12 @@ def _write_marker(out: Path, info: dict, run: Path, accuracy_run, results: dict[
                   extra: dict[str, bool]) -> None:  # fmt: skip
     """``compliance.json``: what ran against what; merged with the tests of earlier calls."""
     path = out / MARKER
-    old = json.loads(path.read_text()).get("tests", {}) if path.is_file() else {}
+    old = read_json(path, "compliance record") if path.is_file() else {}
     data = {"scenario": info["scenario"], "round": info.get("round"), "performance_run": str(run.resolve()),
             "accuracy_run": str(Path(accuracy_run).resolve()) if accuracy_run else None,
-            "tests": {**old, **results},
-            "ssdbench_checks": {**(json.loads(path.read_text()).get("ssdbench_checks", {}) if path.is_file() else {}),
-                                **extra}}  # fmt: skip
-    path.write_text(json.dumps(data, indent=2) + "\n")
+            "tests": {**old.get("tests", {}), **results},
+            "ssdbench_checks": {**old.get("ssdbench_checks", {}), **extra}}  # fmt: skip
+    atomic_write_json(path, data)
 
 
 # What LoadGen logs as an error in every TEST04 run but Offline's: it issues the P performance
@@ -377,7 +374,7 @@ def baseline_log(accuracy_log: Path, indices: list[int], out: Path) -> Path:
         if idx in wanted and idx not in seen:
             kept.append(entry)
             seen.add(idx)
-    out.write_text(json.dumps(kept, indent=0) + "\n")
+    atomic_write_text(out, json.dumps(kept, indent=0) + "\n")
     return out
 
 

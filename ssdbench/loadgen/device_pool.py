@@ -43,14 +43,13 @@ report ready is `InstanceFailed`: one line naming the worker, its device and cor
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
-import pickle
 import queue
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import wait as _wait
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +57,15 @@ import torch
 from ssdbench.errors import CliError
 from ssdbench.loadgen.samples import Normaliser, SampleReader, pack_detections, unpack_detections
 from ssdbench.model.postprocess import PaddedDetections
+from ssdbench.workers import (
+    NotReady,
+    Worker,
+    WorkerDied,
+    WorkerHung,
+    first_messages,
+    recv_message,
+    send_message,
+)
 
 
 def cuda_count() -> int:
@@ -228,16 +236,23 @@ def worker_cores(devices: list[str], cores: list[int] | None = None) -> list[lis
     return split_cores(len(devices), cores)
 
 
+@dataclass(frozen=True)
+class WorkerRecipe:
+    """What every pool worker builds and runs before it reports ready (picklable: it is sent to them)."""
+
+    # Arguments of `ssdbench.infer.backends.make_backend` (names, paths); each worker's device replaces theirs.
+    backend_kwargs: dict
+    warmup: tuple[tuple[int, int], ...] = ()  # (batch size, iterations) pairs run before ready
+    buckets: int | None = None  # the largest batch, for compile's padding buckets (`use_batch_buckets`)
+    factory: Any = None  # a picklable module-level callable used instead of ``make_backend`` (tests)
+
+
 class InstancePool:
     """One backend per device in pinned processes (module doc); ``predict`` like `Backend.predict`.
 
-    backend_kwargs: arguments of `ssdbench.infer.backends.make_backend` (picklable: names, paths);
-      each worker's ``device`` replaces theirs.
+    recipe: the backend each worker builds and its warm-up (`WorkerRecipe`).
     instances: CPU workers when ``devices`` is not given (``--instances N`` = ``cpu:N``).
     devices: one torch device name per worker (`ssdbench.loadgen.device_pool.parse_devices`).
-    warmup: (batch size, iterations) pairs each worker runs before it reports ready.
-    buckets: the largest batch, for compile's padding buckets (`CompileBackend.use_batch_buckets`).
-    factory: a picklable module-level callable used instead of ``make_backend`` (tests).
     timeout_s: seconds a worker may take to answer one batch before it is declared hung.
 
     Startup waits at most ``READY_TIMEOUT_S`` for every worker; a worker that reports an error,
@@ -245,18 +260,17 @@ class InstancePool:
     starting (KeyboardInterrupt included) stop every worker before it propagates.
     """
 
-    def __init__(self, backend_kwargs: dict, instances: int = 1, cores: list[list[int]] | None = None,
-                 warmup: list[tuple[int, int]] = (), buckets: int | None = None, factory=None,
+    def __init__(self, recipe: WorkerRecipe, instances: int = 1, cores: list[list[int]] | None = None,
                  devices: list[str] | None = None, timeout_s: float | None = None):  # fmt: skip
         self.devices = list(devices) if devices else ["cpu"] * instances
         self.cores = cores or worker_cores(self.devices)
         self.timeout_s, self.store = timeout_s, None
-        self._free: queue.Queue = queue.Queue()  # pull dispatch: idle workers' pipes
+        self._free: queue.Queue = queue.Queue()  # pull dispatch: idle workers' numbers
         self.least_loaded = False  # True: `dispatch_least_loaded`
         # least-loaded: (worker, loads it was chosen from), the latest CHOICES_KEPT (a long run makes millions)
         self.choices: deque[tuple[int, tuple[int, ...]]] = deque(maxlen=CHOICES_KEPT)
-        self._procs, self._conns, self.describe = [], [], []
-        self._ready: set[int] = set()  # workers that reported ready (they obey a stop message)
+        self._workers: list[Worker] = []
+        self.describe = []
         self._broken: set[int] = set()
         self._lock = threading.Lock()
         self.bytes_sent = self.bytes_received = self.samples_by_index = 0
@@ -266,7 +280,7 @@ class InstancePool:
         self.stats = [{"samples": 0, "batches": 0, "busy_s": 0.0, "done": []} for _ in range(n)]
         self.t_start, self._first_start = time.monotonic(), float("inf")
         try:
-            self._start(backend_kwargs, list(warmup), buckets, factory)
+            self._start(recipe)
         except BaseException:
             self.close()
             raise
@@ -275,47 +289,27 @@ class InstancePool:
         """``worker I of N on DEVICE (cores [...])``: how errors name worker ``i``."""
         return f"worker {i} of {len(self.cores)} on {self.devices[i]} (cores {self.cores[i]})"
 
-    def _start(self, backend_kwargs, warmup, buckets, factory) -> None:
-        ctx = mp.get_context("spawn")
-        for core_set, device in zip(self.cores, self.devices):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=serve, args=(child, backend_kwargs, core_set, device, warmup, buckets,
-                                                    factory), daemon=True)  # fmt: skip
-            self._procs.append(proc)
-            self._conns.append(parent)
-            try:
-                proc.start()
-            finally:
-                child.close()  # only the worker holds its end: its death is EOF here, not silence
-        pending = dict(enumerate(self._conns))
+    def _start(self, recipe: WorkerRecipe) -> None:
+        for i, (core_set, device) in enumerate(zip(self.cores, self.devices)):
+            worker = Worker(serve, (recipe, core_set, device), name=self.name(i))
+            self._workers.append(worker)
+            worker.start()
         describe: dict[int, dict] = {}
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while pending:
-            left = deadline - time.monotonic()
-            done = _wait(list(pending.values()), timeout=left) if left > 0 else []
-            if not done:
-                i = min(pending)
-                raise InstanceFailed(f"{self.name(i)} not ready after {READY_TIMEOUT_S:g} s "
-                                     f"(loadgen.device_pool.READY_TIMEOUT_S)")  # fmt: skip
-            for i in [i for i, conn in pending.items() if conn in done]:
-                try:
-                    (status, payload), _ = recv_message(pending.pop(i))
-                except (EOFError, OSError):
-                    raise InstanceFailed(f"{self.name(i)} died while starting{self._exit_text(i)}") from None
+        try:
+            for i, (status, payload) in first_messages(self._workers, READY_TIMEOUT_S):
                 if status != "ready":
                     raise InstanceFailed(f"{self.name(i)} failed to start: {payload}")
-                self._ready.add(i)
+                self._workers[i].ready = True
                 describe[i] = {**payload, "device": self.devices[i], "cores": self.cores[i]}
+        except NotReady as exc:
+            raise InstanceFailed(f"{exc.worker.name} not ready after {READY_TIMEOUT_S:g} s "
+                                 f"(loadgen.device_pool.READY_TIMEOUT_S)") from None  # fmt: skip
+        except WorkerDied as exc:
+            raise InstanceFailed(f"{exc.worker.name} died while starting{exc.worker.exit_text()}") from None
         self.describe = [describe[i] for i in range(len(self.cores))]
         self.t_start = time.monotonic()
-        for conn in self._conns:
-            self._free.put(conn)
-
-    def _exit_text(self, i: int) -> str:
-        """`` (exit code N)`` once worker ``i``'s process has ended, else empty."""
-        proc = self._procs[i]
-        proc.join(timeout=5)
-        return "" if proc.exitcode is None else f" (exit code {proc.exitcode})"
+        for i in range(len(self._workers)):
+            self._free.put(i)
 
     def use_store(self, store) -> None:
         """Serve `predict_samples` from this `SharedSamples` (the QSL's loaded set)."""
@@ -342,22 +336,17 @@ class InstancePool:
         the call raises `InstanceFailed` naming it; once every worker is broken every call does.
         """
         i = self._take(n)
-        conn, start, answered = self._conns[i], time.monotonic(), False
+        start, answered = time.monotonic(), False
         try:
-            sent = send_message(conn, message)
-            if self.timeout_s is not None and not conn.poll(self.timeout_s):
-                self._set_broken(i)
-                self._procs[i].kill()
-                raise InstanceFailed(f"{self.name(i)} gave no answer to a batch of {n} within {self.timeout_s:g} s "
-                                     "(hung; stopped; predict_timeout_s / --predict-timeout)")  # fmt: skip
-            (status, payload), received = recv_message(conn)
+            (status, payload), sent, received = self._workers[i].ask(message, self.timeout_s)
             answered = True
-        except (EOFError, OSError) as exc:
+        except WorkerHung:
             self._set_broken(i)
-            raise InstanceFailed(f"{self.name(i)} stopped answering ({type(exc).__name__}: {exc})"
-                                 f"{self._exit_text(i)}") from None  # fmt: skip
-        except InstanceFailed:
-            raise
+            raise InstanceFailed(f"{self.name(i)} gave no answer to a batch of {n} within {self.timeout_s:g} s "
+                                 "(hung; stopped; predict_timeout_s / --predict-timeout)") from None  # fmt: skip
+        except WorkerDied as exc:
+            self._set_broken(i)
+            raise InstanceFailed(f"{self.name(i)} stopped answering ({exc}){self._workers[i].exit_text()}") from None
         except BaseException:  # interrupted mid-round-trip: its next answer would be this batch's
             self._set_broken(i)
             raise
@@ -379,13 +368,13 @@ class InstancePool:
         """The worker for a batch of ``n``: the next free one, or (least-loaded) the one with the
         fewest samples queued or in flight, once it is its turn."""
         if not self.least_loaded:
-            conn = self._free.get()
-            if conn is None:  # every worker is broken: pass the word on to the next caller
+            i = self._free.get()
+            if i is None:  # every worker is broken: pass the word on to the next caller
                 self._free.put(None)
                 raise self._all_failed()
-            return self._conns.index(conn)
+            return i
         with self._lock:
-            live = [j for j in range(len(self._conns)) if j not in self._broken]
+            live = [j for j in range(len(self._workers)) if j not in self._broken]
             if not live:
                 raise self._all_failed()
             i = min(live, key=lambda j: (self._load[j], j))
@@ -401,7 +390,7 @@ class InstancePool:
         """Worker ``i`` is done with a batch of ``n``: free again (pull: only after an answer)."""
         if not self.least_loaded:
             if answered:
-                self._free.put(self._conns[i])
+                self._free.put(i)
             return
         with self._lock:
             self._load[i] -= n
@@ -448,64 +437,22 @@ class InstancePool:
     def _set_broken(self, i: int) -> None:
         with self._lock:
             self._broken.add(i)
-            if len(self._broken) == len(self._conns):
+            if len(self._broken) == len(self._workers):
                 self._free.put(None)
 
     def close(self) -> None:
         """Stop every worker (idempotent): ready ones are asked to stop, the rest are terminated."""
-        for i, conn in enumerate(self._conns):
-            if i in self._ready and i not in self._broken:
-                try:
-                    send_message(conn, None)
-                except (OSError, ValueError):
-                    pass
-        for i, proc in enumerate(self._procs):
-            if proc.pid is None:  # never started
-                continue
-            if i in self._ready and i not in self._broken:
-                proc.join(timeout=_STOP_S)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-        self._procs, self._conns = [], []
-
-
-def send_message(conn, obj) -> int:
-    """Pickle ``obj`` onto ``conn``; the bytes written."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.send_bytes(data)
-    return len(data)
-
-
-def recv_message(conn) -> tuple[object, int]:
-    data = conn.recv_bytes()
-    return pickle.loads(data), len(data)
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the SUT's process dies (even by SIGKILL), so a
-    worker still building its backend is never left behind (strictly: when the thread that
-    started it ends, so a pool is made and closed by one long-lived thread)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # elsewhere: the worker leaves at its next pipe read (EOF)
-    parent = mp.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before the request took hold
-        os._exit(1)
+        polite = [w.ready and i not in self._broken for i, w in enumerate(self._workers)]
+        for worker, ask in zip(self._workers, polite):
+            if ask:
+                worker.ask_to_stop()
+        for worker, ask in zip(self._workers, polite):
+            worker.stop(_STOP_S if ask else 0.0)
+        self._workers = []
 
 
 def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
     """Pin, select the device, build the backend there."""
-    _die_with_parent()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     torch.set_num_threads(len(cores))
@@ -530,16 +477,16 @@ def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tu
     return pack_detections(backend.predict(images))
 
 
-def serve(conn, backend_kwargs: dict, cores: list[int], device: str, warmup: list[tuple[int, int]],
-           buckets: int | None, factory=None) -> None:  # fmt: skip
-    """One worker: pin, build, warm up, then answer batches until it receives None (or EOF)."""
+def serve(conn, recipe: WorkerRecipe, cores: list[int], device: str) -> None:
+    """One worker (`ssdbench.workers.Worker` target): pin, build, warm up, then answer batches until it
+    receives None (or EOF)."""
     try:
-        backend = _start_worker(backend_kwargs, cores, device, factory)
-        if buckets and hasattr(backend, "use_batch_buckets"):
-            backend.use_batch_buckets(buckets)
+        backend = _start_worker(recipe.backend_kwargs, cores, device, recipe.factory)
+        if recipe.buckets and hasattr(backend, "use_batch_buckets"):
+            backend.use_batch_buckets(recipe.buckets)
         s = backend.input_size
         dtypes = (torch.float32, torch.uint8) if getattr(backend, "accepts_uint8", False) else (torch.float32,)
-        for batch, iterations in warmup:
+        for batch, iterations in recipe.warmup:
             for _, dtype in itertools.product(range(iterations), dtypes):  # both compiled models
                 backend.predict(torch.zeros(batch, 3, s, s, dtype=dtype, device=device)).counts.cpu()
         send_message(conn, ("ready", backend.describe()))

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssdbench.errors import CliError
-from ssdbench.io import atomic_write_text
+from ssdbench.io import atomic_write, atomic_write_text, read_json
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.compliance import run_compliance
 from ssdbench.loadgen.rules import official_result, read_detail_log
-from ssdbench.loadgen.run import run_loadgen
+from ssdbench.loadgen.run import RunInputs, run_loadgen
 from ssdbench.loadgen.settings import get_round
-from ssdbench.loadgen.submission import build_submission
+from ssdbench.loadgen.submission import Submitter, build_submission
 from ssdbench.loadgen.submission_check import check_tree
 
 KINDS = ("find-peak", "performance", "accuracy", "compliance")
@@ -118,7 +118,7 @@ class Pipeline:
         path = self.marker(name)
         if not path.is_file() or not self.folder(name).is_dir():
             return None
-        record = json.loads(path.read_text())
+        record = read_json(path, "step record")
         if record.get("identity") != self.plan.identity():
             raise CliError(f"{path}: made with other settings ({record.get('identity')}); use another --out "
                            "or remove the folder")  # fmt: skip
@@ -158,10 +158,14 @@ class Pipeline:
             flags["target_qps"] = logged_qps(peak * self.plan.peak_margin)  # the confirmation run
         return S.resolve(scenario, mode, self.plan.preset, self.plan.user_conf, flags, round=self.plan.round)
 
+    def inputs(self) -> RunInputs:
+        """What every run of the plan reads: its dataset and model."""
+        return RunInputs(data=self.plan.data, weights=self.plan.weights, model_file=self.plan.model_file,
+                         allow_pickle=self.plan.allow_pickle, predict=self.predict)
+
     def loadgen(self, scenario: str, mode: str, records: dict):
         run = run_loadgen(self.settings(scenario, mode, records), self.folder(f"{scenario}-{mode}"),
-                          data=self.plan.data, weights=self.plan.weights, predict=self.predict, verbose=False,
-                          allow_pickle=self.plan.allow_pickle, model_file=self.plan.model_file,
+                          self.inputs(), verbose=False,
                           command=f"ssdbench submission run (step {scenario}-{mode})")  # fmt: skip
         if mode == "performance" and run.result != "VALID":
             raise CliError(f"{scenario} performance run {run.result}: {'; '.join(run.summary.reasons)} "
@@ -173,9 +177,8 @@ class Pipeline:
             return self.tree(records)
         scenario, kind = name.split("-", 1)
         if kind == "find-peak":
-            run = run_loadgen(self.settings(scenario, "find-peak", records), self.folder(name), data=self.plan.data,
-                              weights=self.plan.weights, predict=self.predict, verbose=False,
-                              allow_pickle=self.plan.allow_pickle, model_file=self.plan.model_file)  # fmt: skip
+            run = run_loadgen(self.settings(scenario, "find-peak", records), self.folder(name),
+                              self.inputs(), verbose=False)  # fmt: skip
             if not run.peak_qps:
                 raise CliError(f"Server find-peak found no VALID target_qps ({run.out}); lower --qps and rerun")
             return {"peak_qps": run.peak_qps}
@@ -187,15 +190,16 @@ class Pipeline:
             run = self.loadgen(scenario, "accuracy", records)
             return {"map": run.map}
         tests = run_compliance(["all"], self.folder(f"{scenario}-performance"), self.folder(name),
-                               accuracy_run=self.folder(f"{scenario}-accuracy"), predict=self.predict,
-                               verbose=False, allow_pickle=self.plan.allow_pickle)  # fmt: skip
-        extra = json.loads((self.folder(name) / "compliance.json").read_text()).get("ssdbench_checks", {})
+                               accuracy_run=self.folder(f"{scenario}-accuracy"),
+                               inputs=RunInputs(predict=self.predict, allow_pickle=self.plan.allow_pickle),
+                               verbose=False)  # fmt: skip
+        extra = read_json(self.folder(name) / "compliance.json", "compliance record").get("ssdbench_checks", {})
         return {"tests": tests, "ssdbench_checks": extra}
 
     def tree(self, records: dict) -> dict:
         folders = [self.folder(n) for n in self.names if n != "tree" and not n.endswith("find-peak")]
-        build_submission(self.plan.org, self.plan.system, self.plan.division, self.plan.category, folders,
-                         self.folder("tree"), self.plan.system_json, self.plan.round)  # fmt: skip
+        submitter = Submitter(self.plan.org, self.plan.system, self.plan.division, self.plan.category)
+        build_submission(submitter, folders, self.folder("tree"), self.plan.system_json, self.plan.round)
         return {"tree": str(self.folder("tree"))}
 
 
@@ -267,5 +271,5 @@ def write_summary(out: Path, rows: list[dict], ok: bool, plan: Plan) -> None:
         if row > 0 and cell.get_text().get_text() in colours:
             cell.set_facecolor(colours[cell.get_text().get_text()])
     ax.set_title(title, fontsize=9)
-    fig.savefig(out / "summary.png", dpi=100, bbox_inches="tight")
+    atomic_write(out / "summary.png", lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
     plt.close(fig)

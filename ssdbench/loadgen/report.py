@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssdbench.io import atomic_write, atomic_write_text
 from ssdbench.loadgen.rules import official_section, read_detail_log
 
 _METRIC_KEYS = ("Samples per second", "Completed samples per second", "QPS w/o loadgen overhead",
@@ -158,7 +159,7 @@ def latency_histogram(latencies_ns, path: str | Path, title: str, bound_ms: floa
     ax.set_ylabel("queries")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -254,7 +255,7 @@ def write_report(out_dir: str | Path, settings: dict, latencies_ns, batch_sizes,
     bound = settings.get("loadgen", {}).get("target_latency") if summary.scenario == "Server" else None
     latency_histogram(latencies_ns, out_dir / "latency_histogram.png", title, bound)
     text = render(summary, settings, latencies_ns, batch_sizes, checks)
-    (out_dir / "report.md").write_text(text + official_section(out_dir, settings))
+    atomic_write_text(out_dir / "report.md", text + official_section(out_dir, settings))
     return summary
 
 
@@ -305,16 +306,21 @@ def device_throughput_picture(stats: list[dict], path: str | Path, bins: int = 2
     ax.set_title("per-device throughput")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
+
+
+def append_to_report(folder: str | Path, lines: list[str]) -> None:
+    """``lines`` added at the end of ``folder/report.md`` (the file replaced whole, atomically)."""
+    path = Path(folder) / "report.md"
+    atomic_write_text(path, path.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
 
 
 def write_device_report(folder: str | Path, stats: list[dict], bytes_per_sample: float | None,
                         scenario: str) -> None:  # fmt: skip
     """Append the section to ``folder/report.md`` and draw the picture there."""
     folder = Path(folder)
-    with open(folder / "report.md", "a") as f:
-        f.write("\n".join(device_lines(stats, bytes_per_sample, scenario)) + "\n")
+    append_to_report(folder, device_lines(stats, bytes_per_sample, scenario))
     device_throughput_picture(stats, folder / DEVICE_PICTURE)
 
 
@@ -460,7 +466,7 @@ def latency_picture(timeline: Timeline, path: str | Path, title: str, bound: Bou
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
     return Path(path)
 
@@ -480,7 +486,7 @@ def throughput_picture(timeline: Timeline, path: str | Path, title: str) -> Path
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
     return Path(path)
 

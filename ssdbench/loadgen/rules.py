@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssdbench.io import read_json
 from ssdbench.loadgen.settings import Round
 
 WAIVABLE = ("min-duration", "min-queries")
@@ -215,7 +216,7 @@ def accuracy_lines(path: Path) -> tuple[float | None, str | None]:
 def read_json_file(path: Path) -> dict | None:
     """A JSON object, or None when the file is not valid JSON."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "JSON file")
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -354,8 +355,8 @@ def _first_byte(hex_data: str) -> int | None:
 
 def official_verify_accuracy(reference_log: Path, test_log: Path) -> tuple[bool, str]:
     """(passed, the text verify_accuracy.py prints) for TEST01 (see the module doc)."""
-    acc_data = json.loads(Path(reference_log).read_text())
-    perf_data = json.loads(Path(test_log).read_text())
+    acc_data = read_json(reference_log, "accuracy log")
+    perf_data = read_json(test_log, "accuracy log")
     results: dict[int, str] = {}
     duplicates = acc_mismatch = matched = perf_mismatch = missing = 0
     for sample in acc_data:

@@ -21,28 +21,28 @@ for results.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssdbench.dist import pick_device
 from ssdbench.errors import CliError
-from ssdbench.infer.backends import make_backend
-from ssdbench.loadgen import settings
+from ssdbench.infer.backends import backend_target, make_backend
+from ssdbench.io import atomic_write_json, atomic_write_text
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
 from ssdbench.loadgen.device_pool import describe_devices, pool_devices
 from ssdbench.loadgen.report import (
     Checks,
     Summary,
+    append_to_report,
     short_text,
     trace_enabled,
     write_device_report,
@@ -51,7 +51,7 @@ from ssdbench.loadgen.report import (
 from ssdbench.loadgen.rules import official_line, read_detail_log, run_rule_violations
 from ssdbench.loadgen.samples import DEFAULT_PERFORMANCE_COUNT, SampleLibrary
 from ssdbench.loadgen.settings import get_round
-from ssdbench.loadgen.sut import BatchingSUT, HostToDevice, check_detections
+from ssdbench.loadgen.sut import Batching, BatchingSUT, HostToDevice, check_detections
 from ssdbench.model.specs import get_spec
 
 _REPORTED: set[Path] = set()  # stray audit.config files already reported
@@ -74,20 +74,88 @@ class LoadgenRun:
     peak_qps: float | None = None  # find-peak mode: the highest VALID Server target_qps
 
 
-def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: torch.device, model_file=None,
-                      allow_pickle: bool = False) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads besides its settings: the dataset, the model and how to prepare and score."""
+
+    data: str | Path | None = None  # COCO-format root with val2017 (None: the embedded dataset)
+    weights: str | Path | None = None  # model weights (None: random init, for timing only)
+    # An .onnx, an OpenVINO IR or a `ssdbench quantize` folder, run by the onnxruntime / openvino
+    # backends instead of exporting ``weights``.
+    model_file: str | Path | None = None
+    allow_pickle: bool = False  # pickled whole-model weight files (trusted files only)
+    predict: Callable | None = None  # replaces the backend (same contract as `Backend.predict`; tests)
+    cache: bool = True  # resized samples cached on disk (`samples.SampleLibrary`)
+    eval_backend: str = "faster"  # COCO evaluation of an accuracy run
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One `run_loadgen` call as its steps pass it on."""
+
+    settings: S.RunSettings
+    out: Path
+    inputs: RunInputs
+    progress: bool
+    verbose: bool
+    audit_test: str | None
+    command: str | None
+
+
+def resolve_run(inputs: RunInputs, scenario: str | None, mode: str = "performance", preset: str | None = None,
+                user_conf: str | None = None, flags: dict | None = None, round: str | None = None) -> S.RunSettings:
+    """The settings of one `ssdbench loadgen` run, resolved once (`settings.resolve`).
+
+    Our checkpoints and model files name their network: it decides the model unless ``flags``
+    does. With a model file the RESOLVED backend (flag, preset or user conf) must be a file
+    runtime, and ``--weights`` and ``--space-to-depth``, which the file would ignore, are refused.
+    """
+    from ssdbench.model.weights import checkpoint_model_name
+
+    flags = dict(flags or {})
+    if inputs.model_file is None:
+        flags["model"] = flags.get("model") or checkpoint_model_name(inputs.weights)
+    run_settings = S.resolve(scenario, mode, preset, user_conf, flags, round=round)
+    if inputs.model_file is None:
+        return run_settings
+    from ssdbench.infer.backends import model_file_network
+
+    check_model_file(run_settings, inputs, bool(flags.get("space_to_depth")))
+    if flags.get("model") is not None:
+        return run_settings
+    network = model_file_network(inputs.model_file)  # what a `model` flag of that name would resolve to
+    return replace(run_settings, sut=replace(run_settings.sut, model=network),
+                   sources={**run_settings.sources, "model": "flags"})
+
+
+def check_model_file(run_settings: S.RunSettings, inputs: RunInputs, space_to_depth_flag: bool) -> None:
+    """CliError unless the resolved backend runs model files and no flag the file would ignore is given."""
+    backend = run_settings.sut.backend
+    if backend not in ("onnxruntime", "openvino"):
+        source = run_settings.sources.get("backend", "flags")
+        origin = "--backend" if source == "flags" else f"backend from {source}"
+        raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {backend}, {origin})")
+    ignored = [flag for flag, given in (("--weights", inputs.weights is not None),
+                                        ("--space-to-depth", space_to_depth_flag)) if given]  # fmt: skip
+    if ignored:
+        raise CliError(f"{' and '.join(ignored)} cannot go with --model-file (the file holds the weights "
+                       "and decides space-to-depth)")  # fmt: skip
+
+
+def backend_arguments(sut: S.SutSettings, inputs: RunInputs, num_classes: int, device: torch.device) -> dict:
     """`make_backend` keyword arguments of the SUT's backend (plain values: they also go to instances)."""
+    weights, model_file = inputs.weights, inputs.model_file
     return {"name": sut.backend, "model_name": sut.model, "weights": None if weights is None else str(weights),
             "device": str(device), "dtype": sut.dtype, "channels_last": sut.channels_last,
             "space_to_depth": sut.space_to_depth, "num_classes": None if weights or model_file else num_classes,
-            "model_file": None if model_file is None else str(model_file), "allow_pickle": allow_pickle}  # fmt: skip
+            "model_file": None if model_file is None else str(model_file), "allow_pickle": inputs.allow_pickle}  # fmt: skip
 
 
-def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.device,
-                  allow_pickle: bool = False, model_file=None, devices_source: str = "flags"):  # fmt: skip
+def build_predict(sut: S.SutSettings, inputs: RunInputs, num_classes: int, device: torch.device,
+                  devices_source: str = "flags"):  # fmt: skip
     """The backend's ``predict`` for the SUT (`PaddedDetections`, benchmark.md §4 post-processing);
     with a device pool (``devices`` or ``instances > 1``) an `InstancePool` (``close`` it afterwards)."""
-    kwargs = backend_arguments(sut, weights, num_classes, device, model_file, allow_pickle)
+    kwargs = backend_arguments(sut, inputs, num_classes, device)
     try:
         devices = pool_devices(sut.devices, sut.instances)
     except ValueError as exc:
@@ -99,11 +167,11 @@ def build_predict(sut: S.SutSettings, weights, num_classes: int, device: torch.d
         if sut.instances > 1 and device.type != "cpu":
             raise CliError(f"instances = {sut.instances} is for CPU serving; the device is {device} "
                            "(several GPUs: --devices cuda:0,cuda:1 or cuda:all)")  # fmt: skip
-        from ssdbench.loadgen.device_pool import InstancePool
+        from ssdbench.loadgen.device_pool import InstancePool, WorkerRecipe
 
-        warmup = [(n, sut.warmup) for n in warmup_sizes(sut)]
-        return InstancePool(kwargs, devices=devices, warmup=warmup, buckets=sut.max_batch_size,
-                            timeout_s=sut.predict_timeout_s)  # fmt: skip
+        warmup = tuple((n, sut.warmup) for n in warmup_sizes(sut))
+        recipe = WorkerRecipe(kwargs, warmup=warmup, buckets=sut.max_batch_size)
+        return InstancePool(recipe, devices=devices, timeout_s=sut.predict_timeout_s)
     backend = make_backend(**kwargs)
     if hasattr(backend, "use_batch_buckets"):  # compile: one graph per bucket, all warmed up
         backend.use_batch_buckets(sut.max_batch_size)
@@ -162,14 +230,10 @@ def _bounded(call, timeout_s: float | None, what: str) -> None:
         raise failure[0]
 
 
-def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights=None, predict=None,
-                cache: bool = True, progress: bool = True, verbose: bool = True,
-                eval_backend: str = "faster", allow_pickle: bool = False, audit_test: str | None = None,
-                command: str | None = None, model_file=None) -> LoadgenRun:  # fmt: skip
-    """One LoadGen test; ``predict`` replaces the backend (same contract as `Backend.predict`).
-
-    ``model_file`` (an .onnx, an OpenVINO IR or a ``ssdbench quantize`` folder) is run by the
-    onnxruntime / openvino backends instead of exporting ``weights``.
+def run_loadgen(run_settings: S.RunSettings, out: str | Path, inputs: RunInputs = RunInputs(),
+                progress: bool = True, verbose: bool = True, audit_test: str | None = None,
+                command: str | None = None) -> LoadgenRun:  # fmt: skip
+    """One LoadGen test of ``inputs`` (`RunInputs`: dataset, model, cache, COCO evaluation).
 
     ``audit_test``: run as that compliance test of the round (TEST01, TEST04-A, TEST04-B, TEST05):
     its audit.config is written into the run folder and given to LoadGen. ``command``: the command
@@ -177,39 +241,36 @@ def run_loadgen(run_settings: S.RunSettings, out: str | Path, data=None, weights
     weights, a sample that does not decode) fails before LoadGen starts and before anything is
     written to ``out``.
     """
-    sut_settings, out = run_settings.sut, Path(out)
+    job = _Job(run_settings, Path(out), inputs, progress, verbose, audit_test, command)
     report_stray_audit_config()
-    dataset = open_val_dataset(data)
+    dataset = open_val_dataset(inputs.data)
     device = _device(run_settings)
-    pool = None
+    pool, predict = None, inputs.predict
     if predict is None:
-        predict = build_predict(sut_settings, weights, dataset.num_classes, device, allow_pickle, model_file,
+        predict = build_predict(run_settings.sut, inputs, dataset.num_classes, device,
                                 run_settings.sources.get("devices", "flags"))
         if hasattr(predict, "close"):
             pool, predict = predict, predict.predict
     try:
-        return _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights, cache, progress,
-                                 verbose, eval_backend, audit_test, command, model_file)
+        return _prepare_and_test(job, dataset, device, predict, pool)
     finally:
         if pool is not None:
             pool.close()
 
 
-def _prepare_and_test(run_settings, out, dataset, device, predict, pool, weights, cache, progress, verbose,
-                      eval_backend, audit_test, command, model_file) -> LoadgenRun:  # fmt: skip
+def _prepare_and_test(job: _Job, dataset, device, predict, pool) -> LoadgenRun:
     """The QSL, warm-up, test and publication of `run_loadgen` once the backend exists."""
-    sut_settings = run_settings.sut
+    sut_settings = job.settings.sut
     qsl = SampleLibrary(dataset, get_spec(sut_settings.model).input_size, sut_settings.count,
-                        run_settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
-                        cache=cache, progress=progress)  # fmt: skip
-    run_settings = _cap_count(run_settings, qsl.count)
-    audit = settings.audit_values(get_round(run_settings.round), audit_test, run_settings.scenario)
-    settings.check_settings(run_settings, qsl.performance_count, audit)
+                        job.settings.loadgen.get("performance_sample_count_override") or DEFAULT_PERFORMANCE_COUNT,
+                        cache=job.inputs.cache, progress=job.progress)  # fmt: skip
+    job = replace(job, settings=_cap_count(job.settings, qsl.count))
+    audit = S.audit_values(get_round(job.settings.round), job.audit_test, job.settings.scenario)
+    S.check_settings(job.settings, qsl.performance_count, audit)
     qsl.prepare()
     store = _share_samples(qsl, pool)
     try:
-        return _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progress, verbose,
-                              eval_backend, audit, audit_test, command, model_file)
+        return _warm_and_test(job, qsl, device, predict, pool, audit)
     finally:
         if store is not None:
             store.close()
@@ -227,9 +288,9 @@ def _share_samples(qsl: SampleLibrary, pool):
     return store
 
 
-def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progress, verbose, eval_backend,
-                   audit, audit_test, command, model_file) -> LoadgenRun:  # fmt: skip
+def _warm_and_test(job: _Job, qsl, device, predict, pool, audit: dict) -> LoadgenRun:
     """Warm-up, the test in a staging folder and its publication (or RUN_FAILED.txt)."""
+    run_settings, out, inputs = job.settings, job.out, job.inputs
     sut_settings = run_settings.sut
     if pool is None:  # instances warm themselves up
         warm_up(predict, qsl.sample_shape, sut_settings.max_batch_size, sut_settings.warmup, device,
@@ -237,9 +298,9 @@ def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progr
     backend = getattr(predict, "__self__", None)  # a Backend's bound predict: record what it resolved to
     staging = make_staging(out)
     try:
-        extra = {"weights": str(weights), "eval_backend": eval_backend, "audit_test": audit_test,
-                 "audit": audit, "command": command,
-                 "backend_info": {"model_file": None if model_file is None else str(model_file),
+        extra = {"weights": str(inputs.weights), "eval_backend": inputs.eval_backend, "audit_test": job.audit_test,
+                 "audit": audit, "command": job.command,
+                 "backend_info": {"model_file": None if inputs.model_file is None else str(inputs.model_file),
                                   "instances": pool.describe if pool is not None else None,
                                   "pool_devices": describe_devices(pool.devices if pool else None, str(device)),
                                   "backend_config": backend.describe() if pool is None and hasattr(backend, "describe")
@@ -251,14 +312,14 @@ def _warm_and_test(run_settings, out, qsl, device, predict, pool, weights, progr
             raise RunFailed(f"{exc} (logs moved to {failed}, not results)") from None
         raise
     publish(staging, out)
-    if verbose:
+    if job.verbose:
         print(short_text(summary))
         if line := official_line(out, run_settings.scenario, run_settings.round, run_settings.mode):
             print(line)
         if score is not None:
             print((out / "accuracy.txt").read_text(), end="")
         print(f"logs and report: {out}")
-    if verbose and checks.peak_qps is not None:
+    if job.verbose and checks.peak_qps is not None:
         print(f"FindPeakPerformance: peak target_qps = {checks.peak_qps:g}")
     return LoadgenRun(out, summary.result, summary, sut, run_settings, score, checks.peak_qps)
 
@@ -276,13 +337,14 @@ def _cap_count(run_settings: S.RunSettings, available: int) -> S.RunSettings:
 
 
 def _device(run_settings: S.RunSettings) -> torch.device:
-    """The SUT's torch device (auto: the CPU for openvino); an error names ``--device`` or the file /
-    preset that chose it."""
+    """The SUT's torch device as `backend_target` picks it for the backend (auto: the CPU for
+    openvino); an error names ``--device`` or the file / preset that chose it."""
     source = run_settings.sources.get("device", "flags")
     flag = "--device" if source == "flags" else f"device (from {source})"
-    if run_settings.sut.backend == "openvino" and run_settings.sut.device in (None, "auto"):
-        return torch.device("cpu")  # OpenVINO runs on the CPU only
-    return pick_device(run_settings.sut.device, flag=flag)
+    try:  # fp32: only the device is wanted here (the backend resolves its dtype itself)
+        return backend_target(run_settings.sut.backend, run_settings.sut.device, "fp32")[0]
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--device", flag, 1)) from None
 
 
 def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
@@ -307,28 +369,29 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
     rnd, audit = get_round(run_settings.round), extra["audit"]
-    ts = settings.make_test_settings(run_settings, qsl.performance_count, audit)
-    settings.write_conf(run_settings, str(staging / "settings.conf"))
+    ts = S.make_test_settings(run_settings, qsl.performance_count, audit)
+    S.write_conf(run_settings, str(staging / "settings.conf"))
     audit_path = _write_audit(staging, audit, extra["audit_test"])
     info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": extra["weights"],
             "device": str(device), "qsl_count": qsl.count, "audit_test": extra["audit_test"],
             "command": extra["command"], **extra.get("backend_info", {})}  # fmt: skip
-    (staging / "settings.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_json(staging / "settings.json", info)
     sut_settings = run_settings.sut
     # Every instance gets a batch in flight: at least one worker thread per instance.
     workers = len(pool.devices) if pool is not None else 1
     per_device = pool is not None and run_settings.scenario == "Server"  # a batcher per device, least loaded
     if per_device:
         pool.dispatch_least_loaded()
-    sut = BatchingSUT(predict, qsl, sut_settings.max_batch_size, sut_settings.batch_timeout_us,
-                      max(sut_settings.threads, workers), device, sut_settings.predict_timeout_s,
-                      max_queue_wait(run_settings), predict_samples=pool.predict_samples if pool is not None else None,
-                      batchers=workers if per_device else 1)  # fmt: skip
+    batching = Batching(sut_settings.max_batch_size, sut_settings.batch_timeout_us, max(sut_settings.threads, workers),
+                        sut_settings.predict_timeout_s, max_queue_wait(run_settings),
+                        batchers=workers if per_device else 1)  # fmt: skip
+    sut = BatchingSUT(predict, qsl, batching, device,
+                      predict_samples=pool.predict_samples if pool is not None else None)  # fmt: skip
     if pool is not None:
         pool.reset_stats()  # warm-up is not part of the devices' record
     _run_loadgen_test(sut, qsl, ts, staging, audit_path)
     _check_run(sut, qsl, staging)
-    checks = _detail_checks(staging, settings.expected_effective(run_settings, qsl.performance_count, audit),
+    checks = _detail_checks(staging, S.expected_effective(run_settings, qsl.performance_count, audit),
                             rnd, run_settings)  # fmt: skip
     # Offline is one query: its samples' latencies make the histogram; else per query.
     offline = run_settings.scenario == "Offline"
@@ -364,8 +427,7 @@ def _append_timeline(staging: Path, scenario: str, sut, title: str) -> None:
 
     lines = write_timeline(staging, scenario, sut, title)
     if lines:
-        with (staging / "report.md").open("a") as report:
-            report.write("\n".join(lines) + "\n")
+        append_to_report(staging, lines)
 
 
 def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
@@ -375,7 +437,7 @@ def _write_audit(staging: Path, audit: dict, test: str | None) -> Path:
     path = staging / "audit.config"
     lines = [f"# {test}: audit settings of the round for ssd-resnet34 (ssdbench/configs/rounds.json)"]
     lines += [f"*.*.{key} = {value}" for key, value in audit.items()]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -386,7 +448,7 @@ def _detail_checks(staging: Path, expected: dict, rnd, run_settings: S.RunSettin
     rules = run_rule_violations(detail, rnd, run_settings.scenario, accuracy=run_settings.mode == "accuracy",
                                 seeds=seeds)  # fmt: skip
     return Checks(errors=detail.errors, warnings=detail.warnings,
-                  not_applied=settings.effective_mismatches(expected, detail), round=rnd.name,
+                  not_applied=S.effective_mismatches(expected, detail), round=rnd.name,
                   round_violations=[str(v) for v in rules], peak_qps=detail.peak_qps)  # fmt: skip
 
 
@@ -424,7 +486,7 @@ def _check_run(sut: BatchingSUT, qsl: SampleLibrary, staging: Path) -> None:
 def _score_accuracy(folder: Path, dataset, backend: str) -> float:
     """Score the fresh accuracy log; the lines `ssdbench accuracy` prints go to accuracy.txt."""
     value, text = accuracy_text(folder / "mlperf_log_accuracy.json", dataset, backend)
-    (folder / "accuracy.txt").write_text(text)
+    atomic_write_text(folder / "accuracy.txt", text)
     return value
 
 
@@ -445,7 +507,7 @@ def make_staging(out: Path) -> Path:
 
 def fail(staging: Path, out: Path, reason: str) -> Path:
     """Rename the staging folder to ``out/failed-<time>/`` with the reason; return its path."""
-    (staging / "RUN_FAILED.txt").write_text(f"This run FAILED; its logs are not results.\nreason: {reason}\n")
+    atomic_write_text(staging / "RUN_FAILED.txt", f"This run FAILED; its logs are not results.\nreason: {reason}\n")
     failed = out / time.strftime("failed-%Y%m%d-%H%M%S")
     n = 1
     while failed.exists():

@@ -42,6 +42,7 @@ from importlib import resources
 from typing import Any, get_type_hints
 
 from ssdbench.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range
+from ssdbench.io import atomic_write_text
 
 ROUNDS = ("v0.5", "v0.7", "v1.0", "v1.1", "v2.0")
 DEFAULT_ROUND = "v2.0"
@@ -639,8 +640,7 @@ def write_conf(settings: RunSettings, path: str, only_user: bool = False) -> Non
               f"({settings.scenario}, {settings.mode}, round {settings.round})"),
              f"# seeds: the round's, set on TestSettings directly (LoadGen 6.x ignores them here): {seeds}"]
     lines += conf_lines(settings.scenario, values, settings.sources)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def round_conf(name: str) -> str:

@@ -38,14 +38,14 @@ submitter's JSON when given.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ssdbench.checks import inside, safe_name
 from ssdbench.errors import CliError
-from ssdbench.io import read_json
+from ssdbench.io import atomic_write_json, atomic_write_text, read_json
 from ssdbench.loadgen.compliance import MARKER
 from ssdbench.loadgen.rules import (
     IMPLEMENTATION,
@@ -71,11 +71,11 @@ def hash_and_truncate(acc_dir: Path) -> str:
     """Append ``hash=<sha256>`` of the full accuracy log to accuracy.txt; truncate the log if large."""
     log = acc_dir / "mlperf_log_accuracy.json"
     digest = hashlib.sha256(log.read_bytes()).hexdigest()
-    with open(acc_dir / "accuracy.txt", "a", encoding="utf-8") as f:
-        f.write(f"hash={digest}\n")
+    scored = acc_dir / "accuracy.txt"
+    atomic_write_text(scored, scored.read_text(encoding="utf-8") + f"hash={digest}\n")
     if log.stat().st_size > MAX_ACCURACY_LOG_BYTES:
         text = log.read_text()
-        log.write_text(text[:VIEWABLE] + "\n\n...\n\n" + text[-VIEWABLE:])
+        atomic_write_text(log, text[:VIEWABLE] + "\n\n...\n\n" + text[-VIEWABLE:])
     return digest
 
 
@@ -115,10 +115,21 @@ def _round_of(runs: dict[str, dict[str, Path]]) -> str:
     return rounds.pop()
 
 
-def build_submission(org: str, system: str, division: str, category: str, folders, out: str | Path,
-                     system_json: str | Path | None = None, round_name: str | None = None) -> tuple[Path, str]:  # fmt: skip
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits which system, where: the names a submission tree is built under."""
+
+    org: str  # --org: the submitter (a folder name)
+    system: str  # --system: the system's name (systems/<system>.json)
+    division: str  # closed | open
+    category: str  # datacenter | edge | datacenter,edge
+
+
+def build_submission(submitter: Submitter, folders, out: str | Path, system_json: str | Path | None = None,
+                     round_name: str | None = None) -> tuple[Path, str]:  # fmt: skip
     """Write the tree under ``out``; returns (``out``, the round of the runs, which must be
     ``round_name`` when given). Raises CliError on bad input before writing anything."""
+    org, system, division, category = submitter.org, submitter.system, submitter.division, submitter.category
     if division not in ("closed", "open"):
         raise CliError(f"--division must be closed or open, got {division!r}")
     runs = classify(folders)
@@ -136,7 +147,7 @@ def build_submission(org: str, system: str, division: str, category: str, folder
     if base.exists():
         raise CliError(f"{base} exists; remove it or choose another --out")
     (base / "systems").mkdir(parents=True)
-    (base / "systems" / f"{system}.json").write_text(json.dumps(desc, indent=2) + "\n")
+    atomic_write_json(base / "systems" / f"{system}.json", desc)
     _code(base / "code" / MODEL_DIR / IMPLEMENTATION)
     for scenario, slot in runs.items():
         _scenario(base, system, scenario, slot, round_name)
@@ -172,7 +183,7 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
     folder.mkdir(parents=True)
     info = read_json(slot["performance"] / "settings.json", "run settings")
     settings = RunSettings.from_json(info)
-    (folder / "mlperf.conf").write_text(round_conf(round_name))
+    atomic_write_text(folder / "mlperf.conf", round_conf(round_name))
     write_conf(settings, str(folder / "user.conf"), only_user=True)
     sut = info["sut"]
     weights = info.get("weights")
@@ -184,7 +195,7 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
             "weight_data_types": weight_types, "weight_transformations": ", ".join(transforms) or "none",
             "ssdbench_model": sut["model"], "ssdbench_backend": sut["backend"], "dataset": info.get("data"),
             "dataset_images": info.get("qsl_count")}  # fmt: skip
-    (folder / f"{system}_{IMPLEMENTATION}_{scenario}.json").write_text(json.dumps(impl, indent=2) + "\n")
+    atomic_write_json(folder / f"{system}_{IMPLEMENTATION}_{scenario}.json", impl)
     lines = [f"# {scenario}: how these results were produced", "",
              f"ssdbench, round {round_name} rules, LoadGen settings in user.conf over the round's mlperf.conf.", ""]
     for kind in ("performance", "accuracy", "compliance"):
@@ -192,7 +203,7 @@ def _measurements(folder: Path, system: str, scenario: str, slot: dict[str, Path
             command = _command(slot[kind], kind)
             lines += [f"{kind} ({slot[kind]}):", "", "```", command, "```", ""]
     lines += _official_notes(slot, scenario, round_name)
-    (folder / "README.md").write_text("\n".join(lines))
+    atomic_write_text(folder / "README.md", "\n".join(lines))
 
 
 def _official_notes(slot: dict[str, Path], scenario: str, round_name: str) -> list[str]:
@@ -255,7 +266,8 @@ def _code(folder: Path) -> None:
     package = Path(ssdbench.__file__).parent
     shutil.copytree(package, folder / "ssdbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     version = getattr(ssdbench, "__version__", "")
-    (folder / "README.md").write_text(
+    atomic_write_text(
+        folder / "README.md",
         f"# ssdbench {version}\n\nSSD-ResNet34 (SSD-Large) under MLPerf LoadGen. The `ssdbench/` folder is the "
         "package that produced these results; install it with its dependencies (`pip install -e .` from its "
         "project) and run the commands in each measurements/<system>/ssd-resnet34/<Scenario>/README.md.\n"
@@ -293,7 +305,7 @@ def accelerators_of_runs(folders) -> dict[str, Any]:
         path = Path(folder) / "settings.json"
         if not path.is_file():
             continue
-        settings = json.loads(path.read_text())
+        settings = read_json(path, "run settings")
         devices = str(settings.get("pool_devices") or settings.get("device") or "cpu")
         counts[str(folder)] = sum(d.strip().startswith("cuda") for d in devices.split(","))
     if len(set(counts.values())) > 1:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssdbench.loadgen import compliance
 from ssdbench.loadgen.accuracy import COCO_VAL_IMAGES
+from ssdbench.loadgen.compliance import METRICS, compare_accuracy, unexpected_errors
 from ssdbench.loadgen.rules import (
     ACC_FILES,
     CLOSED_MODEL,
@@ -201,7 +201,7 @@ class _Checker:
         where = str(folder.relative_to(self.root))
         for violation in run_rule_violations(detail, self.rnd, scenario, where=where):
             self.add(violation)
-        if scenario in compliance.METRICS:
+        if scenario in METRICS:
             official = official_result(detail, self.rnd.name, scenario)
             if official.value is None:
                 self.bad("files", folder, f"no {official.field}: the round's checker reads its result from it")
@@ -219,7 +219,7 @@ class _Checker:
         except ValueError as exc:
             self.bad("files", path, str(exc))
             return None
-        for error in compliance.unexpected_errors(detail, test04):
+        for error in unexpected_errors(detail, test04):
             self.bad("detail-errors", path, error)
         return detail
 
@@ -318,6 +318,6 @@ class _Checker:
             return
         base = accuracy_lines(acc / "baseline_accuracy.txt")[0]
         comp = accuracy_lines(acc / "compliance_accuracy.txt")[0]
-        if base is None or comp is None or not compliance.compare_accuracy(base, comp, self.rnd).passed:
+        if base is None or comp is None or not compare_accuracy(base, comp, self.rnd).passed:
             why = f"responses differ and the mAPs differ too much: baseline {base}, compliance {comp}"
             self.bad("compliance", acc, why)

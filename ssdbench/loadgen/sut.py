@@ -137,27 +137,39 @@ class HostToDevice:
         return batch
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How `BatchingSUT` forms its batches and how long it lets them and its samples wait."""
+
+    max_batch_size: int = 8  # a batch leaves when it holds this many samples ...
+    batch_timeout_us: int = 2000  # ... or when its first sample has waited this long
+    threads: int = 1  # worker threads: batches in flight
+    predict_timeout_s: float | None = None  # seconds a batch may run before the run fails (None: no limit)
+    # Seconds a sample may wait in the queue before the run fails as overloaded (Server: arrivals
+    # outpace the model; None: no limit). Answered like a timeout, so a Server run at a rate the
+    # system cannot serve ends at its schedule's end instead of draining for hours.
+    max_queue_wait_s: float | None = None
+    # How many batches may form at once, each with its own timeout from its own first sample
+    # (Server over a pool of D devices: D, the batch timeout applies per device; worker thread k
+    # gathers for batcher k mod D). 1: one batch forms at a time.
+    batchers: int = 1
+
+
 class BatchingSUT:
     """Dynamic-batching SUT; `construct()` registers it with LoadGen.
 
     predict: callable on float32 (N, 3, S, S) device batches (see module doc).
     qsl: a `SampleLibrary` (``get(index)`` -> float32 (3, S, S), ``sample_shape``).
-    max_batch_size, batch_timeout_us, threads: the batcher's knobs.
-    predict_timeout_s: seconds a batch may run before the run fails (None: no limit; module doc).
-    max_queue_wait_s: seconds a sample may wait in the queue before the run fails as overloaded
-    (Server: arrivals outpace the model; None: no limit). Answered like a timeout, so a Server
-    run at a rate the system cannot serve ends at its schedule's end instead of draining for hours.
+    batching: the batcher's knobs and time limits (`Batching`; the module doc says why).
     predict_samples: callable on an int64 array of QSL indices -> `PaddedDetections`, used instead
       of staging pixels for ``predict`` (a device pool reading the QSL's shared set by index).
-    batchers: how many batches may form at once, each with its own timeout from its own first
-      sample (Server over a pool of D devices: D, the batch timeout applies per device; worker
-      thread k gathers for batcher k mod D). 1: one batch forms at a time.
     """
 
-    def __init__(self, predict, qsl, max_batch_size: int = 8, batch_timeout_us: int = 2000,
-                 threads: int = 1, device: str | torch.device = "cpu",
-                 predict_timeout_s: float | None = None, max_queue_wait_s: float | None = None,
-                 predict_samples=None, batchers: int = 1):  # fmt: skip
+    def __init__(self, predict, qsl, batching: Batching = Batching(), device: str | torch.device = "cpu",
+                 predict_samples=None):  # fmt: skip
+        max_batch_size, batch_timeout_us, threads = batching.max_batch_size, batching.batch_timeout_us, batching.threads
+        predict_timeout_s, max_queue_wait_s, batchers = (batching.predict_timeout_s, batching.max_queue_wait_s,
+                                                         batching.batchers)  # fmt: skip
         if max_batch_size < 1 or threads < 1 or batch_timeout_us < 0 or not 1 <= batchers <= threads:
             raise ValueError("max_batch_size and threads must be >= 1, batch_timeout_us >= 0, batchers 1..threads")
         if predict_timeout_s is not None and not predict_timeout_s > 0:

@@ -9,9 +9,9 @@ score reaches the target. ``background=False`` (``--eval-sync``) scores at once,
 training process: training waits, as the MLPerf reference does (train.py:387-397).
 
 Why a process and not a thread: COCO scoring is CPU-bound Python and C++ that would hold the
-interpreter lock against the training loop. The worker is a `spawn`ed process (no copy of the
-trainer's CUDA context, threads or data-loader workers), started once per run with the ground
-truth loaded once; it ignores SIGINT (the trainer handles Ctrl-C and SIGTERM, checkpoints and
+interpreter lock against the training loop. The worker is a `spawn`ed process (`ssdbench.workers`:
+no copy of the trainer's CUDA context, threads or data-loader workers), started once per run with
+the ground truth loaded once; it ignores SIGINT (the trainer handles Ctrl-C and SIGTERM, checkpoints and
 exits; the worker ends when its pipe closes). Results travel as a float64 (K, 7) array file
 (`results_to_array`) so that sending never blocks on a busy worker. Until its score arrives,
 every submitted evaluation stays in the trainer's memory (`Scorer.pending`), so a checkpoint
@@ -21,7 +21,6 @@ in the training process, with a warning.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ssdbench.workers import Worker, WorkerDied, recv_message, send_message
 
 RESULT_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
 
@@ -83,7 +84,7 @@ def _serve(conn, ann_file: str, image_ids: list[int], backend: str) -> None:
     gt = _load_dataset_dict(ann_file)  # parsed once per run
     while True:
         try:
-            message = conn.recv()
+            message, _ = recv_message(conn)
         except (EOFError, OSError):  # the trainer is gone
             return
         if message is None:
@@ -98,7 +99,7 @@ def _serve(conn, ann_file: str, image_ids: list[int], backend: str) -> None:
         finally:
             Path(path).unlink(missing_ok=True)
         try:
-            conn.send(reply)
+            send_message(conn, reply)
         except (BrokenPipeError, OSError):
             return
 
@@ -117,31 +118,28 @@ class Scorer:
         self.background = background
         self._pending: dict[int, np.ndarray] = {}  # epoch -> results, in submission order
         self._done: list[Score] = []
-        self._proc = self._conn = self._tmp = None
+        self._worker: Worker | None = None
+        self._tmp = None
         if background:
             self._start()
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
         self._tmp = tempfile.mkdtemp(prefix="ssdbench-eval-")
-        self._proc = ctx.Process(target=_serve, args=(child, self.ann_file, self.image_ids, self.backend),
-                                 name="ssdbench-coco-scorer", daemon=True)
-        self._proc.start()
-        child.close()
+        self._worker = Worker(_serve, (self.ann_file, self.image_ids, self.backend), name="ssdbench-coco-scorer")
+        self._worker.start()
 
     def submit(self, epoch: int, array: np.ndarray) -> None:
         """Score the float64 (K, 7) results of the evaluation after epoch ``epoch``."""
         array = np.asarray(array, np.float64).reshape(-1, 7)
         self._pending[int(epoch)] = array
-        if self._proc is None:
+        if self._worker is None:
             self._score_here(int(epoch))
             return
         path = os.path.join(self._tmp, f"epoch_{int(epoch):04d}.npy")
         np.save(path, array)
         try:
-            self._conn.send(("score", int(epoch), path))
-        except (BrokenPipeError, OSError):  # the worker is gone
+            self._worker.send(("score", int(epoch), path))
+        except WorkerDied:  # the worker is gone
             self._worker_lost()
 
     def _score_here(self, epoch: int) -> None:
@@ -151,9 +149,9 @@ class Scorer:
 
     def _receive(self, timeout: float | None) -> bool:
         """Take one reply from the worker within ``timeout`` seconds (None: until one comes)."""
-        if not self._conn.poll(timeout):
+        if not self._worker.poll(timeout):
             return False
-        kind, epoch, *rest = self._conn.recv()
+        (kind, epoch, *rest), _ = self._worker.receive()
         if kind == "error":
             raise RuntimeError(f"COCO scoring of the epoch {epoch} evaluation failed: {rest[0]}")
         self._pending.pop(epoch, None)
@@ -162,7 +160,7 @@ class Scorer:
 
     def _worker_lost(self) -> None:
         """The worker died: score what is left here, from now on."""
-        code = self._proc.exitcode
+        code = self._worker.exitcode
         warnings.warn(f"the COCO scoring process ended (exit code {code}); scoring "
                       f"{len(self._pending)} evaluation(s) in the training process", RuntimeWarning, stacklevel=3)
         self._shutdown()
@@ -171,24 +169,24 @@ class Scorer:
 
     def poll(self) -> list[Score]:
         """The evaluations scored since the last call, oldest first; never waits."""
-        if self._proc is not None:
+        if self._worker is not None:
             try:
                 while self._pending and self._receive(0):
                     pass
-            except (EOFError, OSError):
+            except WorkerDied:
                 self._worker_lost()
-            if self._proc is not None and self._pending and not self._proc.is_alive() and not self._conn.poll(0):
+            if self._worker is not None and self._pending and not self._worker.alive() and not self._worker.poll(0):
                 self._worker_lost()
         done, self._done = self._done, []
         return done
 
     def wait(self) -> list[Score]:
         """Every submitted evaluation's score (waits for the pending ones), oldest first."""
-        while self._pending and self._proc is not None:
+        while self._pending and self._worker is not None:
             try:
-                if not self._receive(1.0) and not self._proc.is_alive():
+                if not self._receive(1.0) and not self._worker.alive():
                     self._worker_lost()
-            except (EOFError, OSError):
+            except WorkerDied:
                 self._worker_lost()
         return self.poll()
 
@@ -197,19 +195,12 @@ class Scorer:
         return list(self._pending.items())
 
     def _shutdown(self) -> None:
-        if self._proc is not None:
-            try:
-                self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            self._proc.join(timeout=5)
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(timeout=5)
-            self._conn.close()
+        if self._worker is not None:
+            self._worker.ask_to_stop()
+            self._worker.stop(grace_s=5.0)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-        self._proc = self._conn = self._tmp = None
+        self._worker = self._tmp = None
 
     def close(self) -> None:
         """End the worker; evaluations still pending are dropped (`pending` first to keep them)."""
