@@ -107,7 +107,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_uint8_normalised_on_the_device_equals_the_qsl_input(device):
-    """The worker's input is bit for bit the QSL's own float32 preprocessing (numpy, qsl.py)."""
+    """The worker's input is bit for bit the QSL's own float32 preprocessing (numpy, samples.py)."""
     u8 = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
     mean, std = (np.asarray(v, np.float32).reshape(3, 1, 1) for v in (MEAN, STD))
     expected = (u8.astype(np.float32) / np.float32(255.0) - mean) / std

@@ -91,7 +91,7 @@ def tree(runs, tmp_path_factory):
 def test_tree_from_cpu_runs_passes_the_checker(runs, tree):
     base = tree / "open" / "TestOrg"
     for path in ("systems/cpu2.json", "code/ssd-resnet34/ssdbench/README.md",
-                 "code/ssd-resnet34/ssdbench/ssdbench/loadgen/checker.py"):  # fmt: skip
+                 "code/ssd-resnet34/ssdbench/ssdbench/loadgen/submission_check.py"):  # fmt: skip
         assert (base / path).is_file(), path
     for scenario in ("Server", "Offline"):
         m = base / "measurements" / "cpu2" / "ssd-resnet34" / scenario

@@ -31,7 +31,7 @@ CHECKS = {
     "SSDBENCH_PROGRESS": _one_of("bar", "lines", "final", "off"),  # progress.py
     "SSDBENCH_CPU_BF16": _one_of("0", "1"),  # precision.py native_cpu_bf16
     "SSDBENCH_CACHE": _folder,  # io.py cache_dir
-    "SSDBENCH_LOADGEN_TRACE": _one_of("0", "1"),  # loadgen/timeline.py trace_enabled
+    "SSDBENCH_LOADGEN_TRACE": _one_of("0", "1"),  # loadgen/report.py trace_enabled
 }
 
 

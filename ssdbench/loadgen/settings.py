@@ -113,15 +113,16 @@ class Round:
         return float(entry["tolerance"])
 
 
-def _load() -> dict[str, dict]:
-    text = (resources.files("ssdbench") / "configs" / "rounds.json").read_text()
+def _config_json(name: str) -> dict[str, dict]:
+    """A JSON file of ``ssdbench/configs`` (package data), its ``_comment`` keys dropped."""
+    text = (resources.files("ssdbench") / "configs" / name).read_text()
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
 def get_round(name: str | None = None) -> Round:
     """The round ``name`` (default v2.0); ValueError naming the rounds for an unknown one."""
     name = name or DEFAULT_ROUND
-    data = _load()
+    data = _config_json("rounds.json")
     if name not in data:
         raise ValueError(f"unknown round {name!r}; choose one of {', '.join(data)}")
     return Round(name=name, **data[name])
@@ -180,9 +181,9 @@ LOADGEN_RANGES: dict[str, Range] = {
     **{k: Range(int, ge=0, le=1) for k in ("coalesce_queries", "print_timestamps", "performance_issue_unique",
                                             "performance_issue_same", "sample_concatenate_permutation")},
 }  # fmt: skip
-_SUT_RANGES = {"predict_timeout_s": POSITIVE, "max_batch_size": Range(int, ge=1, le=MAX_BATCH),
-               "threads": Range(int, ge=1, le=MAX_THREADS)}
-SUT_RANGES = _SUT_RANGES  # the loadgen command's flags parse with them
+# What the numeric SUT keys accept beyond `_SUT_MINIMUM` (the loadgen command's flags parse with them).
+SUT_RANGES = {"predict_timeout_s": POSITIVE, "max_batch_size": Range(int, ge=1, le=MAX_BATCH),
+              "threads": Range(int, ge=1, le=MAX_THREADS)}
 # LoadGen `.conf` keys this harness accepts (a typo must fail, not be silently ignored).
 LOADGEN_KEYS = (
     "target_qps", "target_latency", "target_latency_percentile", "samples_per_query",
@@ -256,8 +257,7 @@ def builtin_conf_path() -> str:
 
 def load_presets() -> dict[str, dict]:
     """Preset name -> its dict (the JSON's ``_comment`` dropped)."""
-    text = (resources.files("ssdbench") / "configs" / "loadgen_presets.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return _config_json("loadgen_presets.json")
 
 
 def read_conf(path: str, model: str, scenario: str) -> dict[str, tuple[str, bool]]:
@@ -453,7 +453,7 @@ def _sut_settings(values: dict[str, Any], sources: dict[str, str]) -> SutSetting
         if values[key] < minimum:
             need = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
             raise ValueError(f"{key} {need}, got {values[key]} (from {sources[key]})")
-    for key, rule in _SUT_RANGES.items():
+    for key, rule in SUT_RANGES.items():
         if not rule.ok(values[key]):
             raise ValueError(f"{key} must be {rule.describe()}, got {values[key]} (from {sources[key]})")
     return SutSettings(**values)

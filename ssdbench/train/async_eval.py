@@ -9,9 +9,9 @@ score reaches the target. ``background=False`` (``--eval-sync``) scores at once,
 training process: training waits, as the MLPerf reference does (train.py:387-397).
 
 Why a process and not a thread: COCO scoring is CPU-bound Python and C++ that would hold the
-interpreter lock against the training loop. The worker is a `spawn`ed process (`ssdbench.workers`:
-no copy of the trainer's CUDA context, threads or data-loader workers), started once per run with
-the ground truth loaded once; it ignores SIGINT (the trainer handles Ctrl-C and SIGTERM, checkpoints and
+interpreter lock against the training loop. The worker is a `spawn`ed process (no copy of the
+trainer's CUDA context, threads or data-loader workers), started once per run with the ground
+truth loaded once; it ignores SIGINT (the trainer handles Ctrl-C and SIGTERM, checkpoints and
 exits; the worker ends when its pipe closes). Results travel as a float64 (K, 7) array file
 (`results_to_array`) so that sending never blocks on a busy worker. Until its score arrives,
 every submitted evaluation stays in the trainer's memory (`Scorer.pending`), so a checkpoint
@@ -110,7 +110,8 @@ class Scorer:
     ``ann_file``: the validation annotation file; ``image_ids``: the evaluated images;
     ``background``: score in a worker process (False: at once, inside `submit`). `submit` hands
     over one evaluation; `poll` returns the finished ones without waiting, `wait` all of them;
-    `pending` lists those not scored yet (for checkpoints); `close` ends the worker.
+    `pending` lists those not scored yet (for checkpoints); `close` ends the worker (an
+    `ssdbench.workers.Worker`: spawned, stopped by a None message, then SIGTERM, then SIGKILL).
     """
 
     def __init__(self, ann_file, image_ids, backend: str = "faster", background: bool = True):
