@@ -251,7 +251,7 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- 4. accuracy
 def accuracy(args, out: Path) -> list[dict]:
-    from ssdbench.cli.eval import evaluate_backend
+    from ssdbench.eval.evaluate import evaluate_backend
     from ssdbench.data.coco import CocoDetection
     from ssdbench.data.loader import build_loader
     from ssdbench.data.synth import default_dataset

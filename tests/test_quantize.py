@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ssdbench.cli import main
-from ssdbench.cli.eval import evaluate_backend
+from ssdbench.eval.evaluate import evaluate_backend
 from ssdbench.infer.backends import cached_onnx, make_backend
 from ssdbench.infer.quantize import calibration_files, quantize, read_calib_list
 from ssdbench.precision import cpu_flags

@@ -143,29 +143,6 @@ def _channels_last(args, device) -> bool:
     return args.channels_last == "on" or resolve_precision(args.dtype, device) == "bf16"
 
 
-def evaluate_backend(backend, loader, dataset, eval_backend: str, progress: bool = True):
-    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` (one process)."""
-    import torch
-
-    from ssdbench.eval.coco import coco_stats, detections_to_coco
-    from ssdbench.eval.evaluate import _prepare, _progress, merge_shards
-    from ssdbench.model.postprocess import Detections
-
-    by_image: dict[int, list[dict]] = {}
-    for batch in _progress(loader, progress):
-        if len(batch["image_ids"]) == 0:
-            continue
-        with torch.inference_mode():
-            pred = backend.predict(_prepare(batch["images"], torch.device("cpu")).float())
-        for j, image_id in enumerate(int(i) for i in batch["image_ids"]):
-            n = int(pred.counts[j])
-            det = Detections(pred.boxes[j, :n].cpu(), pred.labels[j, :n].cpu(), pred.scores[j, :n].float().cpu())
-            size = tuple(int(v) for v in batch["orig_sizes"][j])
-            by_image.setdefault(image_id, detections_to_coco([det], [image_id], [size], dataset.label_to_cat_id))
-    results = merge_shards([by_image])
-    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results
-
-
 def _resolve_flags(args) -> None:
     """--amp and the older --backend faster|pycocotools; one of --weights / --model-file."""
     if args.backend in COCO_BACKENDS:
@@ -191,8 +168,8 @@ def _resolve_flags(args) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
     from ssdbench.data.loader import build_loader
-    from ssdbench.eval.coco import format_stats
-    from ssdbench.eval.evaluate import evaluate
+    from ssdbench.eval.coco_scoring import format_stats
+    from ssdbench.eval.evaluate import evaluate, evaluate_backend
     from ssdbench.precision import AMP_DTYPES, resolve_precision
 
     _resolve_flags(args)
@@ -229,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
 def _per_class(args, dataset, results: list[dict]) -> None:
     """Print the per-class AP table; with --analysis also write eval.json and the pictures."""
     from ssdbench.eval.analysis import analyze, details_json
-    from ssdbench.eval.coco import STAT_NAMES
+    from ssdbench.eval.coco_scoring import STAT_NAMES
     from ssdbench.eval.per_class import format_table, per_class_rows
 
     details = analyze(dataset.ann_file, results, image_ids=dataset.ids, backend=args.eval_backend)
