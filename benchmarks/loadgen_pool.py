@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
 from ssdbench.model.ssd import build_model
 
 MODEL = "ssd1200_r34"
@@ -86,9 +86,12 @@ def backend_flags(variant: str, int8: Path | None) -> dict:
 def network_alone(variant: str, int8, iters: int) -> float:
     """(a): samples/s of `predict` on a batch of 8, this process, all its cores."""
     flags = backend_flags(variant, int8)
-    kwargs = {"model_file": flags["model_file"]} if "model_file" in flags else {
-        "model": build_model(MODEL).eval(), "channels_last": True}
-    backend = make_backend(flags["backend"], MODEL, dtype=flags["dtype"], **kwargs)
+    if "model_file" in flags:
+        options, kwargs = BackendOptions(dtype=flags["dtype"]), {"model_file": flags["model_file"]}
+    else:
+        options = BackendOptions(dtype=flags["dtype"], channels_last=True)
+        kwargs = {"model": build_model(MODEL).eval()}
+    backend = make_backend(flags["backend"], MODEL, options, **kwargs)
     if hasattr(backend, "use_batch_buckets"):
         backend.use_batch_buckets(8)
     images = torch.randn(8, 3, 1200, 1200, generator=torch.Generator().manual_seed(0))

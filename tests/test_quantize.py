@@ -15,7 +15,7 @@ import torch
 
 from ssdbench.cli import main
 from ssdbench.eval.evaluate import evaluate_backend
-from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
 from ssdbench.infer.quantize import calibration_files, quantize, read_calib_list
 from ssdbench.precision import cpu_flags
 
@@ -63,8 +63,8 @@ def model(checkpoint):
 
 @pytest.fixture(scope="module")
 def fp32_map(model, val):
-    stats, _ = evaluate_backend(make_backend("eager", "ssd128_mini", model=model, dtype="fp32"), *val, "faster",
-                                progress=False)
+    backend = make_backend("eager", "ssd128_mini", BackendOptions(dtype="fp32"), model=model)
+    stats, _ = evaluate_backend(backend, *val, "faster", progress=False)
     assert stats[0] > 0.15  # a trained network, not an untrained network (~1e-5)
     return stats[0]
 
@@ -75,7 +75,8 @@ def _map(backend, val) -> float:
 
 @pytest.mark.parametrize("name, dtype", [("eager", "bf16"), ("openvino", "bf16"), ("openvino", "fp32")])
 def test_reduced_precision_keeps_99_percent(model, val, fp32_map, name, dtype):
-    backend = make_backend(name, "ssd128_mini", model=model, dtype=dtype, channels_last=name == "eager")
+    options = BackendOptions(dtype=dtype, channels_last=name == "eager")
+    backend = make_backend(name, "ssd128_mini", options, model=model)
     assert _map(backend, val) >= CLOSED_RULE * fp32_map
 
 

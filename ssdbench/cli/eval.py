@@ -117,7 +117,7 @@ def warn_category_order(trained: list[int] | None, dataset, weights) -> bool:
 
 def _backend(args, dataset, device):
     """The inference backend of one-process evaluation (--backend, --dtype, --model-file)."""
-    from ssdbench.infer.backends import make_backend, model_file_network
+    from ssdbench.infer.backends import BackendOptions, channels_last_for, make_backend, model_file_network
 
     if args.backend == "openvino":
         device = args.device  # the CPU: auto picks it, another device is an error naming --device
@@ -125,22 +125,16 @@ def _backend(args, dataset, device):
         if args.backend not in ("onnxruntime", "openvino"):
             raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
         name = args.model or model_file_network(args.model_file)
-        backend = make_backend(args.backend, name, device=device, dtype=args.dtype, model_file=args.model_file)
+        backend = make_backend(args.backend, name, BackendOptions(device=device, dtype=args.dtype),
+                               model_file=args.model_file)
         if backend.num_classes != dataset.num_classes:  # before any inference
             raise CliError(f"--model-file {args.model_file} predicts {backend.num_classes} classes but --data "
                            f"{dataset.root} has {dataset.num_classes} (with background)")
         return backend
     model = _model(args, dataset, device)
-    return make_backend(args.backend, model.spec.name, device=device, dtype=args.dtype, model=model,
-                        channels_last=_channels_last(args, device))
-
-
-def _channels_last(args, device) -> bool:
-    from ssdbench.precision import resolve_precision
-
-    if args.backend not in ("eager", "compile") or args.channels_last == "off":
-        return False
-    return args.channels_last == "on" or resolve_precision(args.dtype, device) == "bf16"
+    channels_last = channels_last_for(args.backend, args.channels_last, args.dtype, device)
+    options = BackendOptions(device=device, dtype=args.dtype, channels_last=channels_last)
+    return make_backend(args.backend, model.spec.name, options, model=model)
 
 
 def _resolve_flags(args) -> None:
@@ -155,9 +149,12 @@ def _resolve_flags(args) -> None:
     args.dtype = args.dtype or "auto"
     if bool(args.weights) == bool(args.model_file):
         raise CliError("give exactly one of --weights and --model-file")
-    if args.channels_last == "on" and args.backend not in ("eager", "compile"):  # so with every --model-file too
-        raise CliError(f"--channels-last on does not apply to --backend {args.backend} (the runtime picks the "
-                       "model file's memory layout); leave it auto or off")
+    from ssdbench.infer.backends import channels_last_for
+
+    try:  # before any work: "on" with a file backend (so with every --model-file) is an error
+        channels_last_for(args.backend, args.channels_last)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     output_file(args.out, "--out")
     if args.analysis is not None:
         from ssdbench.checks import output_folder

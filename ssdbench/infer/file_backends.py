@@ -19,7 +19,7 @@ import torch
 
 from ssdbench.infer import model_file as MF
 from ssdbench.infer import tf_layout as TF
-from ssdbench.infer.backend_base import Backend
+from ssdbench.infer.backend_base import Backend, BackendOptions
 from ssdbench.infer.openvino_uint8 import uint8_input_model
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
@@ -88,9 +88,8 @@ class OnnxRuntimeBackend(FileBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 threads: int | None = None):
-        super().__init__(model_name, input_size, device, dtype)
+    def __init__(self, onnx_path, model_name: str, input_size: int, options: BackendOptions):
+        super().__init__(model_name, input_size, options.device, options.dtype)
         import onnxruntime as ort
 
         path, sidecar = MF.resolve_path(onnx_path)
@@ -100,9 +99,9 @@ class OnnxRuntimeBackend(FileBackend):
         self._init_file(MF.inspect_onnx(path, sidecar))
         self.onnx_path = path
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()  # the process's thread budget
+        opts.intra_op_num_threads = options.threads or torch.get_num_threads()  # the process's thread budget
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.providers = _providers(ort, self.device, dtype)
+        self.providers = _providers(ort, self.device, self.dtype)
         self.session = ort.InferenceSession(str(path), opts, providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -142,7 +141,7 @@ PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}  # our dtype -> OpenVINO's INFE
 class OpenVinoBackend(FileBackend):
     """OpenVINO's CPU plugin on an ONNX file or IR, compiled once per batch size (static shapes).
 
-    Each SUT worker thread gets its own infer request; ``threads`` bounds OpenVINO's thread pool
+    Each SUT worker thread gets its own infer request; ``options.threads`` bounds OpenVINO's thread pool
     (default: torch's thread count), ``streams`` its parallel streams (1: latency-oriented).
     uint8 images (0..255, not normalised) run a second compiled model whose preprocessing
     normalises them (`ssdbench.infer.openvino_uint8`); float32 images run the file as it is.
@@ -151,11 +150,12 @@ class OpenVinoBackend(FileBackend):
     name = "openvino"
     accepts_uint8 = True
 
-    def __init__(self, path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 threads: int | None = None, streams: int = 1):
-        super().__init__(model_name, input_size, openvino_device(device), dtype)
+    def __init__(self, path, model_name: str, input_size: int, options: BackendOptions, streams: int = 1):
+        # options.device: the CPU (`ssdbench.infer.backends.backend_target` holds that rule)
+        super().__init__(model_name, input_size, options.device, options.dtype)
         import openvino as ov
 
+        dtype, threads = self.dtype, options.threads
         if dtype not in PRECISION_HINT:
             raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
         path, sidecar = MF.resolve_path(path)
@@ -208,20 +208,6 @@ def read_model(core, path):
             raise TF.read_error(path, error) from None
         raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
                          f"({str(error).strip().splitlines()[0][:200]})") from None
-
-
-def openvino_device(device) -> torch.device:
-    """The CPU for a ``--device`` value given to the openvino backend: auto (or None) picks it;
-    any other device is a ValueError naming ``--device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cpu")
-    try:
-        kind = torch.device(str(device)).type
-    except RuntimeError:
-        raise ValueError(f"--device {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if kind != "cpu":
-        raise ValueError(f"--device {device}: the openvino backend runs on the CPU; pass --device cpu")
-    return torch.device("cpu")
 
 
 def _output_name(output) -> str:

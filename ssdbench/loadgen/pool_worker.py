@@ -10,6 +10,7 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
+from dataclasses import replace
 
 import torch
 
@@ -52,9 +53,12 @@ def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
     torch.set_num_threads(len(cores))
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+    from ssdbench.infer.backends import BackendOptions
+
     if factory is None:
         from ssdbench.infer.backends import make_backend as factory
-    return factory(**{**backend_kwargs, "device": device}, threads=len(cores))
+    options = replace(backend_kwargs.get("options") or BackendOptions(), device=device, threads=len(cores))
+    return factory(**{**backend_kwargs, "options": options})
 
 
 def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tuple:

@@ -26,7 +26,7 @@ import torch
 
 from ssdbench.dist import pick_device
 from ssdbench.errors import CliError
-from ssdbench.infer.backends import make_backend
+from ssdbench.infer.backends import BackendOptions, make_backend
 from ssdbench.loadgen import apply
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen import staging as run_folder
@@ -66,9 +66,11 @@ class LoadgenRun:
 def backend_arguments(sut: S.SutSettings, weights, num_classes: int, device: torch.device, model_file=None,
                       allow_pickle: bool = False) -> dict:  # fmt: skip
     """`make_backend` keyword arguments of the SUT's backend (plain values: they also go to instances)."""
-    return {"name": sut.backend, "model_name": sut.model, "weights": None if weights is None else str(weights),
-            "device": str(device), "dtype": sut.dtype, "channels_last": sut.channels_last,
-            "space_to_depth": sut.space_to_depth, "num_classes": None if weights or model_file else num_classes,
+    options = BackendOptions(device=str(device), dtype=sut.dtype, channels_last=sut.channels_last,
+                             space_to_depth=sut.space_to_depth)
+    return {"name": sut.backend, "model_name": sut.model, "options": options,
+            "weights": None if weights is None else str(weights),
+            "num_classes": None if weights or model_file else num_classes,
             "model_file": None if model_file is None else str(model_file), "allow_pickle": allow_pickle}  # fmt: skip
 
 
