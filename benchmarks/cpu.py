@@ -144,14 +144,13 @@ def _parse(variant: str) -> dict:
 def _quantized_files(model, model_name: str, count: int, folder: Path) -> dict[str, Path]:
     """INT8 folders for onnxruntime and openvino, calibrated on embedded train images."""
     from ssdbench.data.synth import default_dataset
-    from ssdbench.infer.quantize import calibration_files, quantize
+    from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, quantize
     from ssdbench.model.specs import get_spec
 
-    files = calibration_files(default_dataset(), count=count)
-    src = cached_onnx(model, model_name)
-    size = get_spec(model_name).input_size
-    return {rt: quantize(rt, src, folder / f"{model_name}-{rt}-int8", files, size, model_name, "random init",
-                         f"{count} embedded train images").parent for rt in ("onnxruntime", "openvino")}
+    calibration = Calibration(calibration_files(default_dataset(), count=count), f"{count} embedded train images")
+    src = FloatModel(cached_onnx(model, model_name), model_name, get_spec(model_name).input_size, "random init")
+    return {rt: quantize(rt, src, folder / f"{model_name}-{rt}-int8", calibration).parent
+            for rt in ("onnxruntime", "openvino")}
 
 
 def build(v: dict, model, model_name: str, qfiles: dict):

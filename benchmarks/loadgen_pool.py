@@ -63,17 +63,16 @@ def parse_args(argv=None):
 def int8_file(out: Path, count: int) -> Path:
     """The OpenVINO INT8 folder (made once in ``out``)."""
     from ssdbench.data.synth import default_dataset
-    from ssdbench.infer.quantize import calibration_files, quantize
+    from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, quantize
     from ssdbench.model.specs import get_spec
 
     folder = out / f"{MODEL}-openvino-int8"
     if folder.is_dir() and any(folder.glob("*.xml")):
         return folder
     torch.manual_seed(0)
-    src = cached_onnx(build_model(MODEL).eval(), MODEL)
-    files = calibration_files(default_dataset(), count=count)
-    return quantize("openvino", src, folder, files, get_spec(MODEL).input_size, MODEL, "random init",
-                    f"{count} embedded train images").parent  # fmt: skip
+    src = FloatModel(cached_onnx(build_model(MODEL).eval(), MODEL), MODEL, get_spec(MODEL).input_size, "random init")
+    calibration = Calibration(calibration_files(default_dataset(), count=count), f"{count} embedded train images")
+    return quantize("openvino", src, folder, calibration).parent
 
 
 def backend_flags(variant: str, int8: Path | None) -> dict:
