@@ -1,5 +1,6 @@
 """OpenVINO takes the QSL's uint8 samples: the normalisation compiled into the model
-(`ssdbench.infer.openvino_uint8`) gives the float path's detections, in a pool worker too."""
+(`ssdbench.infer.file_backends.uint8_input_model`) gives the float path's detections, in a pool
+worker too."""
 
 import numpy as np
 import pytest

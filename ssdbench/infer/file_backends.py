@@ -8,6 +8,14 @@ batch 1) runs F images at a time; a last group of fewer is filled up with zero i
 are dropped. ``dtype`` is the precision of the float parts: ONNX Runtime runs fp32 (fp16 only
 through TensorRT); OpenVINO runs on the CPU only, fp32 or bf16 (its ``INFERENCE_PRECISION_HINT``;
 bf16 needs a CPU with native bf16, else OpenVINO falls back to fp32 itself).
+
+uint8 pixels for OpenVINO (`uint8_input_model`): a pool worker (`ssdbench.loadgen.pool_worker`)
+reads the QSL's loaded samples as uint8 (N, 3, S, S) from shared memory and hands them to the
+model as they are. OpenVINO's preprocessing API (`openvino.preprocess.PrePostProcessor`) adds in
+front of the network's input: u8 -> f32, subtract the ImageNet mean x 255, divide by the std x 255,
+per channel, in the file's own input layout (NCHW, or NHWC for TensorFlow-layout files). That is
+(x / 255 - mean) / std up to float rounding (about 1e-6 relative), with no torch normalisation and
+no float32 copy of the batch in the worker.
 """
 
 from __future__ import annotations
@@ -17,10 +25,10 @@ import threading
 import numpy as np
 import torch
 
+from ssdbench.data.jitter import MEAN, STD
 from ssdbench.infer import model_file as MF
 from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backend_base import Backend, BackendOptions
-from ssdbench.infer.openvino_uint8 import uint8_input_model
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
 
@@ -144,7 +152,7 @@ class OpenVinoBackend(FileBackend):
     Each SUT worker thread gets its own infer request; ``options.threads`` bounds OpenVINO's thread pool
     (default: torch's thread count), ``streams`` its parallel streams (1: latency-oriented).
     uint8 images (0..255, not normalised) run a second compiled model whose preprocessing
-    normalises them (`ssdbench.infer.openvino_uint8`); float32 images run the file as it is.
+    normalises them (`uint8_input_model`); float32 images run the file as it is.
     """
 
     name = "openvino"
@@ -196,6 +204,25 @@ class OpenVinoBackend(FileBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "openvino_config": self.config}
+
+
+MEAN_255 = [m * 255.0 for m in MEAN]  # the ImageNet statistics on the 0..255 scale
+STD_255 = [s * 255.0 for s in STD]
+
+
+def uint8_input_model(model, input_layout: str = "NCHW"):
+    """A copy of OpenVINO ``model`` whose first input is u8 pixels in ``input_layout``."""
+    from openvino import Layout, Type
+    from openvino.preprocess import PrePostProcessor
+
+    if input_layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"uint8 input needs an NCHW or NHWC model input, not {input_layout!r}")
+    ppp = PrePostProcessor(model.clone())
+    tensor_info = ppp.input(0)
+    tensor_info.tensor().set_element_type(Type.u8).set_layout(Layout(input_layout))
+    tensor_info.model().set_layout(Layout(input_layout))
+    tensor_info.preprocess().convert_element_type(Type.f32).mean(MEAN_255).scale(STD_255)
+    return ppp.build()
 
 
 def read_model(core, path):

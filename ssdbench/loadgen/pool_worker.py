@@ -2,7 +2,7 @@
 the backend, warm up, then answer requests (slot numbers of the QSL's shared uint8 set, or
 float32 pixels) with compact detections until told to stop; pickled messages whose bytes the
 parent counts. OpenVINO takes the shared uint8 samples straight (its model normalises them,
-`ssdbench.infer.openvino_uint8`); other backends normalise them on their device first."""
+`ssdbench.infer.file_backends.uint8_input_model`); other backends normalise them on their device first."""
 
 from __future__ import annotations
 
