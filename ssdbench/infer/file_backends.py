@@ -27,7 +27,6 @@ import torch
 
 from ssdbench.data.jitter import MEAN, STD
 from ssdbench.infer import model_file as MF
-from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backend_base import Backend, BackendOptions
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
@@ -232,7 +231,7 @@ def read_model(core, path):
         return core.read_model(str(path))
     except RuntimeError as error:  # OpenVINO's parse or conversion report: many lines
         if path.suffix == ".pb":
-            raise TF.read_error(path, error) from None
+            raise MF.tf_read_error(path, error) from None
         raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
                          f"({str(error).strip().splitlines()[0][:200]})") from None
 
@@ -240,5 +239,5 @@ def read_model(core, path):
 def _output_name(output) -> str:
     """An OpenVINO output's name, preferring the names of `ssdbench.infer.model_file` layouts."""
     names = output.get_names()
-    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS, *TF.OUTPUTS) if n in names]
+    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS, *MF.TF_OUTPUTS) if n in names]
     return known[0] if known else min(names)
