@@ -61,7 +61,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    from ssdbench.eval.coco import coco_stats, detections_to_coco
+    from ssdbench.eval.coco_scoring import coco_stats, detections_to_coco
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)

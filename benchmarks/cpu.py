@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
 from ssdbench.model.ssd import build_model
 
 GFLOP = {"ssd1200_r34": 433.2, "ssd128_mini": None}  # benchmark.md §1 (`ssdbench model info`)
@@ -144,14 +144,13 @@ def _parse(variant: str) -> dict:
 def _quantized_files(model, model_name: str, count: int, folder: Path) -> dict[str, Path]:
     """INT8 folders for onnxruntime and openvino, calibrated on embedded train images."""
     from ssdbench.data.synth import default_dataset
-    from ssdbench.infer.quantize import calibration_files, quantize
+    from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, quantize
     from ssdbench.model.specs import get_spec
 
-    files = calibration_files(default_dataset(), count=count)
-    src = cached_onnx(model, model_name)
-    size = get_spec(model_name).input_size
-    return {rt: quantize(rt, src, folder / f"{model_name}-{rt}-int8", files, size, model_name, "random init",
-                         f"{count} embedded train images").parent for rt in ("onnxruntime", "openvino")}
+    calibration = Calibration(calibration_files(default_dataset(), count=count), f"{count} embedded train images")
+    src = FloatModel(cached_onnx(model, model_name), model_name, get_spec(model_name).input_size, "random init")
+    return {rt: quantize(rt, src, folder / f"{model_name}-{rt}-int8", calibration).parent
+            for rt in ("onnxruntime", "openvino")}
 
 
 def build(v: dict, model, model_name: str, qfiles: dict):
@@ -159,8 +158,10 @@ def build(v: dict, model, model_name: str, qfiles: dict):
     where the CPU has native bf16)."""
     if v["precision"] == "int8":
         dtype = "auto" if v["backend"] == "openvino" else "fp32"
-        return make_backend(v["backend"], model_name, model_file=qfiles[v["backend"]], dtype=dtype)
-    return make_backend(v["backend"], model_name, model=model, dtype=v["precision"], channels_last=v["cl"])
+        return make_backend(v["backend"], model_name, BackendOptions(dtype=dtype),
+                            model_file=qfiles[v["backend"]])
+    options = BackendOptions(dtype=v["precision"], channels_last=v["cl"])
+    return make_backend(v["backend"], model_name, options, model=model)
 
 
 def _rel_diff(backend, images, reference) -> float:
@@ -252,10 +253,10 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- 4. accuracy
 def accuracy(args, out: Path) -> list[dict]:
-    from ssdbench.cli.eval import evaluate_backend
     from ssdbench.data.coco import CocoDetection
     from ssdbench.data.loader import build_loader
     from ssdbench.data.synth import default_dataset
+    from ssdbench.eval.evaluate import evaluate_backend
     from ssdbench.train.demo_model import demo_checkpoint
 
     weights = args.weights or demo_checkpoint(progress=True)

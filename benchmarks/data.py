@@ -128,7 +128,7 @@ def synthetic_eval_set(num_images: int, dets_per_image: int, seed: int = 0) -> t
 
 def eval_times(num_images: int, dets_per_image: int, repeats: int) -> dict:
     """Seconds per COCO evaluation (load results + evaluate + accumulate + summarize), per backend."""
-    from ssdbench.eval.coco import coco_stats
+    from ssdbench.eval.coco_scoring import coco_stats
 
     gt, dets = synthetic_eval_set(num_images, dets_per_image)
     out = {}

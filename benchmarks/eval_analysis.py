@@ -36,7 +36,7 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
 
 
 def main() -> None:
-    from ssdbench.eval.coco import coco_stats, detections_to_coco
+    from ssdbench.eval.coco_scoring import coco_stats, detections_to_coco
     from ssdbench.eval.confusion import confusion_matrix
     from ssdbench.eval.per_class import mean_ap, per_class_rows, run_cocoeval
     from ssdbench.eval.plots import write_eval_pictures

@@ -235,7 +235,7 @@ def single_stream(args, module, name, size, device, s2d) -> dict:
 def bench_eval(args, device) -> dict:
     """Eval pass: network (bf16 on GPU) + postprocess per batch, detections to host, COCO scoring
     in a worker thread overlapping the next batches (as the published systems do)."""
-    from ssdbench.eval.coco import coco_stats
+    from ssdbench.eval.coco_scoring import coco_stats
 
     name, n_images = args.train_model, args.eval_images
     size, bs = get_spec(name).input_size, args.eval_batch

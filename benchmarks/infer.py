@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssdbench.infer.backends import make_backend
+from ssdbench.infer.backends import BackendOptions, make_backend
 from ssdbench.model.ssd import build_model
 
 # Relative tolerance on raw maps (max |diff| / max |reference|) against fp32 eager.
@@ -75,8 +75,9 @@ def _variants(args):
 def _build(args, model, backend, dtype, layout):
     """A backend, or a string saying why this combination is not available."""
     try:
-        return make_backend(backend, args.model, device=args.device, dtype=dtype, model=model,
-                            compile_mode=args.compile_mode, **LAYOUTS[layout])
+        options = BackendOptions(device=args.device, dtype=dtype, compile_mode=args.compile_mode,
+                                 **LAYOUTS[layout])
+        return make_backend(backend, args.model, options, model=model)
     except ValueError as exc:  # e.g. onnxruntime in bf16, fp16 on CPU
         return str(exc)
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
 from ssdbench.model.ssd import build_model
 
 MODEL = "ssd1200_r34"
@@ -63,17 +63,16 @@ def parse_args(argv=None):
 def int8_file(out: Path, count: int) -> Path:
     """The OpenVINO INT8 folder (made once in ``out``)."""
     from ssdbench.data.synth import default_dataset
-    from ssdbench.infer.quantize import calibration_files, quantize
+    from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, quantize
     from ssdbench.model.specs import get_spec
 
     folder = out / f"{MODEL}-openvino-int8"
     if folder.is_dir() and any(folder.glob("*.xml")):
         return folder
     torch.manual_seed(0)
-    src = cached_onnx(build_model(MODEL).eval(), MODEL)
-    files = calibration_files(default_dataset(), count=count)
-    return quantize("openvino", src, folder, files, get_spec(MODEL).input_size, MODEL, "random init",
-                    f"{count} embedded train images").parent  # fmt: skip
+    src = FloatModel(cached_onnx(build_model(MODEL).eval(), MODEL), MODEL, get_spec(MODEL).input_size, "random init")
+    calibration = Calibration(calibration_files(default_dataset(), count=count), f"{count} embedded train images")
+    return quantize("openvino", src, folder, calibration).parent
 
 
 def backend_flags(variant: str, int8: Path | None) -> dict:
@@ -86,9 +85,12 @@ def backend_flags(variant: str, int8: Path | None) -> dict:
 def network_alone(variant: str, int8, iters: int) -> float:
     """(a): samples/s of `predict` on a batch of 8, this process, all its cores."""
     flags = backend_flags(variant, int8)
-    kwargs = {"model_file": flags["model_file"]} if "model_file" in flags else {
-        "model": build_model(MODEL).eval(), "channels_last": True}
-    backend = make_backend(flags["backend"], MODEL, dtype=flags["dtype"], **kwargs)
+    if "model_file" in flags:
+        options, kwargs = BackendOptions(dtype=flags["dtype"]), {"model_file": flags["model_file"]}
+    else:
+        options = BackendOptions(dtype=flags["dtype"], channels_last=True)
+        kwargs = {"model": build_model(MODEL).eval()}
+    backend = make_backend(flags["backend"], MODEL, options, **kwargs)
     if hasattr(backend, "use_batch_buckets"):
         backend.use_batch_buckets(8)
     images = torch.randn(8, 3, 1200, 1200, generator=torch.Generator().manual_seed(0))

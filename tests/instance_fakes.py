@@ -32,7 +32,7 @@ class TinyBackend:
                                 torch.ones(n, dtype=torch.int64))
 
 
-def tiny(threads=None, die_at=None, delay=0.0, hang_at=None, **_):
+def tiny(options=None, die_at=None, delay=0.0, hang_at=None, **_):
     return TinyBackend(die_at, delay, hang_at)
 
 
@@ -44,7 +44,7 @@ def hang(**_):
     time.sleep(600)
 
 
-def die_if_one_thread_else_hang(threads, **_):
-    if threads == 1:
+def die_if_one_thread_else_hang(options, **_):
+    if options.threads == 1:
         os._exit(3)
     time.sleep(600)

@@ -8,7 +8,8 @@ Layers, lowest first (a module may import its own layer and the layers below it)
   train    (and infer, on the same level but never importing each other)
   loadgen  (uses infer and eval)
   cli      the commands (nothing imports them)
-Every import counts, also those inside functions.
+Every import counts, also those inside functions. A module name (file stem) is used once outside
+cli/ (whose modules are named after their commands), so that a name says which module it is.
 """
 
 import ast
@@ -66,6 +67,30 @@ def _imports(path: Path) -> set[str]:
 def _graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {name: {m for m in _imports(path) if m in files and m != name} for name, path in files.items()}
+
+
+def _names_used_twice() -> dict[str, list[str]]:
+    """Module names (file stems, ``__init__`` and cli/ left out) of two or more files: name -> paths."""
+    names: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.name != "__init__.py" and rel.parts[0] != "cli":
+            names.setdefault(path.stem, []).append(rel.as_posix())
+    return {name: paths for name, paths in names.items() if len(paths) > 1}
+
+
+# Collisions whose renames are on their way (loadgen/submission.py and train/submission.py,
+# loadgen/sysinfo.py and sysinfo.py): while exactly these remain, the test below is an expected
+# failure that lists them; with none left it passes, and any other collision fails it.
+PENDING_RENAMES = {"submission", "sysinfo"}
+
+
+@pytest.mark.xfail(bool(_names_used_twice()) and set(_names_used_twice()) <= PENDING_RENAMES,
+                   reason=f"pending renames: {sorted(PENDING_RENAMES)}", strict=True)
+def test_no_module_name_is_used_twice_outside_cli():
+    twice = _names_used_twice()
+    assert not twice, "module names used twice outside cli/ (rename one): " + "; ".join(
+        f"{name}: {', '.join(paths)}" for name, paths in sorted(twice.items()))
 
 
 def test_imports_go_down_the_layers():
@@ -131,3 +156,18 @@ def test_the_checker_sees_a_planted_cycle_and_an_upward_import(tmp_path, monkeyp
         test_imports_go_down_the_layers()
     with pytest.raises(AssertionError, match="import cycles"):
         test_no_import_cycles()
+
+
+def test_the_checker_sees_a_module_name_used_twice(tmp_path, monkeypatch):
+    """Two coco.py outside cli/ are caught; a cli/ module may share a name (cli/eval.py, eval/)."""
+    fake = tmp_path / "ssdbench"
+    for sub in ("data", "eval", "cli"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    for name in ("data/coco.py", "eval/coco.py", "eval/evaluate.py", "cli/evaluate.py"):
+        (fake / name).write_text("")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    assert _names_used_twice() == {"coco": ["data/coco.py", "eval/coco.py"]}
+    with pytest.raises(AssertionError, match="coco: data/coco.py, eval/coco.py"):
+        test_no_module_name_is_used_twice_outside_cli()

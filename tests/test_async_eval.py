@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ssdbench.eval.coco import coco_stats
+from ssdbench.eval.coco_scoring import coco_stats
 from ssdbench.train.async_eval import Scorer, array_to_results, results_to_array
 from ssdbench.train.checkpoint import last_checkpoint, load_checkpoint
 from ssdbench.train.config import resolve_config

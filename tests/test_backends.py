@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssdbench.infer.backends import cached_onnx, make_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
 from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.model.ssd import build_model
 
@@ -46,7 +46,7 @@ def test_eager_fp32_is_the_network_and_predict_is_postprocess(model):
 @pytest.mark.parametrize("options", [{"channels_last": True}, {"space_to_depth": True},
                                      {"channels_last": True, "space_to_depth": True}])
 def test_eager_layout_variants_match_fp32(model, options):
-    backend = make_backend("eager", MODEL, model=model, **options)
+    backend = make_backend("eager", MODEL, BackendOptions(**options), model=model)
     x = _images(2, 1)
     assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
     # The caller's model is not modified (no first-conv swap, no in-place memory-format change).
@@ -55,7 +55,7 @@ def test_eager_layout_variants_match_fp32(model, options):
 
 
 def test_eager_bf16_autocast_on_cpu(model):
-    backend = make_backend("eager", MODEL, model=model, dtype="bf16")
+    backend = make_backend("eager", MODEL, BackendOptions(dtype="bf16"), model=model)
     x = _images(2, 2)
     got, ref = backend.forward_raw(x), _reference(model, x)
     assert got[0].dtype == torch.float32  # raw maps come back in fp32 for post-processing
@@ -66,7 +66,7 @@ def test_eager_bf16_autocast_on_cpu(model):
 
 def test_compile_matches_eager_per_batch_size(model):
     # aot_eager checks graph capture, static shapes and autocast without inductor's C++ build.
-    backend = make_backend("compile", MODEL, model=model, compile_backend="aot_eager")
+    backend = make_backend("compile", MODEL, BackendOptions(compile_backend="aot_eager"), model=model)
     for n in (1, 3):
         x = _images(n, n)
         assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-5
@@ -75,7 +75,7 @@ def test_compile_matches_eager_per_batch_size(model):
 @pytest.mark.slow  # inductor generates and builds C++ kernels: ~25 s on two idle cores
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own torch.jit use inside inductor
 def test_compile_inductor_matches_eager(model):
-    backend = make_backend("compile", MODEL, model=model, channels_last=True)
+    backend = make_backend("compile", MODEL, BackendOptions(channels_last=True), model=model)
     x = _images(2, 5)
     assert _max_diff(backend.forward_raw(x), _reference(model, x)) < 1e-4
 
@@ -109,24 +109,24 @@ def test_bad_requests(model):
     with pytest.raises(ValueError, match="unknown backend"):
         make_backend("tensorflow", MODEL, model=model)
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
-        make_backend("eager", MODEL, model=model, dtype="fp16")
+        make_backend("eager", MODEL, BackendOptions(dtype="fp16"), model=model)
     with pytest.raises(ValueError, match="unknown dtype"):
-        make_backend("eager", MODEL, model=model, dtype="int8")
+        make_backend("eager", MODEL, BackendOptions(dtype="int8"), model=model)
     with pytest.raises(ValueError, match="CUDA graphs"):
-        make_backend("compile", MODEL, model=model, compile_mode="reduce-overhead")
+        make_backend("compile", MODEL, BackendOptions(compile_mode="reduce-overhead"), model=model)
     with pytest.raises(ValueError, match=r"expects images \(N, 3, 128, 128\)"):
         make_backend("eager", MODEL, model=model).forward_raw(torch.zeros(1, 3, 300, 300))
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
-        make_backend("onnxruntime", MODEL, onnx_path="nope.onnx")
+        make_backend("onnxruntime", MODEL, model_file="nope.onnx")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            make_backend("eager", MODEL, model=model, device="cuda")
+            make_backend("eager", MODEL, BackendOptions(device="cuda"), model=model)
 
 
 def test_compile_pads_batches_to_buckets(model):
     """Batches pad up to 1, 2, 4, ..., max (one graph each, all warmed up before a timed run);
     the padded rows never reach the caller."""
-    backend = make_backend("compile", MODEL, model=model, compile_backend="aot_eager")
+    backend = make_backend("compile", MODEL, BackendOptions(compile_backend="aot_eager"), model=model)
     assert backend.use_batch_buckets(6) == (1, 2, 4, 6)
     eager = make_backend("eager", MODEL, model=model)
     x = torch.randn(3, 3, model.spec.input_size, model.spec.input_size, generator=torch.Generator().manual_seed(2))
@@ -157,7 +157,7 @@ def test_device_and_dtype_per_backend(model, monkeypatch):
     for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
         with pytest.raises(ValueError, match=f"^--device {device}: the openvino backend runs on the CPU; pass "
                                              "--device cpu$"):
-            make_backend("openvino", MODEL, model=model, device=device)
+            make_backend("openvino", MODEL, BackendOptions(device=device), model=model)
     with pytest.raises(ValueError, match="--device 'tpu0' is not a device"):
         B.backend_target("openvino", "tpu0")
-    assert make_backend("openvino", MODEL, model=model, device="auto").device == cpu
+    assert make_backend("openvino", MODEL, BackendOptions(device="auto"), model=model).device == cpu

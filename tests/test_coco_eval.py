@@ -7,7 +7,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from ssdbench.eval.coco import STAT_NAMES, coco_stats, detections_to_coco, format_stats
+from ssdbench.eval.coco_scoring import STAT_NAMES, coco_stats, detections_to_coco, format_stats
 
 Det = namedtuple("Det", "boxes labels scores")
 CAT_IDS = [2, 5, 11, 17, 40]  # sparse, as on COCO

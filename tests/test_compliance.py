@@ -37,10 +37,11 @@ FLAGS = {"min_duration": 200, "min_query_count": 48, "target_qps": 100, "warmup"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """(data, weights, honest predict, perf run, accuracy run) of a 32-image set."""
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.backends import BackendOptions, make_backend
 
     for data, weights in loadgen_env(tmp_path_factory, "comp", val_images=32, seed=2, background_bias=5.0):
-        backend = make_backend("eager", "ssd128_mini", weights=weights, device=torch.device("cpu"))
+        backend = make_backend("eager", "ssd128_mini", BackendOptions(device=torch.device("cpu")),
+                               weights=weights)
         honest = paced_per_sample(backend.predict, PACE, memo={})
         root = data.parent
         # the accuracy run first: it computes (and keeps) every image's answer
@@ -93,9 +94,10 @@ def test_a_caching_sut_fails_test04(env, tmp_path):
     """Answers kept per sample (a few recent ones): TEST04-B, one sample again and again, runs far
     faster than TEST04-A's unique samples."""
     _, weights, _, perf, _ = env
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.backends import BackendOptions, make_backend
 
-    base = make_backend("eager", "ssd128_mini", weights=weights, device=torch.device("cpu")).predict
+    base = make_backend("eager", "ssd128_mini", BackendOptions(device=torch.device("cpu")),
+                        weights=weights).predict
     cache: OrderedDict[bytes, PaddedDetections] = OrderedDict()
     pacer = Pacer()
 

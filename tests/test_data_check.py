@@ -6,7 +6,7 @@ import pytest
 from data_fixtures import write_coco, write_image
 
 from ssdbench.cli import main
-from ssdbench.data.check import check_dataset
+from ssdbench.data.validate import check_dataset
 
 CATS = [{"id": 3, "name": "a"}, {"id": 8, "name": "b"}]
 

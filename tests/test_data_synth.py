@@ -9,10 +9,9 @@ import pytest
 from data_fixtures import synthetic_coco
 
 from ssdbench.data import synth
-from ssdbench.data.check import check_dataset
 from ssdbench.data.coco import CocoDetection
-from ssdbench.data.scene import Scene
-from ssdbench.data.shapes import CLASSES
+from ssdbench.data.synth import CLASSES, Scene
+from ssdbench.data.validate import check_dataset
 
 N_TRAIN, N_VAL = 26, 8
 

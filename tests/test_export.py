@@ -75,7 +75,7 @@ def test_graph_interface(exported):
 def test_outside_matches_eager(exported, batch):
     model, paths = exported
     eager = make_backend("eager", MODEL, model=model)
-    ort = make_backend("onnxruntime", MODEL, onnx_path=paths["outside"])
+    ort = make_backend("onnxruntime", MODEL, model_file=paths["outside"])
     x = _images(batch, batch)
     (rl, rs), (gl, gs) = eager.forward_raw(x), ort.forward_raw(x)
     assert gl.shape == (batch, 4, model.spec.num_boxes)
@@ -87,7 +87,7 @@ def test_outside_matches_eager(exported, batch):
 def test_inside_matches_eager_postprocess(exported, batch):
     model, paths = exported
     eager = make_backend("eager", MODEL, model=model)
-    ort = make_backend("onnxruntime", MODEL, onnx_path=paths["inside"])
+    ort = make_backend("onnxruntime", MODEL, model_file=paths["inside"])
     assert ort.postprocess_inside
     x = _images(batch, 10 + batch)
     got = ort.predict(x)
@@ -156,7 +156,7 @@ def test_space_to_depth_export_keeps_plain_input(tmp_path):
     path = export_model(apply_space_to_depth(model), MODEL, tmp_path / "s2d.onnx")
     x = _images(2, 7)
     ref = make_backend("eager", MODEL, model=model).forward_raw(x)
-    got = make_backend("onnxruntime", MODEL, onnx_path=path).forward_raw(x)
+    got = make_backend("onnxruntime", MODEL, model_file=path).forward_raw(x)
     assert (got[0] - ref[0]).abs().max() < 1e-4 and (got[1] - ref[1]).abs().max() < 1e-4
 
 

@@ -25,10 +25,10 @@ from data_fixtures import synthetic_coco, write_coco
 from PIL import Image
 
 from ssdbench.cli import main
-from ssdbench.data.check import check_dataset
 from ssdbench.data.coco import BadSampleError, CocoDetection
 from ssdbench.data.decode import ImageTooLargeError, check_image_size, decode_image, max_image_pixels
-from ssdbench.eval.coco import coco_stats
+from ssdbench.data.validate import check_dataset
+from ssdbench.eval.coco_scoring import coco_stats
 
 LIMIT_TORCH = 6 << 30  # address space for a process that imports torch (~0.7 GiB of it); the bomb needs 11.8 GiB
 LIMIT_SMALL = 2 << 30  # for a process that only decodes

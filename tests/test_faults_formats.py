@@ -13,8 +13,8 @@ import torch
 from data_fixtures import synthetic_coco, write_coco
 from fault_helpers import cli, cli_process, error_line, listing
 
-from ssdbench.data.check import check_dataset
 from ssdbench.data.coco import CocoDetection
+from ssdbench.data.validate import check_dataset
 from ssdbench.loadgen.accuracy import decode_log
 
 

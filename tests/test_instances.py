@@ -31,21 +31,22 @@ def _cores_of_instance(pool):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_two_pinned_instances_answer_like_one_backend(tmp_path):
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.backends import BackendOptions, make_backend
     from ssdbench.model.ssd import build_model
 
     torch.manual_seed(0)
     model = build_model("ssd128_mini").eval()
     weights = tmp_path / "w.pt"
     torch.save({"model": model.state_dict(), "model_name": "ssd128_mini"}, weights)
-    kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(weights), "dtype": "fp32"}
+    kwargs = {"name": "eager", "model_name": "ssd128_mini", "weights": str(weights),
+              "options": BackendOptions(dtype="fp32")}
     cores = [[c] for c in sorted(os.sched_getaffinity(0))[:2]]
     pool = InstancePool(WorkerRecipe(kwargs, warmup=((1, 1),)), 2, cores=cores)
     try:
         assert _cores_of_instance(pool) == cores
         assert all(d["backend"] == "eager" and d["dtype"] == "fp32" for d in pool.describe)
         x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-        ref = make_backend("eager", "ssd128_mini", model=model, dtype="fp32").predict(x)
+        ref = make_backend("eager", "ssd128_mini", BackendOptions(dtype="fp32"), model=model).predict(x)
         for _ in range(2):  # both instances (the pool hands them out in turn)
             got = pool.predict(x)
             assert got.counts.tolist() == ref.counts.tolist()

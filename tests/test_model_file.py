@@ -194,7 +194,7 @@ def test_cli_eval_checks_the_model_file_before_inference(official_onnx, tmp_path
     --device auto would pick a GPU."""
     from data_fixtures import tiny_coco
 
-    import ssdbench.cli.eval as E
+    import ssdbench.eval.evaluate as E
     from ssdbench import dist as D
     from ssdbench.cli import main
     from ssdbench.infer.export import export_model

@@ -1,5 +1,6 @@
 """OpenVINO takes the QSL's uint8 samples: the normalisation compiled into the model
-(`ssdbench.infer.openvino_uint8`) gives the float path's detections, in a pool worker too."""
+(`ssdbench.infer.file_backends.uint8_input_model`) gives the float path's detections, in a pool
+worker too."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 pytest.importorskip("openvino")
 
-from ssdbench.infer.backends import make_backend
+from ssdbench.infer.backends import BackendOptions, make_backend
 from ssdbench.infer.export import export_model
 from ssdbench.loadgen.device_pool import InstancePool, WorkerRecipe, available_cores
 from ssdbench.loadgen.samples import SharedSamples, normalise_uint8
@@ -41,7 +42,7 @@ def _assert_same_detections(got, want) -> None:
 
 
 def test_uint8_input_gives_the_float_paths_detections(mini_onnx):
-    backend = make_backend("openvino", MODEL, model_file=mini_onnx, threads=1)
+    backend = make_backend("openvino", MODEL, BackendOptions(threads=1), model_file=mini_onnx)
     assert backend.accepts_uint8
     images = _images(4)
     want = backend.predict(normalise_uint8(images, "cpu"))  # torch normalisation, float32 model
@@ -66,6 +67,6 @@ def test_a_pool_worker_hands_shared_uint8_samples_to_openvino(mini_onnx):
     finally:
         pool.close()
         store.close()
-    backend = make_backend("openvino", MODEL, model_file=mini_onnx, threads=1)
+    backend = make_backend("openvino", MODEL, BackendOptions(threads=1), model_file=mini_onnx)
     _assert_same_detections(got, backend.predict(normalise_uint8(images, "cpu")))
     _assert_same_detections(got, backend.predict(images))

@@ -10,7 +10,7 @@ import pytest
 from test_coco_eval import CAT_IDS, make_gt, random_results
 
 from ssdbench.eval.analysis import analyze, details_json
-from ssdbench.eval.coco import coco_stats
+from ssdbench.eval.coco_scoring import coco_stats
 from ssdbench.eval.confusion import confusion_matrix
 from ssdbench.eval.per_class import format_table, mean_ap, per_class_rows, pr_curve, run_cocoeval
 from ssdbench.eval.plots import write_eval_pictures

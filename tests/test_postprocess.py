@@ -9,7 +9,7 @@ import torch
 
 from ssdbench.model import nms as nms_module
 from ssdbench.model.boxes import default_boxes
-from ssdbench.model.postprocess import Detections, postprocess, postprocess_padded
+from ssdbench.model.postprocess import Detections, NmsSettings, postprocess, postprocess_padded
 
 
 def _decode(locs, dboxes):
@@ -134,7 +134,7 @@ def test_model_name_and_81_classes():
 
 def test_padded_form_and_ordering():
     (locs, scores, dboxes), _ = CASES["ties"]()
-    dets = postprocess_padded(locs, scores, dboxes, max_per_class=10, max_per_image=300)
+    dets = postprocess_padded(locs, scores, dboxes, NmsSettings(max_per_class=10, max_per_image=300))
     assert dets.boxes.shape == (3, 300, 4) and dets.scores.shape == (3, 300) and dets.labels.shape == (3, 300)
     counts = dets.counts.tolist()
     assert counts[-1] == 0 and all(0 < c <= 4 * 10 for c in counts[:-1])  # 4 non-empty classes x 10
@@ -174,8 +174,8 @@ def test_bad_inputs_name_the_culprit():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     (locs, scores, dboxes), kw = CASES["ties"]()
-    cpu = postprocess_padded(locs, scores, dboxes, **kw)
-    gpu = postprocess_padded(locs.cuda(), scores.cuda(), dboxes.cuda(), **kw)
+    cpu = postprocess_padded(locs, scores, dboxes, NmsSettings(**kw))
+    gpu = postprocess_padded(locs.cuda(), scores.cuda(), dboxes.cuda(), NmsSettings(**kw))
     assert torch.equal(cpu.labels, gpu.labels.cpu()) and torch.equal(cpu.counts, gpu.counts.cpu())
     assert torch.allclose(cpu.scores, gpu.scores.cpu()) and torch.allclose(
         cpu.boxes, gpu.boxes.cpu(), atol=1e-6
@@ -214,6 +214,6 @@ def test_kernels_on_hand_cases(kernel, monkeypatch):
 def test_padded_path_has_no_host_sync():
     """Dynamo traces the whole greedy path as one graph: no .item(), nonzero or data-dependent shape."""
     locs, scores, dboxes = _random_inputs(2, 120, 4, seed=9)
-    explained = torch._dynamo.explain(postprocess_padded)(locs, scores, dboxes, max_per_class=20)
+    explained = torch._dynamo.explain(postprocess_padded)(locs, scores, dboxes, NmsSettings(max_per_class=20))
     torch._dynamo.reset()  # leave no compiled state to later tests
     assert explained.graph_break_count == 0 and explained.graph_count == 1

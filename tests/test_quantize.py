@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from ssdbench.cli import main
-from ssdbench.cli.eval import evaluate_backend
-from ssdbench.infer.backends import cached_onnx, make_backend
-from ssdbench.infer.quantize import calibration_files, quantize, read_calib_list
+from ssdbench.eval.evaluate import evaluate_backend
+from ssdbench.infer.backends import BackendOptions, cached_onnx, make_backend
+from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, quantize, read_calib_list
 from ssdbench.precision import cpu_flags
 
 CLOSED_RULE = 0.99  # benchmark.md §7: closed division accuracy >= 99% of the fp32 reference
@@ -63,8 +63,8 @@ def model(checkpoint):
 
 @pytest.fixture(scope="module")
 def fp32_map(model, val):
-    stats, _ = evaluate_backend(make_backend("eager", "ssd128_mini", model=model, dtype="fp32"), *val, "faster",
-                                progress=False)
+    backend = make_backend("eager", "ssd128_mini", BackendOptions(dtype="fp32"), model=model)
+    stats, _ = evaluate_backend(backend, *val, "faster", progress=False)
     assert stats[0] > 0.15  # a trained network, not an untrained network (~1e-5)
     return stats[0]
 
@@ -75,15 +75,16 @@ def _map(backend, val) -> float:
 
 @pytest.mark.parametrize("name, dtype", [("eager", "bf16"), ("openvino", "bf16"), ("openvino", "fp32")])
 def test_reduced_precision_keeps_99_percent(model, val, fp32_map, name, dtype):
-    backend = make_backend(name, "ssd128_mini", model=model, dtype=dtype, channels_last=name == "eager")
+    options = BackendOptions(dtype=dtype, channels_last=name == "eager")
+    backend = make_backend(name, "ssd128_mini", options, model=model)
     assert _map(backend, val) >= CLOSED_RULE * fp32_map
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_int8_keeps_99_percent(model, checkpoint, data, val, fp32_map, tmp_path, runtime):
     files = calibration_files(data, count=CALIB)
-    path = quantize(runtime, cached_onnx(model, "ssd128_mini"), tmp_path / "q", files, 128, "ssd128_mini",
-                    str(checkpoint), "train split")
+    float_model = FloatModel(cached_onnx(model, "ssd128_mini"), "ssd128_mini", 128, str(checkpoint))
+    path = quantize(runtime, float_model, tmp_path / "q", Calibration(files, "train split"))
     info = json.loads((tmp_path / "q" / "quantize.json").read_text())
     assert info["file"] == path.name and info["calibration"]["count"] == CALIB and info["model"] == "ssd128_mini"
     backend = make_backend(runtime, None, model_file=tmp_path / "q")
@@ -154,8 +155,8 @@ def test_a_moved_openvino_ir_still_names_its_network(tmp_path):
     data = tiny_coco(tmp_path / "coco", "train")
     torch.manual_seed(0)
     model = build_model("ssd128_mini", num_classes=4).eval()
-    quantize("openvino", cached_onnx(model, "ssd128_mini"), tmp_path / "q", calibration_files(data, count=2), 128,
-             "ssd128_mini", "random init", "tiny")
+    float_model = FloatModel(cached_onnx(model, "ssd128_mini"), "ssd128_mini", 128, "random init")
+    quantize("openvino", float_model, tmp_path / "q", Calibration(calibration_files(data, count=2), "tiny"))
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("model.xml", "model.bin"):
@@ -173,7 +174,7 @@ def test_quantize_cleans_up_and_checks_out_first(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(Exception):  # noqa: B017 - whatever the runtime raises
-        quantize("onnxruntime", bad, tmp_path / "q", [], 128, "ssd128_mini", "bad", "none")
+        quantize("onnxruntime", FloatModel(bad, "ssd128_mini", 128, "bad"), tmp_path / "q", Calibration([], "none"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # no q.tmp (nor q) left behind
 
     monkeypatch.chdir(tmp_path)

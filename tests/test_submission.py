@@ -48,12 +48,13 @@ def stand_in(batch):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The run and compliance folders of a datacenter submission, and the system JSON file."""
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.backends import BackendOptions, make_backend
 
     for data, weights in loadgen_env(tmp_path_factory, "sub", val_images=64, seed=3, background_bias=4.0):
         root = data.parent
-        net = paced_per_sample(make_backend("eager", "ssd128_mini", weights=weights, device=torch.device("cpu")).predict,
-                               0.005, memo={})  # fmt: skip
+        options = BackendOptions(device=torch.device("cpu"))
+        backend = make_backend("eager", "ssd128_mini", options, weights=weights)
+        net = paced_per_sample(backend.predict, 0.005, memo={})
         folders = {}
         for scenario, mode, flags, predict in (("Offline", "accuracy", OFFLINE, net),
                                                ("Offline", "performance", OFFLINE, net),

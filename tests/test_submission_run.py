@@ -46,12 +46,13 @@ def write_conf(path: Path, scenarios) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from ssdbench.infer.backends import make_backend
+    from ssdbench.infer.backends import BackendOptions, make_backend
 
     for data, weights in loadgen_env(tmp_path_factory, "subrun", val_images=64, seed=5, background_bias=4.0):
         root = data.parent
         (root / "system.json").write_text(json.dumps(SYSTEM))
-        backend = make_backend("eager", "ssd128_mini", weights=weights, device=torch.device("cpu"))
+        backend = make_backend("eager", "ssd128_mini", BackendOptions(device=torch.device("cpu")),
+                               weights=weights)
         memo: dict = {}
         net = paced_per_sample(backend.predict, 0.0002, memo=memo)
         # every image's answer computed once beforehand: Server's arrivals then meet the paced speed
@@ -176,12 +177,13 @@ SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from loadgen_fixtures import paced_per_sample
-from ssdbench.infer.backends import make_backend
+from ssdbench.infer.backends import BackendOptions, make_backend
 import ssdbench.cli.submission_run as command
 from ssdbench import cli
 
 # the command as it is, on the paced ssd128_mini of the in-process tests (short LoadGen runs)
-net = paced_per_sample(make_backend("eager", "ssd128_mini", weights={weights!r}, device=torch.device("cpu")).predict,
+net = paced_per_sample(make_backend("eager", "ssd128_mini", BackendOptions(device=torch.device("cpu")),
+                                   weights={weights!r}).predict,
                        0.0002, memo={{}})
 body = command.run_submission
 command.run_submission = lambda plan, predict=None, say=print: body(plan, predict=net, say=say)

@@ -11,7 +11,6 @@ import torch
 from tf_fixtures import ONNX, PB, UNREADABLE, normalised, saved
 
 from ssdbench.infer import model_file as MF
-from ssdbench.infer import tf_layout as TF
 from ssdbench.infer.backends import make_backend, model_file_network
 
 RUNS = [("openvino", PB), ("openvino", ONNX), ("onnxruntime", ONNX)]
@@ -86,7 +85,7 @@ def test_reading_rule_box_order_and_labels_by_hand():
                        [0.3, 0.1, 0.9, 0.2], [0.1, 0.1, 0.2, 0.2]]], np.float32)  # fmt: skip
     classes = np.array([[12.0, 80.0, 81.0, 0.0, 1.0, 7.0]], np.float32)
     scores = np.array([[0.9, 0.5, 0.4, 0.3, 0.04, 0.8]], np.float32)  # 0.8 comes after 0.04: unread
-    out = {TF.BOXES: boxes, TF.CLASSES: classes, TF.SCORES: scores}
+    out = {MF.TF_BOXES: boxes, MF.TF_CLASSES: classes, MF.TF_SCORES: scores}
     dets = MF.detections(out, "tf", num_classes=81)
     assert dets.counts.tolist() == [2]
     assert dets.labels[0, :2].tolist() == [12, 80] and dets.scores[0, :2].tolist() == pytest.approx([0.9, 0.5])
@@ -101,11 +100,11 @@ def test_input_layout_from_the_files_shape(tmp_path):
     import onnx
     from onnx import helper
 
-    assert TF.input_layout([1, 3, 1200, 1200], PB) == ("NCHW", 1200)
-    assert TF.input_layout([None, 1200, 1200, 3], PB) == ("NHWC", 1200)
-    assert TF.input_layout([None, 3, None, None], PB) == ("NCHW", None)
+    assert MF.tf_input_layout([1, 3, 1200, 1200], PB) == ("NCHW", 1200)
+    assert MF.tf_input_layout([None, 1200, 1200, 3], PB) == ("NHWC", 1200)
+    assert MF.tf_input_layout([None, 3, None, None], PB) == ("NCHW", None)
     with pytest.raises(ValueError, match="neither"):
-        TF.input_layout([1, 4, 8, 8], PB)
+        MF.tf_input_layout([1, 4, 8, 8], PB)
     proto = onnx.load(str(ONNX))
     graph = proto.graph
     old = graph.input[0]

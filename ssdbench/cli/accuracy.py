@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssdbench.eval.coco import BACKENDS
+from ssdbench.eval.coco_scoring import BACKENDS
 from ssdbench.loadgen.accuracy import report_accuracy
 
 EPILOG = """examples:

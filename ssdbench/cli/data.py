@@ -72,7 +72,7 @@ def run_synth(args) -> int:
 def run_check(args) -> int:
     import os
 
-    from ssdbench.data.check import check_dataset
+    from ssdbench.data.validate import check_dataset
 
     if not os.path.isdir(args.root):
         raise FileNotFoundError(f"dataset folder {args.root} not found")

@@ -61,7 +61,7 @@ def _quiet_log() -> None:
 def run(args: argparse.Namespace) -> int:
     from ssdbench.cli.train import print_result
     from ssdbench.dist import pick_device
-    from ssdbench.eval.coco import STAT_NAMES
+    from ssdbench.eval.coco_scoring import STAT_NAMES
     from ssdbench.infer.draw import contact_sheet, draw_predictions
     from ssdbench.train.build import data_root
     from ssdbench.train.config import resolve_config

@@ -117,7 +117,7 @@ def warn_category_order(trained: list[int] | None, dataset, weights) -> bool:
 
 def _backend(args, dataset, device):
     """The inference backend of one-process evaluation (--backend, --dtype, --model-file)."""
-    from ssdbench.infer.backends import make_backend, model_file_network
+    from ssdbench.infer.backends import BackendOptions, channels_last_for, make_backend, model_file_network
 
     if args.backend == "openvino":
         device = args.device  # the CPU: auto picks it, another device is an error naming --device
@@ -125,45 +125,16 @@ def _backend(args, dataset, device):
         if args.backend not in ("onnxruntime", "openvino"):
             raise CliError(f"--model-file needs --backend onnxruntime or openvino (got {args.backend})")
         name = args.model or model_file_network(args.model_file)
-        backend = make_backend(args.backend, name, device=device, dtype=args.dtype, model_file=args.model_file)
+        backend = make_backend(args.backend, name, BackendOptions(device=device, dtype=args.dtype),
+                               model_file=args.model_file)
         if backend.num_classes != dataset.num_classes:  # before any inference
             raise CliError(f"--model-file {args.model_file} predicts {backend.num_classes} classes but --data "
                            f"{dataset.root} has {dataset.num_classes} (with background)")
         return backend
     model = _model(args, dataset, device)
-    return make_backend(args.backend, model.spec.name, device=device, dtype=args.dtype, model=model,
-                        channels_last=_channels_last(args, device))
-
-
-def _channels_last(args, device) -> bool:
-    from ssdbench.precision import resolve_precision
-
-    if args.backend not in ("eager", "compile") or args.channels_last == "off":
-        return False
-    return args.channels_last == "on" or resolve_precision(args.dtype, device) == "bf16"
-
-
-def evaluate_backend(backend, loader, dataset, eval_backend: str, progress: bool = True):
-    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` (one process)."""
-    import torch
-
-    from ssdbench.eval.coco import coco_stats, detections_to_coco
-    from ssdbench.eval.evaluate import _prepare, _progress, merge_shards
-    from ssdbench.model.postprocess import Detections
-
-    by_image: dict[int, list[dict]] = {}
-    for batch in _progress(loader, progress):
-        if len(batch["image_ids"]) == 0:
-            continue
-        with torch.inference_mode():
-            pred = backend.predict(_prepare(batch["images"], torch.device("cpu")).float())
-        for j, image_id in enumerate(int(i) for i in batch["image_ids"]):
-            n = int(pred.counts[j])
-            det = Detections(pred.boxes[j, :n].cpu(), pred.labels[j, :n].cpu(), pred.scores[j, :n].float().cpu())
-            size = tuple(int(v) for v in batch["orig_sizes"][j])
-            by_image.setdefault(image_id, detections_to_coco([det], [image_id], [size], dataset.label_to_cat_id))
-    results = merge_shards([by_image])
-    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results
+    channels_last = channels_last_for(args.backend, args.channels_last, args.dtype, device)
+    options = BackendOptions(device=device, dtype=args.dtype, channels_last=channels_last)
+    return make_backend(args.backend, model.spec.name, options, model=model)
 
 
 def _resolve_flags(args) -> None:
@@ -178,9 +149,12 @@ def _resolve_flags(args) -> None:
     args.dtype = args.dtype or "auto"
     if bool(args.weights) == bool(args.model_file):
         raise CliError("give exactly one of --weights and --model-file")
-    if args.channels_last == "on" and args.backend not in ("eager", "compile"):  # so with every --model-file too
-        raise CliError(f"--channels-last on does not apply to --backend {args.backend} (the runtime picks the "
-                       "model file's memory layout); leave it auto or off")
+    from ssdbench.infer.backends import channels_last_for
+
+    try:  # before any work: "on" with a file backend (so with every --model-file) is an error
+        channels_last_for(args.backend, args.channels_last)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     output_file(args.out, "--out")
     if args.analysis is not None:
         from ssdbench.checks import output_folder
@@ -191,8 +165,8 @@ def _resolve_flags(args) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
     from ssdbench.data.loader import build_loader
-    from ssdbench.eval.coco import format_stats
-    from ssdbench.eval.evaluate import evaluate
+    from ssdbench.eval.coco_scoring import format_stats
+    from ssdbench.eval.evaluate import evaluate, evaluate_backend
     from ssdbench.precision import AMP_DTYPES, resolve_precision
 
     _resolve_flags(args)
@@ -229,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
 def _per_class(args, dataset, results: list[dict]) -> None:
     """Print the per-class AP table; with --analysis also write eval.json and the pictures."""
     from ssdbench.eval.analysis import analyze, details_json
-    from ssdbench.eval.coco import STAT_NAMES
+    from ssdbench.eval.coco_scoring import STAT_NAMES
     from ssdbench.eval.per_class import format_table, per_class_rows
 
     details = analyze(dataset.ann_file, results, image_ids=dataset.ids, backend=args.eval_backend)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssdbench.errors import CliError
-    from ssdbench.infer.backends import backend_target, make_backend, model_file_network
+    from ssdbench.infer.backends import BackendOptions, backend_target, make_backend, model_file_network
     from ssdbench.infer.predict import categories, detect, read_image, write_predictions
     from ssdbench.model.ssd import build_model
     from ssdbench.model.weights import checkpoint_model_name
@@ -54,16 +54,16 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.weights) == bool(args.model_file):
         raise CliError("give exactly one of --weights and --model-file")
+    options = BackendOptions(device=args.device, dtype=args.dtype)
     if args.model_file is not None:
         args.model = args.model or model_file_network(args.model_file)
-        backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                               model_file=args.model_file)
+        backend = make_backend(args.backend, args.model, options, model_file=args.model_file)
         cats = categories(backend.num_classes, args.data)  # contiguous label k -> the k-th category
     else:
         args.model = args.model or checkpoint_model_name(args.weights) or "ssd1200_r34"
         model = build_model(args.model, weights=args.weights, allow_pickle=args.allow_pickle)
         cats = categories(model.spec.num_classes, args.data)
-        backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype, model=model)
+        backend = make_backend(args.backend, args.model, options, model=model)
     dets = detect(backend, images, args.batch_size)
     out = Path(args.out)
     results = write_predictions(out, paths, images, dets, cats, args.score_threshold)

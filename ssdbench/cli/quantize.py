@@ -84,7 +84,7 @@ def _tf_layout_file(args, path: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench.infer.quantize import calibration_files, check_out, quantize
+    from ssdbench.infer.quantize import Calibration, FloatModel, calibration_files, check_out, quantize
     from ssdbench.model.specs import get_spec
 
     check_out(args.out)  # before any work
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     source, name, origin, layout = _source_onnx(args)
     calib = f"{args.calib_list or args.split + ' split'} of {args.data}"
     start = time.perf_counter()
-    path = quantize(args.backend, source, args.out, files, get_spec(name).input_size, name, origin, calib,
-                    layout=layout)
+    model = FloatModel(source, name, get_spec(name).input_size, origin, layout)
+    path = quantize(args.backend, model, args.out, Calibration(files, calib))
     print(f"{name} quantized for {args.backend} with {len(files)} calibration images ({calib}) in "
           f"{time.perf_counter() - start:.0f} s: {path}")
     return 0

@@ -22,7 +22,7 @@ boxes is kept (it counts among the 117,266), with empty targets when they are ex
 
 Boxes with non-positive width or height, and boxes with a NaN or infinite coordinate, are skipped
 with one aggregated warning per kind naming the annotation ids; evaluation drops the same boxes
-from the ground truth (`ssdbench.eval.coco`), so training and scoring see the same objects. An
+from the ground truth (`ssdbench.eval.coco_scoring`), so training and scoring see the same objects. An
 unknown category id is an error (ValueError naming the annotation).
 """
 
@@ -75,8 +75,10 @@ def annotation_path(root: str | Path, split: str) -> Path:
     return Path(root) / "annotations" / f"instances_{split}2017.json"
 
 
-def load_json(path: str | Path) -> dict:
-    """Read a COCO annotation file; FileNotFoundError / ValueError (malformed) naming it."""
+def read_annotations(path: str | Path) -> dict:
+    """The dict of a COCO annotation file, with lists images, annotations and categories: the one
+    reader of these files (dataset, COCO scoring, `data check`). FileNotFoundError / ValueError
+    (malformed) naming the file, one line each."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -143,7 +145,7 @@ class CocoDetection:
         self.exclude_crowd = bool(exclude_crowd)
         self.ann_file = annotation_path(root, split)
         self.image_dir = self.root / f"{split}2017"
-        data = load_json(self.ann_file)
+        data = read_annotations(self.ann_file)
         self._init_categories(data["categories"])
         self._images = self._index_images(data["images"])
         self._boxes, self._labels = self._index_annotations(data["annotations"])

@@ -17,13 +17,13 @@ from ssdbench.eval.per_class import CocoDetails, per_class_rows, run_cocoeval
 
 def analyze(gt: Any, results: Iterable[dict], image_ids: Iterable[int] | None = None,
             backend: str = "faster") -> CocoDetails:
-    """COCO evaluation of ``results`` (see `eval.coco.coco_stats`) with its per-class details and
+    """COCO evaluation of ``results`` (see `eval.coco_scoring.coco_stats`) with its per-class details and
     the confusion matrix at the default thresholds."""
-    from ssdbench.eval.coco import _load_dataset_dict
+    from ssdbench.eval.coco_scoring import ground_truth_dict
 
     results = list(results)
     image_ids = None if image_ids is None else [int(i) for i in image_ids]
-    data = _load_dataset_dict(gt)
+    data = ground_truth_dict(gt)
     details = run_cocoeval(data, results, image_ids, backend)
     details.confusion = confusion_matrix(data, results, details.cat_ids, image_ids)
     return details

@@ -1,4 +1,5 @@
-"""One evaluation pass: model -> post-processing -> COCO results -> the 12 COCO stats.
+"""One evaluation pass: model (`evaluate`) or inference backend (`evaluate_backend`) ->
+post-processing -> COCO results -> the 12 COCO stats.
 
 Distributed runs: every rank runs the model on its shard of the loader; the COCO results are
 gathered to rank 0, which computes the stats and broadcasts them, so every rank returns the same
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ssdbench import dist as D
-from ssdbench.eval.coco import coco_stats, detections_to_coco
+from ssdbench.eval.coco_scoring import coco_stats, detections_to_coco
 from ssdbench.precision import autocast
 from ssdbench.progress import Progress
 
@@ -131,3 +132,28 @@ def evaluate(
         stats = coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=backend)
     stats = D.broadcast_object(None if stats is None else stats.tolist(), src=0)
     return np.asarray(stats, dtype=np.float64), results
+
+
+def evaluate_backend(backend, loader, dataset, eval_backend: str = "faster",
+                     progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` in one process.
+
+    backend: any object with ``predict(images) -> PaddedDetections`` (`ssdbench.infer.backends`);
+    the images go to it float32 normalised on the CPU (the backend moves them to its device).
+    dataset as for `evaluate`; ``eval_backend`` is the COCO evaluation backend.
+    """
+    from ssdbench.model.postprocess import Detections
+
+    by_image: dict[int, list[dict]] = {}
+    for batch in _progress(loader, progress):
+        if len(batch["image_ids"]) == 0:
+            continue
+        with torch.inference_mode():
+            pred = backend.predict(_prepare(batch["images"], torch.device("cpu")).float())
+        for j, image_id in enumerate(int(i) for i in batch["image_ids"]):
+            n = int(pred.counts[j])
+            det = Detections(pred.boxes[j, :n].cpu(), pred.labels[j, :n].cpu(), pred.scores[j, :n].float().cpu())
+            size = tuple(int(v) for v in batch["orig_sizes"][j])
+            by_image.setdefault(image_id, detections_to_coco([det], [image_id], [size], dataset.label_to_cat_id))
+    results = merge_shards([by_image])
+    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results

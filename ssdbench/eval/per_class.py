@@ -25,7 +25,7 @@ AREA_ALL, MAX_DETS_100 = 0, -1  # indices into the A and M axes of eval["precisi
 class CocoDetails:
     """What one COCO evaluation leaves besides the 12 stats (all numpy, picklable)."""
 
-    stats: np.ndarray  # (12,) as `eval.coco.coco_stats`
+    stats: np.ndarray  # (12,) as `eval.coco_scoring.coco_stats`
     cat_ids: list[int]  # the K axis: category ids, sorted
     names: list[str]  # category names, same order
     gt_counts: np.ndarray  # (K,) non-crowd ground-truth boxes on the evaluated images
@@ -37,8 +37,8 @@ class CocoDetails:
 
 def run_cocoeval(gt: Any, results: Iterable[dict], image_ids: Iterable[int] | None = None,
                  backend: str = "faster") -> CocoDetails:
-    """Evaluate like `eval.coco.coco_stats` and keep the precision array and category facts."""
-    from ssdbench.eval.coco import evaluated
+    """Evaluate like `eval.coco_scoring.coco_stats` and keep the precision array and category facts."""
+    from ssdbench.eval.coco_scoring import evaluated
 
     evaluator, data = evaluated(gt, results, image_ids, backend)
     cat_ids = [int(c) for c in evaluator.params.catIds]

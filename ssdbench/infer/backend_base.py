@@ -1,12 +1,38 @@
-"""The common part of every inference backend (`ssdbench.infer.backends` documents the contract)."""
+"""The common part of every inference backend (`ssdbench.infer.backends` documents the contract):
+the `Backend` base class and `BackendOptions`, how a backend runs its network."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ssdbench.dist import pick_device
 from ssdbench.model.postprocess import PaddedDetections, postprocess_padded
 from ssdbench.precision import DTYPES
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How a backend runs its network: the options of `ssdbench.infer.backends.make_backend`.
+
+    device, dtype: "auto" (or None) as `ssdbench.infer.backends.backend_target` resolves them;
+    make_backend hands the backends resolved values. channels_last (NHWC; eager and compile only,
+    `ssdbench.infer.backends.channels_last_for`) and space_to_depth (the 12-channel stem). compile_mode,
+    compile_backend: torch.compile's mode and backend (compile only). onnx_postprocess: where the
+    post-processing runs in the ONNX file exported for a file backend without a model file
+    ("outside" / "inside"). threads: the ONNX Runtime / OpenVINO thread budget (None: torch's).
+    Plain values, so that the options pickle into LoadGen's instance processes.
+    """
+
+    device: str | torch.device | None = "cpu"
+    dtype: str | None = "fp32"
+    channels_last: bool = False
+    space_to_depth: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+    onnx_postprocess: str = "outside"
+    threads: int | None = None
 
 
 class Backend:

@@ -10,8 +10,9 @@ Every backend takes normalised images (N, 3, S, S) float32 (benchmark.md §5; S 
   ``boxes`` (N, K, 4) ltrb normalised, ``labels`` (N, K) int64 (0 = padding), ``scores`` (N, K)
   float32 and ``counts`` (N,), with no host sync.
 
-Outputs live on the backend's device. Use ``make_backend(name, model_name, ...)``; `check_export`
-compares an exported file under ONNX Runtime with eager PyTorch (``ssdbench export onnx --check``).
+Outputs live on the backend's device. Use ``make_backend(name, model_name, BackendOptions(...), ...)``;
+`check_export` compares an exported file under ONNX Runtime with eager PyTorch
+(``ssdbench export onnx --check``).
 The file backends (`ssdbench.infer.file_backends`) take ``model_file`` (an .onnx, an OpenVINO IR,
 a ``ssdbench quantize`` folder, or the official ``resnet34-ssd1200.onnx``); without one the network
 is exported into the ONNX cache first. Imports go one way: this module uses
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ssdbench.dist import pick_device
-from ssdbench.infer.backend_base import Backend
+from ssdbench.infer.backend_base import Backend, BackendOptions
 from ssdbench.infer.export import export_model
-from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend, openvino_device
+from ssdbench.infer.file_backends import OnnxRuntimeBackend, OpenVinoBackend
 from ssdbench.infer.space_to_depth import apply_space_to_depth
 from ssdbench.infer.space_to_depth import space_to_depth as to_space_to_depth
 from ssdbench.io import atomic_write, cache_dir
@@ -40,9 +42,11 @@ from ssdbench.precision import autocast, resolve_precision
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 FILE_BACKENDS = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
+NHWC_BACKENDS = ("eager", "compile")  # the file backends' runtimes pick the model file's memory layout
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
-__all__ = ["BACKENDS", "Backend", "CompileBackend", "EagerBackend", "OnnxRuntimeBackend", "OpenVinoBackend",
-           "backend_target", "cached_onnx", "check_export", "make_backend", "model_file_network"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "CompileBackend", "EagerBackend", "OnnxRuntimeBackend",
+           "OpenVinoBackend", "backend_target", "cached_onnx", "channels_last_for", "check_export", "make_backend",
+           "model_file_network"]
 
 
 class EagerBackend(Backend):
@@ -51,10 +55,10 @@ class EagerBackend(Backend):
 
     name = "eager"
 
-    def __init__(self, model: nn.Module, model_name: str, device="cpu", dtype="fp32",
-                 channels_last=False, space_to_depth=False):
-        super().__init__(model_name, model.spec.input_size, device, dtype)
-        if self.device.type == "cpu" and dtype == "fp16":
+    def __init__(self, model: nn.Module, model_name: str, options: BackendOptions):
+        super().__init__(model_name, model.spec.input_size, options.device, options.dtype)
+        channels_last, space_to_depth = options.channels_last, options.space_to_depth
+        if self.device.type == "cpu" and self.dtype == "fp16":
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         # A private copy: the caller's network is never modified (device moves and memory-format
         # changes are in-place in PyTorch).
@@ -95,9 +99,9 @@ class CompileBackend(EagerBackend):
 
     name = "compile"
 
-    def __init__(self, model, model_name, device="cpu", dtype="fp32", channels_last=False,
-                 space_to_depth=False, mode="default", compile_backend="inductor"):
-        super().__init__(model, model_name, device, dtype, channels_last, space_to_depth)
+    def __init__(self, model, model_name, options: BackendOptions):
+        super().__init__(model, model_name, options)
+        mode, compile_backend = options.compile_mode, options.compile_backend
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
         if self.device.type != "cuda" and mode in ("reduce-overhead", "max-autotune"):
@@ -182,53 +186,46 @@ def cached_onnx(model: nn.Module, model_name: str, postprocess="outside", space_
 def make_backend(
     name: str,
     model_name: str | None,
-    weights=None,
-    device="cpu",
-    dtype="fp32",
-    channels_last=False,
-    space_to_depth=False,
-    onnx_path=None,
-    num_classes=None,
-    compile_mode="default",
-    compile_backend="inductor",
-    onnx_postprocess="outside",
+    options: BackendOptions | None = None,
+    *,
     model: nn.Module | None = None,
+    weights=None,
     allow_pickle: bool = False,
+    num_classes: int | None = None,
     model_file=None,
-    threads: int | None = None,
 ) -> Backend:
     """Build a backend by name ("eager", "compile", "onnxruntime", "openvino") for `model_name`.
 
-    `weights` and `allow_pickle` as for `build_model` (None: random init); `model` reuses an already
-    built network instead. `device` and `dtype` as `backend_target` resolves them. For the file
-    backends, `model_file` (or the older name `onnx_path`) is used as is: its graph decides
-    space-to-depth, quantization and where post-processing runs (`ssdbench.infer.model_file`);
-    `model_name` may then be None when the file names its network. Without a file the network is
-    exported into the ONNX cache first.
+    `options` (`BackendOptions`, default: fp32 on the CPU) says how it runs; its device and dtype
+    are resolved here (`backend_target`), its channels_last checked (`channels_last_for`).
+    `weights`, `allow_pickle` and `num_classes` as for `build_model` (no weights: random init);
+    `model` reuses an already built network instead. For the file backends, `model_file` is used as
+    is: its graph decides space-to-depth, quantization and where post-processing runs
+    (`ssdbench.infer.model_file`); `model_name` may then be None when the file names its network.
+    Without a file the network is exported into the ONNX cache first.
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    device, dtype = backend_target(name, device, dtype)
-    model_file = model_file or onnx_path
+    options = options or BackendOptions()
+    device, dtype = backend_target(name, options.device, options.dtype)
+    options = replace(options, device=device, dtype=dtype,
+                      channels_last=channels_last_for(name, options.channels_last))
     if name in FILE_BACKENDS:
-        if channels_last:
-            raise ValueError(f"channels_last does not apply to {name} (it picks its own layouts)")
         cls = FILE_BACKENDS[name]
         if model_file is not None:
             model_name = model_name or model_file_network(model_file)
-            return cls(model_file, model_name, get_spec(model_name).input_size, device, dtype, threads=threads)
+            return cls(model_file, model_name, get_spec(model_name).input_size, options)
     elif model_file is not None:
         raise ValueError(f"--model-file runs with --backend onnxruntime or openvino, not {name}")
     if model is None:
         model = build_model(model_name, weights=weights, num_classes=num_classes, allow_pickle=allow_pickle)
     model = model.eval()
     if name == "eager":
-        return EagerBackend(model, model_name, device, dtype, channels_last, space_to_depth)
+        return EagerBackend(model, model_name, options)
     if name == "compile":
-        return CompileBackend(model, model_name, device, dtype, channels_last, space_to_depth, compile_mode,
-                              compile_backend)
-    path = cached_onnx(model, model_name, onnx_postprocess, space_to_depth)
-    return FILE_BACKENDS[name](path, model_name, model.spec.input_size, device, dtype, threads=threads)
+        return CompileBackend(model, model_name, options)
+    path = cached_onnx(model, model_name, options.onnx_postprocess, options.space_to_depth)
+    return FILE_BACKENDS[name](path, model_name, model.spec.input_size, options)
 
 
 def backend_target(name: str, device="auto", dtype: str | None = "auto") -> tuple[torch.device, str]:
@@ -239,10 +236,42 @@ def backend_target(name: str, device="auto", dtype: str | None = "auto") -> tupl
     naming ``--device``). ``dtype`` auto (or None) is `ssdbench.precision.default_precision` of the
     device, except for onnxruntime: fp32 on every device (INT8 comes from a quantized file).
     """
-    target = openvino_device(device) if name == "openvino" else pick_device(str(device or "auto"))
+    target = _openvino_device(device) if name == "openvino" else pick_device(str(device or "auto"))
     if name == "onnxruntime" and dtype in (None, "auto"):
         dtype = "fp32"
     return target, resolve_precision(dtype, target)
+
+
+def _openvino_device(device) -> torch.device:
+    """The CPU for a ``--device`` value given to the openvino backend: auto (or None) picks it;
+    any other device is a ValueError naming ``--device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cpu")
+    try:
+        kind = torch.device(str(device)).type
+    except RuntimeError:
+        raise ValueError(f"--device {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if kind != "cpu":
+        raise ValueError(f"--device {device}: the openvino backend runs on the CPU; pass --device cpu")
+    return torch.device("cpu")
+
+
+def channels_last_for(name: str, setting: str | bool = "auto", dtype: str | None = None, device=None) -> bool:
+    """Whether backend ``name`` runs NHWC (channels_last) for a ``--channels-last`` setting: "on"
+    (or True), "off" (or False) or "auto": on where ``dtype`` resolves to bf16 on ``device``
+    (`resolve_precision`; no device: off, a check of the setting alone). Only eager and compile have
+    the choice: a file backend's runtime picks the model file's memory layout, so "on" there is a
+    ValueError naming the flag."""
+    if setting in ("off", False):
+        return False
+    if name not in NHWC_BACKENDS:
+        if setting in ("on", True):
+            raise ValueError(f"--channels-last on does not apply to --backend {name} (the runtime picks the "
+                             "model file's memory layout); leave it auto or off")
+        return False
+    if setting in ("on", True):
+        return True
+    return device is not None and resolve_precision(dtype, device) == "bf16"
 
 
 def model_file_network(model_file) -> str:
@@ -272,8 +301,8 @@ def _network_of_size(size: int | None) -> str:
 def check_export(path, model: nn.Module, model_name: str, space_to_depth=False) -> str:
     """One-line comparison of ONNX Runtime (file at `path`) and eager PyTorch (`model`) on one image:
     detections per side and the largest box difference (ltrb normalised) over the first common ones."""
-    eager = make_backend("eager", model_name, model=model, space_to_depth=space_to_depth)
-    ort_backend = make_backend("onnxruntime", model_name, onnx_path=path)
+    eager = make_backend("eager", model_name, BackendOptions(space_to_depth=space_to_depth), model=model)
+    ort_backend = make_backend("onnxruntime", model_name, model_file=path)
     size = eager.input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     ref, got = eager.predict(x), ort_backend.predict(x)

@@ -8,6 +8,14 @@ batch 1) runs F images at a time; a last group of fewer is filled up with zero i
 are dropped. ``dtype`` is the precision of the float parts: ONNX Runtime runs fp32 (fp16 only
 through TensorRT); OpenVINO runs on the CPU only, fp32 or bf16 (its ``INFERENCE_PRECISION_HINT``;
 bf16 needs a CPU with native bf16, else OpenVINO falls back to fp32 itself).
+
+uint8 pixels for OpenVINO (`uint8_input_model`): a pool worker (`ssdbench.loadgen.device_pool`)
+reads the QSL's loaded samples as uint8 (N, 3, S, S) from shared memory and hands them to the
+model as they are. OpenVINO's preprocessing API (`openvino.preprocess.PrePostProcessor`) adds in
+front of the network's input: u8 -> f32, subtract the ImageNet mean x 255, divide by the std x 255,
+per channel, in the file's own input layout (NCHW, or NHWC for TensorFlow-layout files). That is
+(x / 255 - mean) / std up to float rounding (about 1e-6 relative), with no torch normalisation and
+no float32 copy of the batch in the worker.
 """
 
 from __future__ import annotations
@@ -17,10 +25,9 @@ import threading
 import numpy as np
 import torch
 
+from ssdbench.data.jitter import MEAN, STD
 from ssdbench.infer import model_file as MF
-from ssdbench.infer import tf_layout as TF
-from ssdbench.infer.backend_base import Backend
-from ssdbench.infer.openvino_uint8 import uint8_input_model
+from ssdbench.infer.backend_base import Backend, BackendOptions
 from ssdbench.model.postprocess import PaddedDetections
 from ssdbench.model.specs import get_spec
 
@@ -88,9 +95,8 @@ class OnnxRuntimeBackend(FileBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 threads: int | None = None):
-        super().__init__(model_name, input_size, device, dtype)
+    def __init__(self, onnx_path, model_name: str, input_size: int, options: BackendOptions):
+        super().__init__(model_name, input_size, options.device, options.dtype)
         import onnxruntime as ort
 
         path, sidecar = MF.resolve_path(onnx_path)
@@ -100,9 +106,9 @@ class OnnxRuntimeBackend(FileBackend):
         self._init_file(MF.inspect_onnx(path, sidecar))
         self.onnx_path = path
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()  # the process's thread budget
+        opts.intra_op_num_threads = options.threads or torch.get_num_threads()  # the process's thread budget
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.providers = _providers(ort, self.device, dtype)
+        self.providers = _providers(ort, self.device, self.dtype)
         self.session = ort.InferenceSession(str(path), opts, providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -142,20 +148,21 @@ PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}  # our dtype -> OpenVINO's INFE
 class OpenVinoBackend(FileBackend):
     """OpenVINO's CPU plugin on an ONNX file or IR, compiled once per batch size (static shapes).
 
-    Each SUT worker thread gets its own infer request; ``threads`` bounds OpenVINO's thread pool
+    Each SUT worker thread gets its own infer request; ``options.threads`` bounds OpenVINO's thread pool
     (default: torch's thread count), ``streams`` its parallel streams (1: latency-oriented).
     uint8 images (0..255, not normalised) run a second compiled model whose preprocessing
-    normalises them (`ssdbench.infer.openvino_uint8`); float32 images run the file as it is.
+    normalises them (`uint8_input_model`); float32 images run the file as it is.
     """
 
     name = "openvino"
     accepts_uint8 = True
 
-    def __init__(self, path, model_name: str, input_size: int, device="cpu", dtype="fp32",
-                 threads: int | None = None, streams: int = 1):
-        super().__init__(model_name, input_size, openvino_device(device), dtype)
+    def __init__(self, path, model_name: str, input_size: int, options: BackendOptions, streams: int = 1):
+        # options.device: the CPU (`ssdbench.infer.backends.backend_target` holds that rule)
+        super().__init__(model_name, input_size, options.device, options.dtype)
         import openvino as ov
 
+        dtype, threads = self.dtype, options.threads
         if dtype not in PRECISION_HINT:
             raise ValueError(f"the openvino backend runs fp32 or bf16 (INT8 through a quantized file), not {dtype}")
         path, sidecar = MF.resolve_path(path)
@@ -198,6 +205,25 @@ class OpenVinoBackend(FileBackend):
         return {**super().describe(), "openvino_config": self.config}
 
 
+MEAN_255 = [m * 255.0 for m in MEAN]  # the ImageNet statistics on the 0..255 scale
+STD_255 = [s * 255.0 for s in STD]
+
+
+def uint8_input_model(model, input_layout: str = "NCHW"):
+    """A copy of OpenVINO ``model`` whose first input is u8 pixels in ``input_layout``."""
+    from openvino import Layout, Type
+    from openvino.preprocess import PrePostProcessor
+
+    if input_layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"uint8 input needs an NCHW or NHWC model input, not {input_layout!r}")
+    ppp = PrePostProcessor(model.clone())
+    tensor_info = ppp.input(0)
+    tensor_info.tensor().set_element_type(Type.u8).set_layout(Layout(input_layout))
+    tensor_info.model().set_layout(Layout(input_layout))
+    tensor_info.preprocess().convert_element_type(Type.f32).mean(MEAN_255).scale(STD_255)
+    return ppp.build()
+
+
 def read_model(core, path):
     """OpenVINO's model of an .onnx, IR or TensorFlow frozen graph; a graph it cannot read is one
     ValueError naming the operations and the tf2onnx way out."""
@@ -205,27 +231,13 @@ def read_model(core, path):
         return core.read_model(str(path))
     except RuntimeError as error:  # OpenVINO's parse or conversion report: many lines
         if path.suffix == ".pb":
-            raise TF.read_error(path, error) from None
+            raise MF.tf_read_error(path, error) from None
         raise ValueError(f"{path}: OpenVINO cannot read it, truncated or damaged "
                          f"({str(error).strip().splitlines()[0][:200]})") from None
-
-
-def openvino_device(device) -> torch.device:
-    """The CPU for a ``--device`` value given to the openvino backend: auto (or None) picks it;
-    any other device is a ValueError naming ``--device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cpu")
-    try:
-        kind = torch.device(str(device)).type
-    except RuntimeError:
-        raise ValueError(f"--device {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if kind != "cpu":
-        raise ValueError(f"--device {device}: the openvino backend runs on the CPU; pass --device cpu")
-    return torch.device("cpu")
 
 
 def _output_name(output) -> str:
     """An OpenVINO output's name, preferring the names of `ssdbench.infer.model_file` layouts."""
     names = output.get_names()
-    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS, *TF.OUTPUTS) if n in names]
+    known = [n for n in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS, *MF.TF_OUTPUTS) if n in names]
     return known[0] if known else min(names)

@@ -7,7 +7,6 @@ TensorFlow frozen graphs alike); the layout and its conventions from `ssdbench.i
 from __future__ import annotations
 
 from ssdbench.infer import model_file as MF
-from ssdbench.infer import tf_layout as TF
 
 # per layout: (box order, label convention, where post-processing runs); sources in docs/model_files.md
 CONVENTIONS = {
@@ -47,7 +46,7 @@ def describe(model_file) -> str:
              f"  batch              {info.batch if info.batch else 'dynamic'}"]
     for port in model.outputs:
         names = sorted(port.get_names(), key=lambda n: (n not in (*MF.RAW_OUTPUTS, *MF.DETECTION_OUTPUTS,
-                                                                  *TF.OUTPUTS), n))  # fmt: skip
+                                                                  *MF.TF_OUTPUTS), n))  # fmt: skip
         lines.append(f"  output             {names[0]} {_shape(port)} {port.get_element_type().get_type_name()}")
     lines += [f"  boxes              {boxes}", f"  labels             {labels}", f"  post-processing    {post}"]
     return "\n".join(lines)

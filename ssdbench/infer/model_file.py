@@ -1,5 +1,5 @@
 """Model files for the ONNX Runtime and OpenVINO backends: which file, which graph layout, and
-the graph's outputs as `PaddedDetections`.
+the graph's outputs as `PaddedDetections`, with the facts of MLPerf's TensorFlow model (``tf``).
 
 A model file is an ``.onnx`` file, an OpenVINO IR (``.xml`` with its ``.bin``), or a folder written
 by ``ssdbench quantize`` (``quantize.json`` names the file inside and the model it came from).
@@ -27,18 +27,39 @@ output layouts are recognised:
   ``image:0``, outputs ``detection_bboxes:0`` (N, K, 4) [ymin, xmin, ymax, xmax] normalised,
   ``detection_classes:0`` (N, K) contiguous 1..80 (float), ``detection_scores:0`` (N, K) sorted by
   score; each image is read up to its first score < 0.05 (the reference's ``PostProcessCocoTf``).
-  `ssdbench.infer.tf_layout` holds its facts and sources; docs/model_files.md lists them.
+
+The ``tf`` layout's facts (MLPerf inference, ``vision/classification_and_detection/``;
+docs/model_files.md has the list):
+
+- ``python/main.py``, profile ``ssd-resnet34-tf``: input ``image:0``, outputs
+  ``detection_bboxes:0,detection_classes:0,detection_scores:0``, dataset ``coco-1200-tf``
+  (``use_label_map: False``), data format NCHW; profile ``ssd-resnet34-onnxruntime-tf``: the same
+  names for the ONNX conversion, data format NHWC. The layout of the input is therefore read from
+  the file's own input shape: (N, 3, S, S) is NCHW, (N, S, S, 3) NHWC; NCHW when it does not say.
+- ``python/dataset.py`` ``pre_process_coco_resnet34``: RGB, resize to 1200x1200, /255, ImageNet
+  mean/std: benchmark.md §5, the preprocessing of every other SSD-Large file.
+- ``python/coco.py`` ``PostProcessCocoTf``: per image, detections are read in the graph's order
+  up to the first score < 0.05; each box is written as the graph gives it as LoadGen's
+  [ymin, xmin, ymax, xmax]; the class as it is, scored with ``use_inv_map`` (label k is the k-th
+  COCO category: contiguous labels 1..80).
+- ``tools/convert-to-onnx.sh``: ``python -m tf2onnx.convert --input resnet34_tf.22.1.pb --output
+  ssd_resnet34_mAP_20.2.onnx --inputs image:0 --outputs
+  detection_bboxes:0,detection_scores:0,detection_classes:0 --opset 10`` (the README's file is
+  labelled opset 11).
+
+The graph runs as it is, with its own boxes and post-processing; it is never mapped onto
+``ssd1200_r34`` (the two models are not equivalent: mlcommons/inference_policies issues 7, 113).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssdbench.infer import tf_layout as TF
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import MAX_PER_IMAGE, PaddedDetections
 
@@ -48,6 +69,13 @@ DETECTION_OUTPUTS = ("bboxes", "labels", "scores")
 # ONNX metadata_props keys of our exports (the first two also in the rt_info of our OpenVINO IRs)
 META_LAYOUT, META_MODEL, META_CLASSES = "ssdbench.layout", "ssdbench.model", "ssdbench.num_classes"
 SIDECAR = "quantize.json"  # written by `ssdbench quantize` into its output folder
+# the tf layout's names, its reading rule and MLPerf's conversion command (module docstring)
+TF_INPUT = "image:0"
+TF_BOXES, TF_CLASSES, TF_SCORES = "detection_bboxes:0", "detection_classes:0", "detection_scores:0"
+TF_OUTPUTS = (TF_BOXES, TF_CLASSES, TF_SCORES)
+TF_READ_UNTIL = 0.05  # PostProcessCocoTf stops at the first score below this
+TF_CONVERT = ("python -m tf2onnx.convert --input {pb} --output {onnx} --inputs image:0 "
+              "--outputs detection_bboxes:0,detection_scores:0,detection_classes:0 --opset 11")
 
 
 @dataclass(frozen=True)
@@ -98,7 +126,7 @@ def resolve_path(path: str | Path) -> tuple[Path, dict]:
 def layout_of(outputs: list[str], declared: str | None, path: Path) -> str:
     """The layout from output names and our metadata (None for files that carry none)."""
     names = set(outputs)
-    if names >= set(TF.OUTPUTS):
+    if names >= set(TF_OUTPUTS):
         return "tf"
     if names >= set(RAW_OUTPUTS) and "bboxes" not in names:
         return "raw"
@@ -106,7 +134,7 @@ def layout_of(outputs: list[str], declared: str | None, path: Path) -> str:
         return "padded" if declared == "inside" else "official"
     raise ValueError(f"{path}: outputs {sorted(names)} match no known layout (raw: locs, scores; "
                      "with post-processing: bboxes, labels, scores; TensorFlow: "
-                     f"{', '.join(TF.OUTPUTS)})")
+                     f"{', '.join(TF_OUTPUTS)})")
 
 
 def inspect_onnx(path: Path, info: dict | None = None) -> ModelFile:
@@ -159,9 +187,9 @@ def inspect_openvino(path: Path, model, info: dict | None = None) -> ModelFile:
 
 def _input_layout(layout: str, dims: list, path: Path) -> tuple[str, int | None]:
     """(input layout, fixed input side or None) from the input's dims: a TensorFlow-layout file's as
-    `tf_layout.input_layout` reads it; our files and the official ones are NCHW."""
+    `tf_input_layout` reads it; our files and the official ones are NCHW."""
     if layout == "tf":
-        return TF.input_layout(dims, path)
+        return tf_input_layout(dims, path)
     sides = {d for d in dims[2:] if d is not None} if len(dims) == 4 else set()
     return "NCHW", sides.pop() if len(sides) == 1 else None
 
@@ -194,7 +222,7 @@ def detections(outputs: dict[str, np.ndarray], layout: str, num_classes: int = 8
     labels as they are, sorted by score and padded to MAX_PER_IMAGE.
     """
     if layout == "tf":
-        return _to_tensors(*TF.padded(outputs, num_classes), device)
+        return _to_tensors(*tf_padded(outputs, num_classes), device)
     boxes = np.asarray(outputs["bboxes"], np.float32)
     labels = np.asarray(outputs["labels"]).astype(np.int64)
     scores = np.asarray(outputs["scores"], np.float32)
@@ -227,3 +255,51 @@ def concat(parts: list[PaddedDetections]) -> PaddedDetections:
     if len(parts) == 1:
         return parts[0]
     return PaddedDetections(*(torch.cat([getattr(p, f) for p in parts]) for f in PaddedDetections._fields))
+
+
+def tf_input_layout(dims: list[int | None], path: Path) -> tuple[str, int | None]:
+    """(``"NCHW"`` | ``"NHWC"``, S or None) of a 4-d image input's dims (None = not static)."""
+    if len(dims) != 4:
+        return "NCHW", None  # our files and unknown ranks: the project's NCHW
+    if dims[1] != 3 and dims[3] == 3:
+        return "NHWC", dims[1] if dims[1] == dims[2] else None
+    if dims[1] not in (3, None):
+        raise ValueError(f"{path}: input of shape {dims} is neither (N, 3, S, S) nor (N, S, S, 3)")
+    return "NCHW", dims[2] if dims[2] == dims[3] else None
+
+
+def tf_padded(outputs: dict[str, np.ndarray], num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One run's TF outputs (N, K, ...) -> boxes (N, 200, 4) ltrb, labels (N, 200) int64, scores (N, 200).
+
+    Per image, the detections before the first score < 0.05 (``PostProcessCocoTf``) whose class is
+    in 1..``num_classes``-1 are kept, by score (stable: the graph's order among ties), at most 200.
+    """
+    boxes = np.asarray(outputs[TF_BOXES], np.float32)
+    classes = np.asarray(outputs[TF_CLASSES])
+    scores = np.asarray(outputs[TF_SCORES], np.float32)
+    n = boxes.shape[0]
+    boxes, classes, scores = boxes.reshape(n, -1, 4), classes.reshape(n, -1), scores.reshape(n, -1)
+    out_b = np.zeros((n, MAX_PER_IMAGE, 4), np.float32)
+    out_l = np.zeros((n, MAX_PER_IMAGE), np.int64)
+    out_s = np.zeros((n, MAX_PER_IMAGE), np.float32)
+    for i in range(n):
+        below = np.flatnonzero(scores[i] < TF_READ_UNTIL)
+        read = below[0] if len(below) else scores.shape[1]
+        labels = np.rint(classes[i, :read]).astype(np.int64)
+        keep = np.flatnonzero((labels >= 1) & (labels <= num_classes - 1))
+        keep = keep[np.argsort(-scores[i, keep], kind="stable")][:MAX_PER_IMAGE]
+        k = len(keep)
+        out_b[i, :k] = boxes[i, keep][:, [1, 0, 3, 2]]  # [ymin, xmin, ymax, xmax] -> ltrb
+        out_l[i, :k], out_s[i, :k] = labels[keep], scores[i, keep]
+    return out_b, out_l, out_s
+
+
+def tf_read_error(path: Path, error: Exception) -> ValueError:
+    """OpenVINO's failure to read a frozen graph as one line: the operations and the way out."""
+    text = str(error)
+    ops = re.search(r"No conversion rule found for operations?:\s*([^\n]+)", text)
+    failed = re.findall(r"--\s*(\S+?)(?:-\d+)? with a message", text)
+    what = ops.group(1).strip() if ops else ", ".join(dict.fromkeys(failed)) or text.strip().splitlines()[-1]
+    return ValueError(f"--model-file {path}: OpenVINO cannot read this TensorFlow graph (operations: {what}); "
+                      f"convert it as MLPerf does ({TF_CONVERT.format(pb=path.name, onnx=path.stem + '.onnx')}) "
+                      "and pass --model-file on the .onnx")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssdbench.data import shapes
+from ssdbench.data import synth
 from ssdbench.data.coco import CocoDetection, annotation_path
 from ssdbench.data.decode import decode_image
 from ssdbench.data.transforms import preprocess_for_inference
@@ -57,9 +57,9 @@ def categories(num_classes: int, data: str | None = None) -> list[tuple[int, str
         return [(ds.label_to_cat_id[i + 1], ds.cat_names[i]) for i in range(num_classes - 1)]
     if num_classes == len(COCO_NAMES) + 1:
         return list(zip(COCO_CAT_IDS, COCO_NAMES))
-    synth = shapes.categories()
-    if num_classes == len(synth) + 1:
-        return [(c["id"], c["name"]) for c in synth]
+    synth_categories = synth.categories()
+    if num_classes == len(synth_categories) + 1:
+        return [(c["id"], c["name"]) for c in synth_categories]
     return [(i, f"class {i}") for i in range(1, num_classes)]
 
 

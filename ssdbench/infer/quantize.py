@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,27 @@ QUANTIZE_BACKENDS = ("openvino", "onnxruntime")
 # OpenVINO operation types left in float in a graph with post-processing inside (layout tf)
 FLOAT_POSTPROCESSING = ("Add", "Subtract", "Multiply", "Divide", "Maximum", "Minimum", "Exp", "Concat",
                         "Gather", "Clamp", "NonMaxSuppression", "Softmax", "SoftMax")
+
+
+@dataclass(frozen=True)
+class FloatModel:
+    """The float network to quantize: its file (a raw-layout ONNX; for openvino also a ``tf`` layout
+    graph, .pb or .onnx, whose post-processing stays float), the network's name and input size,
+    where its weights came from (``origin``, recorded in quantize.json) and the file's layout."""
+
+    path: str | Path
+    model_name: str
+    size: int
+    origin: str
+    layout: str = "raw"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration images and where they came from (``source``, recorded in quantize.json)."""
+
+    files: list[Path]
+    source: str
 
 
 def read_calib_list(path: str | Path) -> list[str]:
@@ -86,13 +108,9 @@ def calibration_batches(files: list[Path], size: int) -> list[np.ndarray]:
     return [preprocess_for_inference(read_image(f), size)[None] for f in files]
 
 
-def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list[Path], size: int,
-             model_name: str, source: str, calib_source: str, layout: str = "raw") -> Path:
-    """Quantize ``source_onnx`` (raw layout; or, for openvino, a ``tf`` layout graph, .pb or .onnx,
-    whose post-processing stays float) with ``files`` into the folder ``out``; returns the model file.
-
-    ``source`` and ``calib_source`` are recorded in quantize.json (where the weights and images came from).
-    """
+def quantize(backend: str, model: FloatModel, out: str | Path, calibration: Calibration) -> Path:
+    """Quantize ``model`` for ``backend`` with the ``calibration`` images into the folder ``out``;
+    returns the model file. quantize.json records where the weights and the images came from."""
     if backend not in QUANTIZE_BACKENDS:
         raise ValueError(f"unknown quantize backend {backend!r}; choose one of {', '.join(QUANTIZE_BACKENDS)}")
     out = check_out(out)
@@ -100,12 +118,14 @@ def quantize(backend: str, source_onnx: str | Path, out: str | Path, files: list
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        batches = calibration_batches(files, size)
-        name = (_openvino(source_onnx, tmp, batches, model_name, layout) if backend == "openvino"
-                else _onnxruntime(source_onnx, tmp, batches))  # fmt: skip
-        info = {"file": name, "layout": layout, "model": model_name, "backend": backend, "precision": "int8",
-                "source": str(source), "calibration": {"count": len(files), "source": calib_source,
-                                                       "first": [f.name for f in files[:5]]}}  # fmt: skip
+        files = calibration.files
+        batches = calibration_batches(files, model.size)
+        name = (_openvino(model.path, tmp, batches, model.model_name, model.layout) if backend == "openvino"
+                else _onnxruntime(model.path, tmp, batches))  # fmt: skip
+        info = {"file": name, "layout": model.layout, "model": model.model_name, "backend": backend,
+                "precision": "int8", "source": str(model.origin),
+                "calibration": {"count": len(files), "source": calibration.source,
+                                "first": [f.name for f in files[:5]]}}  # fmt: skip
         atomic_write_text(tmp / "quantize.json", json.dumps(info, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # no half-written folder is left behind

@@ -23,7 +23,7 @@ import torch
 
 from ssdbench.data.coco import CocoDetection, name_ids
 from ssdbench.data.synth import default_dataset
-from ssdbench.eval.coco import coco_stats, detections_to_coco
+from ssdbench.eval.coco_scoring import coco_stats, detections_to_coco
 from ssdbench.io import read_json
 from ssdbench.model.postprocess import Detections
 

@@ -19,7 +19,7 @@ warms it up (`serve`, the worker's side: it then answers requests until told to 
 
 Samples go by index (`ssdbench.loadgen.samples`): ``predict_samples(indices)`` sends slot
 numbers of the QSL's shared uint8 set; the worker normalises on its device (OpenVINO takes the
-uint8 samples straight: its model normalises them, `ssdbench.infer.openvino_uint8`) and answers
+uint8 samples straight: its model normalises them, `ssdbench.infer.file_backends.uint8_input_model`) and answers
 with only the valid detections. Every byte through the pipes is counted (``bytes_sent`` /
 ``bytes_received``). ``predict`` (float32 pixels) remains for callers without a shared set.
 
@@ -48,7 +48,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -458,9 +458,12 @@ def _start_worker(backend_kwargs: dict, cores: list[int], device: str, factory):
     torch.set_num_threads(len(cores))
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+    from ssdbench.infer.backends import BackendOptions
+
     if factory is None:
         from ssdbench.infer.backends import make_backend as factory
-    return factory(**{**backend_kwargs, "device": device}, threads=len(cores))
+    options = replace(backend_kwargs.get("options") or BackendOptions(), device=device, threads=len(cores))
+    return factory(**{**backend_kwargs, "options": options})
 
 
 def _answer(backend, message, reader: SampleReader, normalise: Normaliser) -> tuple:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ssdbench.errors import CliError
-from ssdbench.infer.backends import backend_target, make_backend
+from ssdbench.infer.backends import BackendOptions, backend_target, make_backend
 from ssdbench.io import atomic_write_json, atomic_write_text
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
@@ -145,9 +145,11 @@ def check_model_file(run_settings: S.RunSettings, inputs: RunInputs, space_to_de
 def backend_arguments(sut: S.SutSettings, inputs: RunInputs, num_classes: int, device: torch.device) -> dict:
     """`make_backend` keyword arguments of the SUT's backend (plain values: they also go to instances)."""
     weights, model_file = inputs.weights, inputs.model_file
-    return {"name": sut.backend, "model_name": sut.model, "weights": None if weights is None else str(weights),
-            "device": str(device), "dtype": sut.dtype, "channels_last": sut.channels_last,
-            "space_to_depth": sut.space_to_depth, "num_classes": None if weights or model_file else num_classes,
+    options = BackendOptions(device=str(device), dtype=sut.dtype, channels_last=sut.channels_last,
+                             space_to_depth=sut.space_to_depth)
+    return {"name": sut.backend, "model_name": sut.model, "options": options,
+            "weights": None if weights is None else str(weights),
+            "num_classes": None if weights or model_file else num_classes,
             "model_file": None if model_file is None else str(model_file), "allow_pickle": inputs.allow_pickle}  # fmt: skip
 
 

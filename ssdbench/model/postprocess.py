@@ -13,6 +13,7 @@ image are ranked by score descending, then lower class, then that per-class rank
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -26,6 +27,21 @@ SCORE_THRESHOLD = 0.05  # a class score must be > this to be a candidate
 IOU_THRESHOLD = 0.5  # greedy NMS drops a candidate whose IoU with a kept one is >= this
 MAX_PER_CLASS = 200  # candidates per (image, class) entering NMS: the top by score
 MAX_PER_IMAGE = 200  # detections per image over all classes: the top by score
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """The knobs of `postprocess_padded` (the keyword arguments of `postprocess`), with the
+    benchmark's values as defaults; ``nms_kernel`` picks the NMS implementation (`ssdbench.model.nms`)."""
+
+    score_threshold: float = SCORE_THRESHOLD
+    iou_threshold: float = IOU_THRESHOLD
+    max_per_class: int = MAX_PER_CLASS
+    max_per_image: int = MAX_PER_IMAGE
+    nms_kernel: str = "auto"
+
+
+BENCHMARK_NMS = NmsSettings()  # one instance: no per-call construction on the hot path
 
 
 class Detections(NamedTuple):
@@ -111,23 +127,19 @@ def _top_detections(score: torch.Tensor, keep: torch.Tensor, k: int) -> tuple[to
     return order, torch.gather(flat_keep, 1, order)
 
 
-def postprocess_padded(
-    locs: torch.Tensor,
-    scores: torch.Tensor,
-    model: str | torch.Tensor,
-    score_threshold: float = SCORE_THRESHOLD,
-    iou_threshold: float = IOU_THRESHOLD,
-    max_per_class: int = MAX_PER_CLASS,
-    max_per_image: int = MAX_PER_IMAGE,
-    nms_kernel: str = "auto",
-) -> PaddedDetections:
+def postprocess_padded(locs: torch.Tensor, scores: torch.Tensor, model: str | torch.Tensor,
+                       settings: NmsSettings = BENCHMARK_NMS) -> PaddedDetections:
     """Batched decode + class-wise NMS with fixed-size outputs and no host sync (greedy kernel).
 
     locs (N, 4, B) offsets and scores (N, C, B) logits (the network's outputs; fp16/bf16 are
-    upcast to fp32); `model` is a model name or its (B, 4) xywh default boxes. Returns boxes
-    (N, max_per_image, 4) ltrb normalised, labels (N, max_per_image) 1..C-1, scores, and counts
-    (N,); each image's valid detections come first, highest score first.
+    upcast to fp32); `model` is a model name or its (B, 4) xywh default boxes; `settings` the
+    thresholds, limits and NMS kernel (default: the benchmark's). Returns boxes (N, max_per_image, 4)
+    ltrb normalised, labels (N, max_per_image) 1..C-1, scores, and counts (N,); each image's valid
+    detections come first, highest score first.
     """
+    score_threshold, iou_threshold = settings.score_threshold, settings.iou_threshold
+    max_per_class, max_per_image = settings.max_per_class, settings.max_per_image
+    nms_kernel = settings.nms_kernel
     _check_outputs(locs, scores)
     n, num_boxes = locs.shape[0], locs.shape[2]
     locs, scores = locs.float(), scores.float()
@@ -170,11 +182,11 @@ def _pad(dets: PaddedDetections, size: int) -> PaddedDetections:
 def postprocess(locs: torch.Tensor, scores: torch.Tensor, model: str | torch.Tensor, **options) -> list[Detections]:
     """Batched decode + class-wise NMS (benchmark.md §4) -> one `Detections` per image, highest score first.
 
-    Same arguments as `postprocess_padded` (``options``: its keyword arguments score_threshold,
-    iou_threshold, max_per_class, max_per_image, nms_kernel, with its defaults, kept in one
+    Same arguments as `postprocess_padded`, ``options`` being the fields of its `NmsSettings`
+    (score_threshold, iou_threshold, max_per_class, max_per_image, nms_kernel; defaults kept in one
     place); the only host sync is reading the counts at the end.
     """
-    dets = postprocess_padded(locs, scores, model, **options)
+    dets = postprocess_padded(locs, scores, model, NmsSettings(**options) if options else BENCHMARK_NMS)
     counts = dets.counts.tolist()
     return [
         Detections(dets.boxes[i, :c], dets.labels[i, :c], dets.scores[i, :c]) for i, c in enumerate(counts)

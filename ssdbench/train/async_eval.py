@@ -62,8 +62,8 @@ def array_to_results(array: np.ndarray) -> list[dict]:
 
 
 def score_array(gt, array: np.ndarray, image_ids, backend: str) -> list[float]:
-    """The 12 COCO stats (`eval.coco.coco_stats`) of a results array."""
-    from ssdbench.eval.coco import coco_stats
+    """The 12 COCO stats (`eval.coco_scoring.coco_stats`) of a results array."""
+    from ssdbench.eval.coco_scoring import coco_stats
 
     return [float(v) for v in coco_stats(gt, array_to_results(array), image_ids=image_ids, backend=backend)]
 
@@ -79,9 +79,9 @@ def score_details(gt, array: np.ndarray, image_ids, backend: str):
 def _serve(conn, ann_file: str, image_ids: list[int], backend: str) -> None:
     """The worker: ("score", epoch, path) -> ("done", epoch, stats, seconds) | ("error", epoch, text)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
-    from ssdbench.eval.coco import _load_dataset_dict
+    from ssdbench.eval.coco_scoring import ground_truth_dict
 
-    gt = _load_dataset_dict(ann_file)  # parsed once per run
+    gt = ground_truth_dict(ann_file)  # parsed once per run
     while True:
         try:
             message, _ = recv_message(conn)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -94,14 +93,14 @@ def _category(label_to_cat_id, label: int, image_id: int) -> int:
         raise ValueError(f"image {image_id}: label {label} has no COCO category id") from None
 
 
-def _load_dataset_dict(gt: Any) -> dict:
+def ground_truth_dict(gt: Any) -> dict:
     """Annotation json path, dict, or a loaded COCO object (either backend) -> the dataset dict,
-    without boxes that have a NaN or infinite coordinate (dropped with a warning naming them)."""
+    without boxes that have a NaN or infinite coordinate (dropped with a warning naming them).
+    A path is read by `ssdbench.data.coco.read_annotations` (its errors name the file)."""
     if isinstance(gt, (str, os.PathLike)):
-        if not os.path.isfile(gt):
-            raise FileNotFoundError(f"annotation file not found: {gt}")
-        with open(gt, "rb") as f:
-            return _finite_boxes_only(json.load(f), str(gt))
+        from ssdbench.data.coco import read_annotations
+
+        return _finite_boxes_only(read_annotations(gt), str(gt))
     if isinstance(gt, dict):
         return _finite_boxes_only(gt, "ground truth")
     if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):
@@ -184,7 +183,7 @@ def evaluated(gt: Any, results: Iterable[dict], image_ids: Iterable[int] | None 
     COCO bbox evaluation behind `coco_stats` and the per-class analysis (`eval.per_class`)."""
     COCO, COCOeval = _coco_api(backend)
     results = list(results)
-    data = _load_dataset_dict(gt)
+    data = ground_truth_dict(gt)
     _check_results(results, data)
     coco_gt = _build_gt(COCO, data)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())

@@ -10,7 +10,6 @@ CMYK / alpha images converted to RGB, JPEGs that libjpeg decodes with a warning)
 from __future__ import annotations
 
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ssdbench.data.coco import annotation_path
+from ssdbench.data.coco import annotation_path, read_annotations
 from ssdbench.data.decode import ImageTooLargeError, check_image_size
 from ssdbench.data.pool import pool_map, process_pool
 from ssdbench.progress import Progress
@@ -219,15 +218,12 @@ def check_split(report: CheckReport, root, split: str, workers: int = 1, progres
     """Add the findings and counts of one split to ``report``."""
     path = annotation_path(root, split)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-            raise ValueError("missing 'images', 'annotations' or 'categories' list")
+        data = read_annotations(path)
     except FileNotFoundError:
         report.add(split, "missing_file", f"{path} (annotation file)")
         return
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-        report.add(split, "malformed_json", f"{path.name}: {exc}")
+    except ValueError as exc:  # names the file
+        report.add(split, "malformed_json", str(exc))
         return
     images = _check_ids(report, split, data)
     _check_boxes(report, split, data, images)
