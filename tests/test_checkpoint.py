@@ -10,10 +10,10 @@ import torch
 from ssdbench.data.loader import ShardedSampler
 from ssdbench.io import WriteError
 from ssdbench.train import checkpoint as C
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.fast_step import make_sgd
 from ssdbench.train.loop import StepParts, TrainState
-from ssdbench.train.schedule import MLPerfSchedule
 
 TRAINING = {"model": {}, "state": {}, "sampler": {}, "rng": []}  # the keys a resume needs
 PAYLOAD_KEYS = {"model", "optimizer", "scheduler", "scaler", "state", "sampler", "rng", "config", "world_size",

@@ -11,9 +11,9 @@ import torch
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.loss import hard_negative_mask, ssd_loss
 from ssdbench.model.ssd import build_model
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.fast_step import FastStep, make_sgd, no_host_sync
 from ssdbench.train.loop import StepParts, train_step
-from ssdbench.train.schedule import MLPerfSchedule
 
 MODEL, CLASSES = "ssd128_mini", 5
 

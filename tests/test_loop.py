@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ssdbench.model.encoder import Encoder
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.loop import NonFiniteLossError, StepParts, TrainState, step_function, train_one_epoch
-from ssdbench.train.schedule import MLPerfSchedule
 
 
 class _Tiny(torch.nn.Module):

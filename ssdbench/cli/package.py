@@ -42,8 +42,8 @@ def _verdict(name: str, ok: bool | None, detail: str = "", lines=()) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ssdbench.checks import safe_name
     from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
+    from ssdbench.train.package import lay_out, read_system_json
     from ssdbench.train.score import format_tree, score_tree
-    from ssdbench.train.submission import lay_out, read_system_json
 
     safe_name(args.system, "--system")  # it names results/<system>/ and systems/<system>.json
     safe_name(args.org, "--org")  # the submitter, also a folder name in the inference tree

@@ -268,7 +268,7 @@ class Evaluator:
 
     def run(self, epoch: int) -> None:
         """Evaluate the network as trained after epoch ``epoch`` (every rank)."""
-        from ssdbench.train.sync_bn import average_bn_stats
+        from ssdbench.train.build import average_bn_stats
 
         t0 = time.perf_counter()
         self.mllog.eval_start(epoch)

@@ -3,7 +3,7 @@
 Everything around it (building parts, resume, eval, logs) lives in `train.trainer`; this file
 only moves batches through the network and the optimiser. Batches are dicts with ``images``
 (N, 3, S, S) float, ``boxes`` (N, M, 4) ltrb normalised and ``labels`` (N, M) int64 (0 = padding).
-The learning-rate schedule the scheduler follows is `train.schedule.MLPerfSchedule`.
+The learning-rate schedule the scheduler follows is `train.build.MLPerfSchedule`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the same step.
 
 The pieces, in order: `open_run` locks the run folder (`ssdbench.io.FolderLock`: a second run
 into it fails at once, naming the first), finds the checkpoint to resume and compares its config
-with this one (`train.resume`), all before anything is built, so a finished run is not built
+with this one (`train.checkpoint`), all before anything is built, so a finished run is not built
 again; `Trainer.__init__` builds everything a run segment needs and restores the checkpoint;
 `Trainer.run` is the epoch loop (train, evaluate at eval epochs, checkpoint after every epoch);
 `Trainer.summary` is the result. A run stopped by SIGTERM/SIGINT checkpoints and ends with
@@ -38,22 +38,20 @@ from ssdbench.progress import Progress
 from ssdbench.train.async_eval import Evaluator
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
+    check_changes,
+    describe_changes,
     find_resume,
+    hyperparameters,
     last_checkpoint,
     load_checkpoint,
+    restore_hyperparameters,
     restore_training,
+    resume_changes,
     resume_state,
     save_training,
 )
 from ssdbench.train.config import TrainConfig, resolve_for_device
 from ssdbench.train.loop import SIGNAL, TARGET, NonFiniteLossError, TrainState, train_one_epoch
-from ssdbench.train.resume import (
-    check_changes,
-    describe_changes,
-    hyperparameters,
-    restore_hyperparameters,
-    resume_changes,
-)
 from ssdbench.train.run_folder import RunFolder, default_run_dir, remove_failed_start
 
 
@@ -63,7 +61,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool =
     ``progress``: show training progress on rank 0 (`ssdbench.progress.Progress`: a bar on a
     terminal, a plain line per metrics window otherwise). A run folder whose run already finished
     is not trained again: its summary.json is returned. ``accept_changes``: resume a checkpoint
-    whose config differs from ``cfg`` and apply the differences (`train.resume`).
+    whose config differs from ``cfg`` and apply the differences (`train.checkpoint`).
     """
     launch = init_distributed(cfg.device, cfg.dist_timeout_s)
     start, before = None, None
@@ -96,7 +94,7 @@ class RunStart:
     checkpoint: Path | None
     payload: dict | None  # the loaded checkpoint (`checkpoint.training_payload`)
     state: TrainState  # the checkpoint's counters, ``segments`` including this start
-    changes: dict | None = None  # accepted config changes {key: (old, new)} (`train.resume`)
+    changes: dict | None = None  # accepted config changes {key: (old, new)} (`train.checkpoint`)
     lock: FolderLock | None = None  # held by rank 0 while the run writes the folder
 
     def finished(self, cfg: TrainConfig) -> bool:
@@ -218,7 +216,7 @@ class Trainer:
         self.folder.truncate_metrics_after(self.state.step, self.state.epoch,
                                            [e["epoch"] for e in self.state.pending_evals])
         self.say(f"resuming {start.checkpoint}: epoch {self.state.epoch} done, step {self.state.step}")
-        if fresh is not None:  # accepted changes, applied truthfully (`train.resume`)
+        if fresh is not None:  # accepted changes, applied truthfully (`train.checkpoint`)
             rates = restore_hyperparameters(self.parts, fresh)
             self.folder.log_metrics({"kind": "resume", "step": self.state.step,
                                      "changes": {k: list(v) for k, v in start.changes.items()}})
