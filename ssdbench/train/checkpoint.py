@@ -40,7 +40,7 @@ import torch
 
 from ssdbench import dist as D
 from ssdbench.io import atomic_write, atomic_write_text
-from ssdbench.model.weights import unreadable_reason
+from ssdbench.model.weights import WeightsError, load_file, unreadable_reason
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts, TrainState
 
@@ -124,8 +124,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:  # only tensors and plain Python values inside: safe to read with weights_only=True
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        return load_file(path, what="checkpoint")
+    except WeightsError as exc:  # "PATH: why"
+        raise ValueError(f"checkpoint {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure too means the file is unusable
         raise ValueError(f"checkpoint {path}: {unreadable_reason(path, exc)}") from None
 
 
