@@ -182,7 +182,7 @@ def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from test_loop import _batches, _parts
 
     from ssdbench import dist as D
-    from ssdbench.train.loop import StepParts, TrainState, train_one_epoch
+    from ssdbench.train.loop import EpochHooks, StepParts, TrainState, train_one_epoch
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -191,9 +191,9 @@ def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         parts: StepParts = _parts()
         state = TrainState()
-        reason = train_one_epoch(parts, _batches(12), state, log_every=3,
-                                 reduce=lambda v: D.all_reduce_sum(v, torch.device("cpu")),
-                                 target_reached=lambda: rank == 0 and state.step >= 4)
+        hooks = EpochHooks(reduce=lambda v: D.all_reduce_sum(v, torch.device("cpu")),
+                           target_reached=lambda: rank == 0 and state.step >= 4)
+        reason = train_one_epoch(parts, _batches(12), state, log_every=3, hooks=hooks)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"reason": reason, "step": state.step}, f)
         torch.distributed.barrier()

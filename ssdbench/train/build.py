@@ -177,9 +177,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
         from ssdbench.train.fast_step import FastStep
 
         warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
-        parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
-                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup,
-                                   loss_fn=parts.loss_fn)
+        parts.fast_step = FastStep(parts, cfg.compile, bool(cfg.cuda_graph), warmup)
     return parts, net
 
 

@@ -142,8 +142,6 @@ def read_system_json(path: str | None) -> dict:
     """``--system-json`` as a dict ({} when not given)."""
     if not path:
         return {}
-    from ssdbench.io import read_json
-
     data = read_json(path, "--system-json")
     if not isinstance(data, dict):
         raise CliError(f"--system-json {path}: expected a JSON object of system description fields")

@@ -33,7 +33,7 @@ import torch
 from ssdbench.dist import Watchdog, all_reduce_sum, join_group, shutdown
 from ssdbench.errors import PREEMPTED_EXIT, CliError
 from ssdbench.progress import Progress
-from ssdbench.train.async_eval import Evaluator
+from ssdbench.train.async_eval import EvalContext, Evaluator
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
     describe_changes,
@@ -44,7 +44,7 @@ from ssdbench.train.checkpoint import (
     save_training,
 )
 from ssdbench.train.config import TrainConfig, TrainSetup, set_up
-from ssdbench.train.loop import SIGNAL, TARGET, NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench.train.loop import SIGNAL, TARGET, EpochHooks, NonFiniteLossError, TrainState, train_one_epoch
 from ssdbench.train.run_folder import (
     RunStart,
     default_run_dir,
@@ -178,7 +178,7 @@ class Trainer:
             from ssdbench.train.tensorboard import require_tensorboard
 
             require_tensorboard()  # one line before anything is built
-        self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
+        self.setup, self.cfg, self.launch, self.show_progress = setup, cfg, launch, progress and launch.is_main
         self.folder, self.state = start.folder, start.state
         if start.payload is None and self.folder.metrics_path.exists() and self.folder.first_write_interrupted():
             self.say(f"note: {self.folder.path} holds a run killed while writing its first checkpoint; "
@@ -236,8 +236,8 @@ class Trainer:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
-        self.evaluator = Evaluator(self.cfg, self.launch, self.data, self.net, self.parts.amp_dtype, self.mllog,
-                                   self.folder, self.state, self.say, self.watchdog, self.show_progress)
+        context = EvalContext(self.mllog, self.folder, self.state, self.say, self.watchdog, self.show_progress)
+        self.evaluator = Evaluator(self.setup, self.data, self.net, self.parts.amp_dtype, context)
         self._open_tensorboard()
         self.watchdog.start()
         self.mllog.init_stop()
@@ -353,10 +353,10 @@ class Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.window(record)
 
-            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
-                                      lambda v: all_reduce_sum(v, self.launch.device), on_window,
-                                      lambda: self.stop_requested, self.cfg.steps_per_epoch,
-                                      self.watchdog.beat, self.evaluator.poll)
+            hooks = EpochHooks(lambda v: all_reduce_sum(v, self.launch.device), on_window,
+                               lambda: self.stop_requested, self.watchdog.beat, self.evaluator.poll)
+            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every, hooks,
+                                      self.cfg.steps_per_epoch)
         if stopped:
             return stopped
         self.mllog.epoch_stop(epoch)
