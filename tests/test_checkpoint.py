@@ -96,7 +96,7 @@ def test_payload_round_trip(tmp_path):
     cfg = TrainConfig(batch_size=4)
     rngs = [C.rng_state()]
     expected_draws = (torch.rand(3), np.random.rand(), random.random())  # what the restored generators give
-    path = C.save_checkpoint(tmp_path, "step_0000007.pt", C.training_payload(net, parts, state, sampler, cfg, 1, rngs))
+    path = C.save_checkpoint(tmp_path, "step_0000007.pt", C.training_payload(C.RunObjects(net, parts, state, sampler, cfg), 1, rngs))
     payload = C.load_checkpoint(path)
     assert set(payload) == PAYLOAD_KEYS and payload["world_size"] == 1 and payload["scaler"] is None
     assert payload["config"]["batch_size"] == 4 and payload["state"]["eval_history"] == state.eval_history

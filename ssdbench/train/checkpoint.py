@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +177,22 @@ def _newest_good(folder: Path) -> tuple[Path, dict] | None:
 
 
 # ---------------------------------------------------------------- payload
-def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, sampler, cfg: TrainConfig,
-                     world_size: int, rngs: list[dict], categories: list | None = None) -> dict:
-    """The checkpoint dict (keys in the module docstring). ``net``: the bare network (not DDP);
-    ``sampler``: the training `ShardedSampler`, saved at ``state.epoch_step x cfg.batch_size``
-    samples into the epoch; ``rngs``: every rank's `rng_state()`, in rank order."""
+@dataclass(frozen=True)
+class RunObjects:
+    """The live objects of a run that a training checkpoint is taken of."""
+
+    net: torch.nn.Module  # the bare network (not DDP)
+    parts: StepParts
+    state: TrainState
+    sampler: object  # the training `ShardedSampler`, saved at state.epoch_step x cfg.batch_size samples
+    cfg: TrainConfig
+    categories: list | None = None  # the training set's category ids in label order
+
+
+def training_payload(run: RunObjects, world_size: int, rngs: list[dict]) -> dict:
+    """The checkpoint dict (keys in the module docstring) of ``run``; ``rngs``: every rank's
+    `rng_state()`, in rank order."""
+    net, parts, state, sampler, cfg = run.net, run.parts, run.state, run.sampler, run.cfg
     return {
         "model": net.state_dict(), "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
@@ -190,19 +201,17 @@ def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, 
         "rng": rngs, "config": cfg.to_dict(), "world_size": world_size,
         # the training set's category ids in label order (label k = categories[k - 1]): `eval`
         # warns when a dataset orders its categories otherwise (every label would be misread)
-        "categories": categories,
+        "categories": run.categories,
     }
 
 
-def save_training(folder: str | Path, name: str, net: torch.nn.Module, parts: StepParts, state: TrainState,
-                  sampler, cfg: TrainConfig, launch: D.Launch, categories: list | None = None) -> Path | None:
-    """Checkpoint the run as ``folder/name``. Collective: every rank calls it and contributes its
+def save_training(folder: str | Path, name: str, run: RunObjects, launch: D.Launch) -> Path | None:
+    """Checkpoint ``run`` as ``folder/name``. Collective: every rank calls it and contributes its
     generator states; rank 0 writes. Returns the file on rank 0, None elsewhere."""
     rngs = D.all_gather_object(rng_state())
     if not launch.is_main:
         return None
-    return save_checkpoint(folder, name, training_payload(net, parts, state, sampler, cfg,
-                                                          launch.world_size, rngs, categories))
+    return save_checkpoint(folder, name, training_payload(run, launch.world_size, rngs))
 
 
 # ---------------------------------------------------------------- restore

@@ -36,6 +36,7 @@ from ssdbench.progress import Progress
 from ssdbench.train.async_eval import EvalContext, Evaluator
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
+    RunObjects,
     describe_changes,
     hyperparameters,
     last_checkpoint,
@@ -281,9 +282,9 @@ class Trainer:
         # Scores still being computed are recorded in the checkpoint and scored on resume.
         self.state.pending_evals = self.evaluator.records() if self.evaluator is not None else []
         try:
-            return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                                 self.data.train_loader.sampler, self.cfg, self.launch,
-                                 list(getattr(self.data.train_set, "cat_ids", None) or []) or None)
+            categories = list(getattr(self.data.train_set, "cat_ids", None) or []) or None
+            run = RunObjects(self.net, self.parts, self.state, self.data.train_loader.sampler, self.cfg, categories)
+            return save_training(self.folder.checkpoints, name, run, self.launch)
         finally:
             self.state.pending_evals = []
 
