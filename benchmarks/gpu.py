@@ -40,6 +40,7 @@ import torch
 from timing import sync_for, timed
 from tqdm import tqdm
 
+from ssdbench.data.loader import Shard
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.postprocess import postprocess_padded
 from ssdbench.model.specs import get_spec
@@ -133,7 +134,7 @@ def bench_pipeline(args, device) -> list[dict]:
             precision = "bf16" if device.type == "cuda" else "fp32"
             mode = "graph" if device.type == "cuda" else "eager"
             step = make_step(build_model(name), name, device, precision, device.type == "cuda", mode)
-        loader = build_byte_loader(data, args.train_batch, seed=0, workers=args.workers)
+        loader = build_byte_loader(data, args.train_batch, shard=Shard(seed=0), workers=args.workers)
         images, t0 = 0, None
         batches = tqdm(device_batches(loader, pipe), total=len(loader), desc=f"pipeline step={with_step}")
         for n_batches, batch in enumerate(batches, start=1):

@@ -125,9 +125,10 @@ def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common:
         return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples,
                             drop_last=cfg.drop_last, **common), None
     from ssdbench.data.gpu_pipeline import DevicePipeline, build_byte_loader
+    from ssdbench.data.loader import Shard
     from ssdbench.model.encoder import Encoder
 
-    loader = build_byte_loader(train_set, cfg.batch_size, True, launch.rank, launch.world_size, cfg.seed,
+    loader = build_byte_loader(train_set, cfg.batch_size, True, Shard(launch.rank, launch.world_size, cfg.seed),
                                cfg.workers, cfg.max_objects, drop_last=cfg.drop_last)
     encoder = Encoder(cfg.model) if cfg.step == "fast" else None
     pipeline = DevicePipeline(size, launch.device, train=True, seed=cfg.seed, max_objects=cfg.max_objects,
