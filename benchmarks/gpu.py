@@ -40,11 +40,13 @@ import torch
 from timing import sync_for, timed
 from tqdm import tqdm
 
+from ssdbench.data.loader import Shard
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.postprocess import postprocess_padded
 from ssdbench.model.specs import get_spec
 from ssdbench.model.ssd import build_model, layer_macs
 from ssdbench.train.fast_step import FastStep, make_sgd
+from ssdbench.train.loop import StepParts
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16 (NVIDIA datasheet); MFU is reported against it
 TOL = {"fp32": (1e-3, 1e-3), "bf16": (5e-2, 3e-2)}  # (loss, outputs) relative error vs fp32 eager
@@ -78,8 +80,9 @@ def make_step(net, name, device, precision, channels_last, mode):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_sgd(model.parameters(), 1e-3, device=device)
-    return FastStep(model, opt, Encoder(name), device, amp_dtype=torch.bfloat16 if precision == "bf16" else None,
-                    channels_last=channels_last, compile="compile" in mode, cuda_graph="graph" in mode)
+    parts = StepParts(model, opt, None, Encoder(name), device, amp_dtype=torch.bfloat16 if precision == "bf16" else None,
+                      channels_last=channels_last)
+    return FastStep(parts, compile="compile" in mode, cuda_graph="graph" in mode)
 
 
 def train_variants(args, device) -> list[tuple]:
@@ -131,7 +134,7 @@ def bench_pipeline(args, device) -> list[dict]:
             precision = "bf16" if device.type == "cuda" else "fp32"
             mode = "graph" if device.type == "cuda" else "eager"
             step = make_step(build_model(name), name, device, precision, device.type == "cuda", mode)
-        loader = build_byte_loader(data, args.train_batch, seed=0, workers=args.workers)
+        loader = build_byte_loader(data, args.train_batch, shard=Shard(seed=0), workers=args.workers)
         images, t0 = 0, None
         batches = tqdm(device_batches(loader, pipe), total=len(loader), desc=f"pipeline step={with_step}")
         for n_batches, batch in enumerate(batches, start=1):

@@ -29,8 +29,8 @@ import torch
 
 from ssdbench.precision import AMP_DTYPES
 from ssdbench.progress import Progress
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.loop import StepParts, train_step
-from ssdbench.train.schedule import MLPerfSchedule
 
 FWD_GFLOP = {"ssd300_r34": 31.7, "ssd1200_r34": 433.0, "ssd128_mini": None}  # benchmark.md §1
 PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}  # H100 SXM dense; override with --peak-tflops

@@ -165,21 +165,31 @@ def _default_master_env(world_size: int) -> None:
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
-def init_distributed(device_name: str = "auto", timeout_s: float = 300.0) -> Launch:
+def local_launch(device_name: str | None = "auto") -> Launch:
+    """This process's place as the launcher names it (rank, world size, local rank) and its device
+    (`pick_device`: errors name --device), before any process group is joined."""
+    local = get_local_rank()
+    return Launch(env_rank(), env_world_size(), local, pick_device(device_name, local))
+
+
+def join_group(launch: Launch, timeout_s: float = 300.0) -> Launch:
     """Initialise the process group when the launcher asks for more than one process.
 
     Backend: NCCL on CUDA, gloo on CPU. Rank / world size come from torchrun or Slurm variables.
     """
-    rank, world, local = env_rank(), env_world_size(), get_local_rank()
-    device = pick_device(device_name, local)
-    if world > 1 and not dist.is_initialized():
-        _default_master_env(world)
+    if launch.world_size > 1 and not dist.is_initialized():
+        _default_master_env(launch.world_size)
         # NCCL: abort hung collectives instead of waiting forever (bounded failure time).
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world,
+        backend = "nccl" if launch.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return Launch(rank, world, local, device)
+    return launch
+
+
+def init_distributed(device_name: str = "auto", timeout_s: float = 300.0) -> Launch:
+    """`local_launch` then `join_group`: the device picked and the process group joined."""
+    return join_group(local_launch(device_name), timeout_s)
 
 
 def shutdown() -> None:

@@ -143,18 +143,22 @@ def test_a_score_in_flight_is_checkpointed_and_scored_on_resume(sync_and_async, 
     checkpoints the pending epoch-1 evaluation; the resumed run scores it: the same evaluations."""
     from ssdbench.dist import init_distributed
     from ssdbench.train import async_eval
+    from ssdbench.train.config import TrainSetup, resolve_for_device
+    from ssdbench.train.run_folder import open_run
     from ssdbench.train.trainer import Trainer
 
     reference = sync_and_async["sync"][1]["eval_history"]
     monkeypatch.setattr(async_eval.Scorer, "poll", lambda self: [])
     cfg = _cfg(data, tmp_path)
-    trainer = Trainer(cfg, init_distributed("cpu"), progress=False)
+    setup = TrainSetup(resolve_for_device(cfg, "cpu")[0], init_distributed("cpu"))
+    with open_run(setup) as start:
+        trainer = Trainer(setup, start, progress=False)
 
-    def beat():
-        trainer.stop_requested = trainer.state.step >= 5  # one step into epoch 2
+        def beat():
+            trainer.stop_requested = trainer.state.step >= 5  # one step into epoch 2
 
-    trainer.watchdog.beat = beat
-    assert trainer.run()["status"] == "interrupted"
+        trainer.watchdog.beat = beat
+        assert trainer.run()["status"] == "interrupted"
     state = load_checkpoint(last_checkpoint(tmp_path / "checkpoints"))["state"]  # weights_only=True
     assert [p["epoch"] for p in state["pending_evals"]] == [1] and state["eval_history"] == []
     assert state["pending_evals"][0]["results"].dtype == torch.float64
@@ -178,7 +182,7 @@ def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from test_loop import _batches, _parts
 
     from ssdbench import dist as D
-    from ssdbench.train.loop import StepParts, TrainState, train_one_epoch
+    from ssdbench.train.loop import EpochHooks, StepParts, TrainState, train_one_epoch
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -187,9 +191,9 @@ def _stop_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         parts: StepParts = _parts()
         state = TrainState()
-        reason = train_one_epoch(parts, _batches(12), state, log_every=3,
-                                 reduce=lambda v: D.all_reduce_sum(v, torch.device("cpu")),
-                                 target_reached=lambda: rank == 0 and state.step >= 4)
+        hooks = EpochHooks(reduce=lambda v: D.all_reduce_sum(v, torch.device("cpu")),
+                           target_reached=lambda: rank == 0 and state.step >= 4)
+        reason = train_one_epoch(parts, _batches(12), state, log_every=3, hooks=hooks)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"reason": reason, "step": state.step}, f)
         torch.distributed.barrier()

@@ -10,10 +10,10 @@ import torch
 from ssdbench.data.loader import ShardedSampler
 from ssdbench.io import WriteError
 from ssdbench.train import checkpoint as C
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.fast_step import make_sgd
 from ssdbench.train.loop import StepParts, TrainState
-from ssdbench.train.schedule import MLPerfSchedule
 
 TRAINING = {"model": {}, "state": {}, "sampler": {}, "rng": []}  # the keys a resume needs
 PAYLOAD_KEYS = {"model", "optimizer", "scheduler", "scaler", "state", "sampler", "rng", "config", "world_size",
@@ -96,7 +96,7 @@ def test_payload_round_trip(tmp_path):
     cfg = TrainConfig(batch_size=4)
     rngs = [C.rng_state()]
     expected_draws = (torch.rand(3), np.random.rand(), random.random())  # what the restored generators give
-    path = C.save_checkpoint(tmp_path, "step_0000007.pt", C.training_payload(net, parts, state, sampler, cfg, 1, rngs))
+    path = C.save_checkpoint(tmp_path, "step_0000007.pt", C.training_payload(C.RunObjects(net, parts, state, sampler, cfg), 1, rngs))
     payload = C.load_checkpoint(path)
     assert set(payload) == PAYLOAD_KEYS and payload["world_size"] == 1 and payload["scaler"] is None
     assert payload["config"]["batch_size"] == 4 and payload["state"]["eval_history"] == state.eval_history

@@ -11,9 +11,9 @@ import torch
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.loss import hard_negative_mask, ssd_loss
 from ssdbench.model.ssd import build_model
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.fast_step import FastStep, make_sgd, no_host_sync
 from ssdbench.train.loop import StepParts, train_step
-from ssdbench.train.schedule import MLPerfSchedule
 
 MODEL, CLASSES = "ssd128_mini", 5
 
@@ -46,8 +46,8 @@ def _pair(channels_last=False, **loss):
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_sgd(net.parameters(), 0.01)
-    fast = FastStep(net, opt, Encoder(MODEL), "cpu", torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-                    channels_last=channels_last, **loss)
+    fast = FastStep(StepParts(net, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule), Encoder(MODEL),
+                              torch.device("cpu"), channels_last=channels_last, **loss))
     return parts, fast
 
 
@@ -156,9 +156,9 @@ def test_cuda_graph_needs_cuda():
     _, fast = _pair()
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda_graph needs a CUDA device"):
-            FastStep(fast.model, fast.optimizer, fast.encoder, "cpu", cuda_graph=True)
+            FastStep(StepParts(fast.model, fast.optimizer, None, fast.encoder, "cpu"), cuda_graph=True)
     with pytest.raises(ValueError, match="amp_dtype"):
-        FastStep(fast.model, fast.optimizer, fast.encoder, "cpu", amp_dtype=torch.float16)
+        FastStep(StepParts(fast.model, fast.optimizer, None, fast.encoder, "cpu", amp_dtype=torch.float16))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -170,7 +170,7 @@ def test_cuda_graph_step_matches_eager_step_on_gpu():
     for net, graph in zip(nets, (False, True)):
         opt = make_sgd(net.parameters(), 0.01, device="cuda")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(10, 4))
-        steps.append(FastStep(net, opt, Encoder(MODEL), "cuda", sched, cuda_graph=graph))
+        steps.append(FastStep(StepParts(net, opt, sched, Encoder(MODEL), "cuda"), cuda_graph=graph))
     for i in range(4):
         batch = {k: v.cuda() for k, v in _batch(i).items()}
         losses = [steps[0](batch)]

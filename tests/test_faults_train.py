@@ -291,11 +291,10 @@ def test_divergence_without_a_checkpoint_says_so(data, tmp_path):
 def test_accepted_changes_reach_a_tensor_learning_rate():
     """The fast step's fused SGD keeps its lr in a device tensor that a CUDA graph reads: accepted
     changes fill that same tensor (the run above uses the plain step, CPU has no graph)."""
-    from ssdbench.train.checkpoint import load_optimizer_state
+    from ssdbench.train.build import MLPerfSchedule
+    from ssdbench.train.checkpoint import hyperparameters, load_optimizer_state, restore_hyperparameters
     from ssdbench.train.fast_step import make_sgd
     from ssdbench.train.loop import StepParts
-    from ssdbench.train.resume import hyperparameters, restore_hyperparameters
-    from ssdbench.train.schedule import MLPerfSchedule
 
     def parts(lr, decay):
         import torch

@@ -15,7 +15,7 @@ from ssdbench.data.gpu_pipeline import (
     pad_batch,
 )
 from ssdbench.data.jitter import MEAN, STD
-from ssdbench.data.loader import build_loader
+from ssdbench.data.loader import Shard, build_loader
 from ssdbench.data.transforms import hflip, resize_uint8
 from ssdbench.model.encoder import Encoder
 
@@ -77,7 +77,7 @@ def test_boxes_land_on_the_painted_pixels(tmp_path, train):
     data = _painted_dataset(tmp_path)
     size = 64
     pipe = DevicePipeline(size, train=train, seed=3, jitter=False, max_samples=50, max_objects=4)
-    loader = build_byte_loader(data, batch_size=3, train=train, seed=3, workers=0, max_objects=4)
+    loader = build_byte_loader(data, batch_size=3, train=train, shard=Shard(seed=3), workers=0, max_objects=4)
     for epoch in range(3):
         loader.sampler.set_epoch(epoch)
         for samples in loader:
@@ -96,9 +96,9 @@ def test_equals_the_cpu_loader_batch_for_batch(tmp_path):
     anns = [{"id": k + 1, "image_id": k % 6 + 1, "category_id": 1 + k % 2,
              "bbox": [2 + k % 5, 3 + k % 4, 15 + k % 7, 12 + k % 9], "area": 100, "iscrowd": 0} for k in range(12)]
     data = CocoDetection(write_coco(tmp_path, "train", images, anns, [{"id": 1}, {"id": 2}]), "train")
-    kwargs = {"batch_size": 3, "train": True, "seed": 5, "workers": 0, "max_objects": 8}
-    cpu = build_loader(data, size=48, max_samples=50, **kwargs)
-    dev = build_byte_loader(data, **kwargs)
+    kwargs = {"batch_size": 3, "train": True, "workers": 0, "max_objects": 8}
+    cpu = build_loader(data, size=48, max_samples=50, seed=5, **kwargs)
+    dev = build_byte_loader(data, shard=Shard(seed=5), **kwargs)
     pipe = DevicePipeline(48, train=True, seed=5, max_objects=8, max_samples=50, encoder=Encoder("ssd128_mini"))
     for epoch in range(2):
         cpu.sampler.set_epoch(epoch)

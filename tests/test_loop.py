@@ -1,12 +1,22 @@
 """The training loop: a non-finite loss stops the run naming the step; a fast step that would
 compute another loss than ``StepParts.loss_fn`` is refused."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from ssdbench.model.encoder import Encoder
-from ssdbench.train.loop import NonFiniteLossError, StepParts, TrainState, step_function, train_one_epoch
-from ssdbench.train.schedule import MLPerfSchedule
+from ssdbench.model.loss import ssd_loss
+from ssdbench.train.build import MLPerfSchedule
+from ssdbench.train.loop import (
+    EpochHooks,
+    NonFiniteLossError,
+    StepParts,
+    TrainState,
+    step_function,
+    train_one_epoch,
+)
 
 
 class _Tiny(torch.nn.Module):
@@ -42,7 +52,7 @@ def test_non_finite_loss_names_the_step():
     batches[4]["images"][0, 0, 0, 0] = float("nan")  # the 5th step's loss is NaN
     state = TrainState(step=100)  # steps continue from a resumed run: the message counts globally
     with pytest.raises(NonFiniteLossError, match="step 105"):
-        train_one_epoch(parts, batches, state, log_every=3, reduce=lambda v: v)
+        train_one_epoch(parts, batches, state, log_every=3, hooks=EpochHooks(reduce=lambda v: v))
 
 
 def _other_loss(locs, scores, loc_targets, labels):
@@ -53,14 +63,13 @@ def test_a_fast_step_with_another_loss_is_refused():
     from ssdbench.train.fast_step import FastStep
 
     parts = _parts(loss_fn=_other_loss)
-    parts.fast_step = FastStep(parts.model, parts.optimizer, parts.encoder, "cpu", parts.scheduler)  # ssd_loss
+    parts.fast_step = FastStep(replace(parts, loss_fn=ssd_loss))  # ssd_loss
     with pytest.raises(ValueError, match="loss_fn is _other_loss but the fast step computes ssd_loss"):
-        train_one_epoch(parts, _batches(2), TrainState(), log_every=1, reduce=lambda v: v)
+        train_one_epoch(parts, _batches(2), TrainState(), log_every=1, hooks=EpochHooks(reduce=lambda v: v))
     parts.fast_step = lambda batch: torch.zeros(())  # a step that cannot say which loss it computes
     with pytest.raises(ValueError, match="fast step computes"):
         step_function(parts)
-    parts.fast_step = FastStep(parts.model, parts.optimizer, parts.encoder, "cpu", parts.scheduler,
-                               loss_fn=_other_loss)
+    parts.fast_step = FastStep(parts)  # the parts' loss_fn, _other_loss
     state = TrainState()
-    train_one_epoch(parts, _batches(2), state, log_every=1, reduce=lambda v: v)
+    train_one_epoch(parts, _batches(2), state, log_every=1, hooks=EpochHooks(reduce=lambda v: v))
     assert state.step == 2 and step_function(parts) is parts.fast_step

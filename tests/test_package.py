@@ -17,8 +17,8 @@ from ssdbench.cli import main
 from ssdbench.errors import CliError
 from ssdbench.train.mllog import MLPerfLogger
 from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
+from ssdbench.train.package import lay_out, machine_facts
 from ssdbench.train.score import score_tree
-from ssdbench.train.submission import lay_out, machine_facts
 
 # What a CPU machine cannot tell about itself (the rest is read: CPU, memory, OS, software).
 SYSTEM = {"host_processor_interconnect": "N/A", "host_storage_type": "virtual disk", "host_networking": "N/A",

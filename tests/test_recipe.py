@@ -12,8 +12,8 @@ import torch
 from data_fixtures import tiny_coco
 
 from ssdbench.data.loader import ShardedSampler, build_loader
+from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.config import REFERENCE_RULES, SYSTEM_WORLD_SIZES, resolve_config
-from ssdbench.train.schedule import MLPerfSchedule
 
 COCO_TRAIN = 117266  # non-empty train2017 images (utils.py:552-555 drops the empty ones)
 REFERENCE_WARMUP = 2.619685  # config_DGX1_singlenode.sh:6, config_DGX1_multinode.sh:6

@@ -4,7 +4,7 @@ The closed presets' schedule against the reference's own formulas is in test_rec
 
 import pytest
 
-from ssdbench.train.schedule import MLPerfSchedule
+from ssdbench.train.build import MLPerfSchedule
 
 
 def test_schedule_by_hand():

@@ -1,4 +1,4 @@
-"""Two gloo processes on loopback: DDP + group BatchNorm (`train.sync_bn`) through the training
+"""Two gloo processes on loopback: DDP + group BatchNorm (`train.build`) through the training
 loop equal one process with the global batch; a bn_span must divide the world size.
 
 (A dead rank ending the other and the watchdog are in test_dist.py.)"""
@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 
 from ssdbench import dist as L
-from ssdbench.train import sync_bn as SB
-from ssdbench.train.loop import StepParts, TrainState, train_one_epoch
-from ssdbench.train.schedule import MLPerfSchedule
+from ssdbench.train import build as SB
+from ssdbench.train.build import MLPerfSchedule
+from ssdbench.train.loop import EpochHooks, StepParts, TrainState, train_one_epoch
 
 STEPS, GLOBAL_BATCH, CLASSES = 3, 8, 5
 # Tolerance: fp32 sums over 8 images taken in another order (two halves + all-reduce) differ by
@@ -72,7 +72,7 @@ def _train(rank: int, world: int) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(STEPS, 1, 0.0, (), plateau=False))
     parts = StepParts(model, opt, sched, Encoder("ssd128_mini"), torch.device("cpu"), loss_fn=smooth_loss)
     train_one_epoch(parts, _batches(rank, world), TrainState(), log_every=STEPS,
-                    reduce=lambda v: L.all_reduce_sum(v, torch.device("cpu")))
+                    hooks=EpochHooks(reduce=lambda v: L.all_reduce_sum(v, torch.device("cpu"))))
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ssdbench.train.mlperf_checks import RULESET
+
 EPILOG = """examples:
   ssdbench check-log runs/mlperf-20240101-120000/mlperf_log.txt
   ssdbench check-log submission/results/cpu1/ssd/result_0.txt
@@ -17,7 +19,7 @@ EPILOG = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("log", metavar="LOG", help="an MLPerf log (mlperf_log.txt or result_N.txt) or a run folder")
-    parser.add_argument("--ruleset", default="1.1.0", help="training ruleset (default 1.1.0)")
+    parser.add_argument("--ruleset", default=RULESET, help=f"training ruleset (default {RULESET})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,13 +59,11 @@ def _quiet_log() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench.cli.train import print_result
-    from ssdbench.dist import pick_device
     from ssdbench.eval.coco_scoring import STAT_NAMES
     from ssdbench.infer.draw import contact_sheet, draw_predictions
     from ssdbench.train.build import data_root
-    from ssdbench.train.config import resolve_config
-    from ssdbench.train.trainer import run_training
+    from ssdbench.train.config import resolve_config, set_up
+    from ssdbench.train.trainer import print_result, train_run
 
     overrides = {"out": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
                  "workers": args.workers, "device": args.device, "seed": args.seed,
@@ -77,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     _set_threads(args.threads, cfg.workers)
     print(f"ssdbench demo: training {cfg.model} on the embedded synthetic dataset "
           f"({cfg.epochs} epochs, batch {cfg.batch_size}, {torch.get_num_threads()} threads)", flush=True)
-    summary = run_training(cfg)
+    setup = set_up(cfg)  # the device picked and the config resolved, once
+    setup.print_note()
+    summary = train_run(setup)
     if summary.get("status") == "interrupted":  # checkpointed: the same command resumes
         print("ssdbench demo: preempted (exit status 75); the same command resumes", file=sys.stderr)
         return PREEMPTED_EXIT
@@ -88,9 +88,8 @@ def run(args: argparse.Namespace) -> int:
     print("COCO evaluation (val):")
     for name, value in zip(STAT_NAMES, stats):
         print(f"  {name:10s} {value:.4f}")
-    device = pick_device(cfg.device, flag="--device")  # the device the run trained on
     pictures = draw_predictions(run_dir / "checkpoints" / "last.pt", data_root(cfg), run_dir,
-                                args.images, args.score_threshold, device)
+                                args.images, args.score_threshold, setup.launch.device)  # the device it trained on
     print_result(summary)
     sheet = contact_sheet(pictures, run_dir / "predictions.png")
     print(f"predictions drawn: {pictures[0].parent if pictures else 'none'} ({len(pictures)} PNG)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ssdbench.train.mlperf_checks import RULESET
+
 EPILOG = """examples:
   ssdbench train --preset mlperf --data /coco --runs 5 --out runs/sub
   ssdbench package --system dgx1_x8 --org MyOrg --system-json my_system.json --out submission runs/sub/run_*
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--org", required=True, help="submitter (the system description's submitter)")
     parser.add_argument("--system-json", help="JSON object of system description fields (wins over the machine's)")
     parser.add_argument("--out", default="submission", help="submission tree folder (default: submission)")
-    parser.add_argument("--ruleset", default="1.1.0", help="training ruleset (1.1.0: the last with SSD-ResNet34)")
+    parser.add_argument("--ruleset", default=RULESET, help=f"training ruleset ({RULESET}: the last with SSD-ResNet34)")
     parser.add_argument("--no-check", action="store_true", help="only lay the tree out")
 
 
@@ -42,8 +44,8 @@ def _verdict(name: str, ok: bool | None, detail: str = "", lines=()) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ssdbench.checks import safe_name
     from ssdbench.train.mlperf_checks import compliance, package_check, rcp_check, seed_check
+    from ssdbench.train.package import lay_out, read_system_json
     from ssdbench.train.score import format_tree, score_tree
-    from ssdbench.train.submission import lay_out, read_system_json
 
     safe_name(args.system, "--system")  # it names results/<system>/ and systems/<system>.json
     safe_name(args.org, "--org")  # the submitter, also a folder name in the inference tree

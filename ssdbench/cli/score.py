@@ -10,6 +10,7 @@ import argparse
 
 from ssdbench.checks import output_file
 from ssdbench.io import atomic_write_json
+from ssdbench.train.mlperf_checks import RULESET
 from ssdbench.train.score import format_table, format_tree, is_tree, olympic_mean, read_run, score_tree
 
 EPILOG = """examples:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="run folder (summary.json or MLPerf log), MLPerf log file, or one submission tree")
     parser.add_argument("--json", dest="json_out", help="also write the score as JSON to this file")
-    parser.add_argument("--ruleset", default="1.1.0", help="training ruleset of a submission tree (default 1.1.0)")
+    parser.add_argument("--ruleset", default=RULESET, help=f"training ruleset of a submission tree (default {RULESET})")
 
 
 def _tree(args: argparse.Namespace) -> int:

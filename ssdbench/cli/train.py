@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from ssdbench.checks import Range
-from ssdbench.train.config import PRESETS, RANGES, resolve_config, resolve_for_device
+from ssdbench.errors import PREEMPTED_EXIT
+from ssdbench.train.config import PRESETS, RANGES, resolve_config
 
 EPILOG = """presets:
   demo           ssd128_mini on the embedded synthetic dataset (default without --data)
@@ -163,95 +164,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssdbench import dist as D
-    from ssdbench.errors import PREEMPTED_EXIT
-    from ssdbench.train.trainer import run_training
+    from ssdbench.train.config import set_up
+    from ssdbench.train.trainer import exit_status, train_runs
 
-    cfg = config_from_args(args)
-    cfg, note = resolve_for_device(cfg, _device_type(cfg.device))  # the printed config is the run's
-    if D.env_rank() == 0 and note:
-        print(note, flush=True)
-    if D.env_rank() == 0:
-        print(f"ssdbench train: preset {cfg.preset}, resolved config:\n{cfg.describe()}", flush=True)
+    setup = set_up(config_from_args(args))  # the device picked and the config resolved, once
+    setup.print_note()
+    if setup.launch.is_main:  # the printed config is the run's
+        print(f"ssdbench train: preset {setup.cfg.preset}, resolved config:\n{setup.cfg.describe()}", flush=True)
     if args.print_config:
         return 0
-    if args.runs != 1:
-        return _several_runs(cfg, args.runs, args.accept_changes)
-    summary = run_training(cfg, accept_changes=args.accept_changes)
-    if D.env_rank() == 0 and summary:
-        print_result(summary)
-    if summary.get("status") == "interrupted":  # a checkpoint was written: a scheduler requeues
+    status = exit_status(train_runs(setup, args.runs, args.accept_changes))
+    if status == PREEMPTED_EXIT:  # a checkpoint was written: a scheduler requeues
         print("ssdbench train: preempted (exit status 75); the same command resumes", file=sys.stderr)
-        return PREEMPTED_EXIT
-    return 0 if summary.get("status") in ("success", "finished", None) else 1
-
-
-RUN_SEED_STRIDE = 1000  # run i trains with seed + 1000 i; its ranks use that + rank (up to 1000 ranks)
-
-
-def run_configs(cfg, runs: int) -> list:
-    """The configs of ``runs`` runs of ``cfg``: seeds seed + 1000 i (distinct, also per rank), folders
-    OUT/run_i (OUT: --out, else runs/<preset>-<time>). ValueError unless runs >= 1."""
-    from dataclasses import replace
-    from pathlib import Path
-
-    from ssdbench import dist as D
-    from ssdbench.train.run_folder import default_run_dir
-
-    if runs < 1:
-        raise ValueError(f"--runs {runs}: must be >= 1")
-    if cfg.out is None and D.env_world_size() > 1:  # ranks must agree on the folders before they meet
-        raise ValueError("--runs under a launcher needs --out (the folder of the runs)")
-    root = cfg.out or str(default_run_dir(cfg.preset))
-    return [replace(cfg, seed=cfg.seed + RUN_SEED_STRIDE * i, out=str(Path(root) / f"run_{i}"))
-            for i in range(runs)]
-
-
-def _several_runs(cfg, runs: int, accept_changes: bool = False) -> int:
-    """Train the runs one after the other; print each result and their olympic mean. A run
-    interrupted by a signal ends the series (exit status 75: the same command resumes it)."""
-    from ssdbench import dist as D
-    from ssdbench.errors import PREEMPTED_EXIT
-    from ssdbench.train.score import format_table, olympic_mean, read_run
-    from ssdbench.train.trainer import run_training
-
-    configs = run_configs(cfg, runs)
-    statuses = []
-    for i, run_cfg in enumerate(configs):
-        if D.env_rank() == 0:
-            print(f"ssdbench train: run {i + 1}/{runs}, seed {run_cfg.seed}, folder {run_cfg.out}", flush=True)
-        summary = run_training(run_cfg, accept_changes=accept_changes)
-        statuses.append(summary.get("status"))
-        if D.env_rank() == 0 and summary:
-            print_result(summary)
-        if summary.get("status") == "interrupted":
-            break
-    if D.env_rank() == 0:
-        done = [c.out for c, s in zip(configs, statuses) if s != "interrupted"]
-        if done:
-            results = [read_run(out) for out in done]
-            print(format_table(results, olympic_mean(results)))
-        print(f"package them: ssdbench package --system NAME --org ORG {' '.join(done)}")
-    if "interrupted" in statuses:
-        print("ssdbench train: preempted (exit status 75); the same command resumes", file=sys.stderr)
-        return PREEMPTED_EXIT
-    return 0 if all(s in ("success", "finished", None) for s in statuses) else 1
-
-
-def _device_type(name: str) -> str:
-    """"cuda" or "cpu" for a --device value, as `run_training` will choose it (`dist.pick_device`:
-    a name torch does not know, or CUDA where there is none, is a one-line error naming --device)."""
-    from ssdbench.dist import pick_device
-
-    return pick_device(name, flag="--device").type
-
-
-def print_result(summary: dict) -> None:
-    if summary.get("per_class"):
-        from ssdbench.eval.per_class import format_table
-
-        print(f"per-class AP (epoch {summary['eval_history'][-1]['epoch']}):")
-        print(format_table(summary["per_class"]))
-    print(f"result: {summary['summary']}")
-    print(f"run folder: {summary['run_dir']} (summary.json, metrics.jsonl, plots/, checkpoints/, "
-          f"{summary['mlperf_log'].rsplit('/', 1)[-1]})")
+    return status

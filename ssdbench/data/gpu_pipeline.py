@@ -43,7 +43,7 @@ from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, pl
 from ssdbench.data.coco import normalized_targets
 from ssdbench.data.decode import check_image_size, decode_image
 from ssdbench.data.jitter import jitter_normalize, to_device
-from ssdbench.data.loader import batch_info, epoch_sampler, pad_targets
+from ssdbench.data.loader import Shard, batch_info, epoch_sampler, pad_targets
 
 try:  # optional nvjpeg fast path (never required: torchvision may be absent)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -96,18 +96,18 @@ def _keep_samples(samples: list) -> list:
     return [s for s in samples if s is not None]
 
 
-def build_byte_loader(dataset, batch_size: int, train: bool = True, rank: int = 0, world_size: int = 1,
-                      seed: int = 0, workers: int = 4, max_objects: int = 200,
-                      drop_last: bool | None = None) -> DataLoader:
-    """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's shard.
+def build_byte_loader(dataset, batch_size: int, train: bool = True, shard: Shard | None = None, workers: int = 4,
+                      max_objects: int = 200, drop_last: bool | None = None) -> DataLoader:
+    """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's ``shard``.
 
     Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled for training;
     ``drop_last`` default = ``train``, False for training pads the shards as DistributedSampler
     does and keeps the last partial batch), so ``loader.sampler.set_epoch(e)`` and its resume
-    state work the same way.
+    state work the same way. ``shard``: default rank 0 of 1, seed 0.
     """
+    shard = Shard() if shard is None else shard
     drop_last = train if drop_last is None else drop_last
-    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last,
+    sampler = epoch_sampler(len(dataset), batch_size, shard, shuffle=train, drop_last=drop_last,
                             pad=train and not drop_last)
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(JpegBytesDataset(dataset, max_objects), batch_size=batch_size, sampler=sampler,

@@ -21,6 +21,7 @@ import copy
 import functools
 import random
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -110,13 +111,23 @@ class ShardedSampler(Sampler):
         self._start = self._position = int(state["position"])
 
 
-def epoch_sampler(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                  shuffle: bool, drop_last: bool, pad: bool = False) -> ShardedSampler:
+@dataclass(frozen=True)
+class Shard:
+    """Which part of a dataset this process reads: rank ``rank`` of ``world_size``, in the order
+    ``seed`` draws (the sampler's shuffle and the per-sample augmentation draws)."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+
+
+def epoch_sampler(num_samples: int, batch_size: int, shard: Shard, shuffle: bool, drop_last: bool,
+                  pad: bool = False) -> ShardedSampler:
     """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return ShardedSampler(num_samples, rank, world_size, seed, shuffle=shuffle, drop_last=drop_last,
-                          with_epoch=True, pad=pad)
+    return ShardedSampler(num_samples, shard.rank, shard.world_size, shard.seed, shuffle=shuffle,
+                          drop_last=drop_last, with_epoch=True, pad=pad)
 
 
 class AugmentedDataset(Dataset):
@@ -227,8 +238,8 @@ def build_loader(dataset, batch_size: int, train: bool, size: int = 300, rank: i
     ``loader.sampler.set_epoch(e)`` before each epoch; ``loader.sampler`` also resumes.
     """
     drop_last = train if drop_last is None else drop_last
-    sampler = epoch_sampler(len(dataset), batch_size, rank, world_size, seed, shuffle=train, drop_last=drop_last,
-                            pad=train and not drop_last)
+    sampler = epoch_sampler(len(dataset), batch_size, Shard(rank, world_size, seed), shuffle=train,
+                            drop_last=drop_last, pad=train and not drop_last)
     if decoder is not None:
         dataset = copy.copy(dataset)
         dataset.decoder = decoder

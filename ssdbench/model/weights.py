@@ -104,7 +104,7 @@ def read_state_dict(source, allow_pickle: bool = False, model_name: str | None =
     weights are for; a checkpoint recording another (``config["model"]``) raises WeightsError.
     """
     if isinstance(source, (str, os.PathLike)):
-        obj, origin = _load_file(Path(source), allow_pickle), str(source)
+        obj, origin = load_file(Path(source), allow_pickle), str(source)
     else:
         obj, origin = source, "weights"
     recorded = _recorded_model(obj)
@@ -121,9 +121,18 @@ def _recorded_model(obj) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _load_file(path: Path, allow_pickle: bool):
+def load_file(path: str | Path, allow_pickle: bool = False, what: str = "weights file"):
+    """The object the torch file ``path`` holds, on the CPU: the one place ssdbench calls `torch.load`
+    (weight files here, training checkpoints in `train.checkpoint.load_checkpoint`).
+
+    Read with ``weights_only=True``, numeric numpy arrays allowlisted (`numpy_safe_globals`); a file
+    that needs full unpickling is read only with ``allow_pickle`` (unpickling runs its code), with
+    stand-ins for classes this process cannot import. FileNotFoundError ("{what} not found: PATH"),
+    or `WeightsError` ("PATH: why", from the file's first bytes and torch's reason in brief).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: said below
@@ -175,7 +184,7 @@ def checkpoint_model_name(source) -> str | None:
     if source is None or not Path(source).is_file():
         return None
     try:
-        return _recorded_model(_load_file(Path(source), allow_pickle=False))
+        return _recorded_model(load_file(Path(source), allow_pickle=False))
     except ValueError:
         return None
 
@@ -185,7 +194,7 @@ def checkpoint_categories(source) -> list[int] | None:
     if source is None or not Path(source).is_file():
         return None
     try:
-        obj = _load_file(Path(source), allow_pickle=False)
+        obj = load_file(Path(source), allow_pickle=False)
     except ValueError:
         return None
     cats = obj.get("categories") if isinstance(obj, Mapping) else None

@@ -226,6 +226,21 @@ def infer_results(model, loader, dataset, device, distributed: bool, progress: b
     return results_to_array(merge_shards(shards))
 
 
+@dataclass(frozen=True)
+class EvalContext:
+    """What a run segment's evaluations work with besides the network: the MLPerf log
+    (`mllog.MLPerfLogger`), the run folder (`run_folder.RunFolder`), the counters
+    (`loop.TrainState`), rank 0's printer, the watchdog (paused while evaluating) and whether
+    progress is shown."""
+
+    mllog: Any
+    folder: Any
+    state: Any
+    say: Any
+    watchdog: Any
+    show_progress: bool
+
+
 class Evaluator:
     """The evaluations of one run segment, for `train.trainer.Trainer`.
 
@@ -243,11 +258,13 @@ class Evaluator:
     alone: ``state.score_wait_s``); ``state.score_s`` the seconds the recorded scores took.
     """
 
-    def __init__(self, cfg, launch, data, net, amp_dtype, mllog, folder, state, say, watchdog,
-                 show_progress: bool):
+    def __init__(self, setup, data, net, amp_dtype, context: EvalContext):
+        """``setup``: `config.TrainSetup` (config and launch); ``data``: `build.Data`; ``net``: the
+        bare network; ``amp_dtype``: inference autocast dtype (None: fp32)."""
+        cfg, launch, state = setup.cfg, setup.launch, context.state
         self.cfg, self.launch, self.data, self.net, self.amp_dtype = cfg, launch, data, net, amp_dtype
-        self.mllog, self.folder, self.state, self.say, self.watchdog = mllog, folder, state, say, watchdog
-        self.show_progress = show_progress
+        self.mllog, self.folder, self.state = context.mllog, context.folder, state
+        self.say, self.watchdog, self.show_progress = context.say, context.watchdog, context.show_progress
         self.last_details = None  # the newest recorded score's `CocoDetails` (pictures, summary)
         self.on_score = None  # called with each recorded `Score` (TensorBoard)
         self.on_results = None  # rank 0: called with (epoch, step, results array) after inference
@@ -260,7 +277,7 @@ class Evaluator:
 
     def run(self, epoch: int) -> None:
         """Evaluate the network as trained after epoch ``epoch`` (every rank)."""
-        from ssdbench.train.sync_bn import average_bn_stats
+        from ssdbench.train.build import average_bn_stats
 
         t0 = time.perf_counter()
         self.mllog.eval_start(epoch)

@@ -2,6 +2,11 @@
 
 `build_data` gives a `Data` (datasets, loaders, the numbers the schedule and the MLPerf log
 need); `build_parts` gives the `train.loop.StepParts` one step touches and the bare network.
+The pieces they build with live here too: `MLPerfSchedule`, the MLPerf learning-rate schedule
+(linear warmup, then step decay, benchmark.md §6, as the reference's train.py sets it: see the
+class), and synchronised BatchNorm over groups of ranks (MLPerf ``model_bn_span``: torch's
+`SyncBatchNorm` on CUDA, our `GroupBatchNorm2d` on CPU, since torch's runs on GPUs only) with
+`average_bn_stats`, which averages the running statistics over all ranks before each evaluation.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from ssdbench.dist import Launch
 from ssdbench.precision import AMP_DTYPES
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts
-from ssdbench.train.schedule import MLPerfSchedule
-from ssdbench.train.sync_bn import bn_group, convert_sync_bn
 
 COCO_CATEGORIES = 80  # benchmark.md §5: COCO 2017 detection categories
 # torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
@@ -120,9 +125,10 @@ def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common:
         return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples,
                             drop_last=cfg.drop_last, **common), None
     from ssdbench.data.gpu_pipeline import DevicePipeline, build_byte_loader
+    from ssdbench.data.loader import Shard
     from ssdbench.model.encoder import Encoder
 
-    loader = build_byte_loader(train_set, cfg.batch_size, True, launch.rank, launch.world_size, cfg.seed,
+    loader = build_byte_loader(train_set, cfg.batch_size, True, Shard(launch.rank, launch.world_size, cfg.seed),
                                cfg.workers, cfg.max_objects, drop_last=cfg.drop_last)
     encoder = Encoder(cfg.model) if cfg.step == "fast" else None
     pipeline = DevicePipeline(size, launch.device, train=True, seed=cfg.seed, max_objects=cfg.max_objects,
@@ -172,9 +178,7 @@ def build_parts(cfg: TrainConfig, launch: Launch, num_classes: int,
         from ssdbench.train.fast_step import FastStep
 
         warmup = DDP_GRAPH_WARMUP if launch.distributed else 3
-        parts.fast_step = FastStep(model, optimizer, parts.encoder, device, scheduler, amp_dtype,
-                                   bool(cfg.channels_last), cfg.compile, bool(cfg.cuda_graph), warmup,
-                                   loss_fn=parts.loss_fn)
+        parts.fast_step = FastStep(parts, cfg.compile, bool(cfg.cuda_graph), warmup)
     return parts, net
 
 
@@ -199,3 +203,124 @@ def set_determinism(cfg: TrainConfig) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+# ---------------------------------------------------------------- the learning-rate schedule
+class MLPerfSchedule:
+    """Learning-rate multiplier at global iteration `it` (0-based), for `LambdaLR`.
+
+    Decay: x decay_factor for every boundary b with epoch >= b, epoch = it // iters_per_epoch
+    counted from 0 (b = 40 starts after 40 completed epochs). Warmup (it < W): that times
+    1 - (W - it) / (W x 2^f), f = warmup_factor (f = 0: linear from 0). After the warmup, with
+    ``plateau``, the value of iteration W - 1 stays until an iteration at which a decay epoch
+    starts; from there on the decayed base. A plain object (not a lambda) so that
+    `LambdaLR.state_dict()` can save it.
+    """
+
+    def __init__(self, iters_per_epoch: int, warmup_iters: int, warmup_factor: float = 0.0,
+                 decay_epochs=(40, 50), decay_factor: float = 0.1, plateau: bool = True):
+        self.iters_per_epoch = max(1, int(iters_per_epoch))
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+        self.decay_epochs = tuple(int(e) for e in decay_epochs)
+        self.decay_factor = float(decay_factor)
+        self.plateau = bool(plateau)
+
+    def _decay(self, it: int) -> float:
+        epoch = it // self.iters_per_epoch
+        return self.decay_factor ** sum(epoch >= b for b in self.decay_epochs)
+
+    def _warm(self, it: int) -> float:
+        w = self.warmup_iters
+        return 1.0 - (w - it) / (w * 2.0 ** self.warmup_factor)
+
+    def __call__(self, it: int) -> float:
+        w = self.warmup_iters
+        if it < w:
+            return self._decay(it) * self._warm(it)
+        if self.plateau and w > 0:
+            # the last decay epoch started at or before `it`, at iteration b x iters_per_epoch
+            starts = [b * self.iters_per_epoch for b in self.decay_epochs if b * self.iters_per_epoch <= it]
+            if not starts or max(starts) < w:  # no decay since the warmup: its last lr stays
+                return self._decay(w - 1) * self._warm(w - 1)
+        return self._decay(it)
+
+
+# ---------------------------------------------------------------- synchronised BatchNorm
+def bn_group(bn_span: int, world_size: int):
+    """Process group of the `bn_span` consecutive ranks this rank normalises with (None = local).
+
+    Every rank must create every group (a torch.distributed rule), in the same order.
+    """
+    if bn_span <= 1 or world_size <= 1:
+        return None
+    if world_size % bn_span:
+        raise ValueError(f"bn_span={bn_span} must divide the world size {world_size}")
+    mine = None
+    for start in range(0, world_size, bn_span):
+        group = dist.new_group(list(range(start, start + bn_span)))
+        if start <= dist.get_rank() < start + bn_span:
+            mine = group
+    return mine
+
+
+class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics span a process group; works on CPU (gloo) and GPU.
+
+    torch's SyncBatchNorm runs on GPUs only, so CPU runs use this one. Training forward: per-channel
+    sum, sum of squares and count are all-reduced (autograd-aware, so gradients flow through the
+    statistics as in one big batch); eval forward is plain BatchNorm with the running stats.
+    Variance is E[x^2] - E[x]^2 (biased for normalising, unbiased for the running stats).
+    """
+
+    process_group = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.process_group is None:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float32, device=x.device)
+        xf = x.float()
+        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count])
+        stats = all_reduce(stats, group=self.process_group)
+        c = x.shape[1]
+        n = stats[-1]
+        mean, var = stats[:c] / n, (stats[c:2 * c] / n - (stats[:c] / n) ** 2).clamp(min=0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=m)
+        shape = (1, c, 1, 1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
+def convert_sync_bn(model: nn.Module, group, device: torch.device) -> nn.Module:
+    """BatchNorm -> torch SyncBatchNorm (CUDA) or GroupBatchNorm2d (CPU) over `group`."""
+    if group is None:
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model, group)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            bn = GroupBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+            bn.load_state_dict(child.state_dict())
+            bn.process_group = group
+            setattr(model, name, bn)
+        else:
+            convert_sync_bn(child, group, device)
+    return model
+
+
+@torch.no_grad()
+def average_bn_stats(model: nn.Module, world_size: int) -> None:
+    """benchmark.md §6: average BatchNorm running mean/var over all ranks before evaluation."""
+    if world_size <= 1 or not dist.is_initialized():
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            for buf in (module.running_mean, module.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world_size)

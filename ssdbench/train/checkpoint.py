@@ -20,6 +20,11 @@ epoch and position), ``rng`` (one entry per rank: torch, CUDA, numpy and Python 
 states), ``config`` (`TrainConfig.to_dict()`), ``world_size``, ``categories`` (the training set's
 category ids in label order, or None). `restore_training` puts all of it
 back; `load_optimizer_state` keeps a fast step's device learning-rate tensor while doing so.
+
+Resuming with other settings than the run started with is refused by name (`check_changes`), or,
+accepted (``--accept-changes``), applied truthfully: `hyperparameters` snapshots the freshly
+built optimizer and schedule values before the restore and `restore_hyperparameters` puts them
+back afterwards (see `resume_changes` for which keys are compared).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +40,7 @@ import torch
 
 from ssdbench import dist as D
 from ssdbench.io import atomic_write, atomic_write_text
-from ssdbench.model.weights import unreadable_reason
+from ssdbench.model.weights import WeightsError, load_file, unreadable_reason
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts, TrainState
 
@@ -119,8 +124,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:  # only tensors and plain Python values inside: safe to read with weights_only=True
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        return load_file(path, what="checkpoint")
+    except WeightsError as exc:  # "PATH: why"
+        raise ValueError(f"checkpoint {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure too means the file is unusable
         raise ValueError(f"checkpoint {path}: {unreadable_reason(path, exc)}") from None
 
 
@@ -170,11 +177,22 @@ def _newest_good(folder: Path) -> tuple[Path, dict] | None:
 
 
 # ---------------------------------------------------------------- payload
-def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, sampler, cfg: TrainConfig,
-                     world_size: int, rngs: list[dict], categories: list | None = None) -> dict:
-    """The checkpoint dict (keys in the module docstring). ``net``: the bare network (not DDP);
-    ``sampler``: the training `ShardedSampler`, saved at ``state.epoch_step x cfg.batch_size``
-    samples into the epoch; ``rngs``: every rank's `rng_state()`, in rank order."""
+@dataclass(frozen=True)
+class RunObjects:
+    """The live objects of a run that a training checkpoint is taken of."""
+
+    net: torch.nn.Module  # the bare network (not DDP)
+    parts: StepParts
+    state: TrainState
+    sampler: object  # the training `ShardedSampler`, saved at state.epoch_step x cfg.batch_size samples
+    cfg: TrainConfig
+    categories: list | None = None  # the training set's category ids in label order
+
+
+def training_payload(run: RunObjects, world_size: int, rngs: list[dict]) -> dict:
+    """The checkpoint dict (keys in the module docstring) of ``run``; ``rngs``: every rank's
+    `rng_state()`, in rank order."""
+    net, parts, state, sampler, cfg = run.net, run.parts, run.state, run.sampler, run.cfg
     return {
         "model": net.state_dict(), "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
@@ -183,19 +201,17 @@ def training_payload(net: torch.nn.Module, parts: StepParts, state: TrainState, 
         "rng": rngs, "config": cfg.to_dict(), "world_size": world_size,
         # the training set's category ids in label order (label k = categories[k - 1]): `eval`
         # warns when a dataset orders its categories otherwise (every label would be misread)
-        "categories": categories,
+        "categories": run.categories,
     }
 
 
-def save_training(folder: str | Path, name: str, net: torch.nn.Module, parts: StepParts, state: TrainState,
-                  sampler, cfg: TrainConfig, launch: D.Launch, categories: list | None = None) -> Path | None:
-    """Checkpoint the run as ``folder/name``. Collective: every rank calls it and contributes its
+def save_training(folder: str | Path, name: str, run: RunObjects, launch: D.Launch) -> Path | None:
+    """Checkpoint ``run`` as ``folder/name``. Collective: every rank calls it and contributes its
     generator states; rank 0 writes. Returns the file on rank 0, None elsewhere."""
     rngs = D.all_gather_object(rng_state())
     if not launch.is_main:
         return None
-    return save_checkpoint(folder, name, training_payload(net, parts, state, sampler, cfg,
-                                                          launch.world_size, rngs, categories))
+    return save_checkpoint(folder, name, training_payload(run, launch.world_size, rngs))
 
 
 # ---------------------------------------------------------------- restore
@@ -267,3 +283,94 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- a resumed config's changes
+# A checkpoint records the config it was written with (``payload["config"]``). Accepted changes are
+# really applied: the restored optimizer and scheduler would otherwise keep the checkpoint's learning
+# rate, momentum, weight decay and schedule (`LambdaLR.load_state_dict` restores the `MLPerfSchedule`
+# fields). config.json then records what runs from there on, and metrics.jsonl gets a
+# ``{"kind": "resume", "step", "changes"}`` record saying from which step.
+# Not compared (`OPERATIONAL`): keys that change how the run is executed or where it writes, not what
+# it computes (the run folder, data-loader workers, log interval, timeouts, device names: a device
+# change that alters the maths shows up as step / precision / channels_last). `FIXED` keys cannot
+# change on resume at all: the weights or the sampler position would not fit.
+OPERATIONAL = frozenset({
+    "preset", "out", "resume", "workers", "log_every", "dist_timeout_s", "device", "eval_batch_size",
+    "extra", "allow_pickle", "submission_org", "submission_platform", "submission_status",
+    # used only to initialise a fresh run; a resumed run takes every weight from its checkpoint
+    "backbone_weights",
+    "tensorboard",  # what is logged, not how the run trains
+})  # fmt: skip
+FIXED = ("model", "batch_size")  # the network's shapes; the sampler's position counts batches
+_GROUP_KEYS = ("initial_lr", "momentum", "weight_decay", "dampening", "nesterov")
+
+
+def _plain(value):
+    """Lists as tuples (a JSON or torch round trip may turn one into the other)."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resume_changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """{key: (checkpoint's value, this run's value)} for every compared key that differs.
+
+    Keys the checkpoint does not record (written by an older version) are not compared.
+    """
+    changes = {}
+    for key, value in cfg.to_dict().items():
+        if key in OPERATIONAL or key not in saved:
+            continue
+        if _plain(saved[key]) != _plain(value):
+            changes[key] = (saved[key], value)
+    return changes
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """``lr 0.02 -> 1000000.0, epochs 2 -> 3``."""
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
+def check_changes(changes: dict[str, tuple], accept: bool, checkpoint) -> None:
+    """ValueError naming the changed keys unless ``accept``; FIXED keys are refused always."""
+    if not changes:
+        return
+    fixed = {k: v for k, v in changes.items() if k in FIXED}
+    if fixed:
+        raise ValueError(f"{checkpoint} cannot be resumed with a changed {describe_changes(fixed)}; "
+                         "start a new run (--no-resume or another --out)")
+    if not accept:
+        raise ValueError(f"{checkpoint} was trained with other settings: {describe_changes(changes)}; "
+                         "pass --accept-changes to apply them from this step on, or rerun with the "
+                         "original values (--no-resume or another --out starts over)")
+
+
+def hyperparameters(parts) -> dict:
+    """The optimizer and schedule values of freshly built `StepParts`, for `restore_hyperparameters`."""
+    scheduler = parts.scheduler
+    return {
+        "groups": [{k: g[k] for k in _GROUP_KEYS if k in g} for g in parts.optimizer.param_groups],
+        "base_lrs": list(scheduler.base_lrs),
+        "lambdas": [dict(vars(fn)) for fn in scheduler.lr_lambdas],
+    }
+
+
+def restore_hyperparameters(parts, fresh: dict) -> list[float]:
+    """Put `hyperparameters` back after a restore; set each group's lr to the new schedule's value
+    at the restored step (a tensor lr is filled in place). Returns the learning rates set."""
+    scheduler, optimizer = parts.scheduler, parts.optimizer
+    scheduler.base_lrs = list(fresh["base_lrs"])
+    for fn, values in zip(scheduler.lr_lambdas, fresh["lambdas"]):
+        vars(fn).update(values)
+    rates = []
+    for group, values, base, fn in zip(optimizer.param_groups, fresh["groups"], scheduler.base_lrs,
+                                       scheduler.lr_lambdas):
+        group.update(values)
+        rate = base * fn(scheduler.last_epoch)
+        if isinstance(group["lr"], torch.Tensor):
+            with torch.no_grad():
+                group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+        rates.append(float(rate))
+    scheduler._last_lr = list(rates)  # what get_last_lr() reports
+    return rates

@@ -3,6 +3,8 @@
 Resolution order (later wins): dataclass defaults (the MLPerf reference recipe, benchmark.md §6) <- preset
 <- JSON config file <- command-line flags. The resolved config is printed and saved as
 ``config.json`` in the run folder, so every run records exactly what it trained with.
+`set_up` is where a training command starts: the device picked and the config resolved for it once
+(`resolve_for_device`), handed down as one `TrainSetup`.
 
 The closed division is the reference's run. "The reference" below is mlcommons/training
 ``retired_benchmarks/ssd-v1/ssd/`` (train.py, utils.py, run_and_time.sh, config_DGX1_*.sh); each
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssdbench.checks import (
     NON_NEGATIVE,
@@ -28,6 +31,9 @@ from ssdbench.checks import (
     usable_cores,
 )
 from ssdbench.precision import default_precision
+
+if TYPE_CHECKING:
+    from ssdbench.dist import Launch
 
 COCO_TRAIN_IMAGES = 117266  # benchmark.md §5: non-empty train2017 images; MLPerf's epoch size
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -371,3 +377,27 @@ def resolve_for_device(cfg: TrainConfig, device_type: str) -> tuple[TrainConfig,
         note = f"{note}\n{capped}" if note else capped
     return resolved, note
 
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What a training command resolves once, before it trains: the config made for this process's
+    device, where the process runs, and the note saying what the resolution chose (or None)."""
+
+    cfg: TrainConfig  # every "auto"/None device choice made (`resolve_for_device`)
+    launch: Launch  # rank, world size, local rank and the device (`dist.local_launch`)
+    note: str | None = None
+
+    def print_note(self) -> None:
+        if self.note and self.launch.is_main:
+            print(self.note, flush=True)
+
+
+def set_up(cfg: TrainConfig) -> TrainSetup:
+    """The one start of `ssdbench train` and `ssdbench demo`: the device picked (``--device``; a name
+    torch does not know, or CUDA where there is none, is a one-line error) and ``cfg`` resolved for
+    it, once; the process group is joined later, by each run (`trainer.train_run`)."""
+    from ssdbench.dist import local_launch
+
+    launch = local_launch(cfg.device)
+    resolved, note = resolve_for_device(cfg, launch.device.type)
+    return TrainSetup(resolved, launch, note)

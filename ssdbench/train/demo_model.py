@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ssdbench.io import FolderLockedError, cache_dir
+from ssdbench.io import FolderLockedError, cache_dir, read_json
 from ssdbench.precision import default_precision
 from ssdbench.train.config import TrainConfig, resolve_config
 
@@ -95,7 +95,7 @@ def _finished(folder: Path) -> bool:
     """True when ``folder``'s summary.json records a run that ended by itself: a killed or failed run
     ("failed", "interrupted") also writes one, and resuming it is what finishes the model."""
     try:
-        status = json.loads((folder / "summary.json").read_text()).get("status")
+        status = read_json(folder / "summary.json", "summary").get("status")
     except (OSError, ValueError, AttributeError):
         return False
     return status in FINISHED

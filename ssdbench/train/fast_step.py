@@ -24,12 +24,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssdbench.model.loss import ssd_loss
 from ssdbench.precision import autocast
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
@@ -118,10 +116,12 @@ class FastStep:
     parameters, gradients and optimiser state (with a warning the first time).
     """
 
-    def __init__(self, model, optimizer, encoder, device, scheduler=None, amp_dtype=None,
-                 channels_last: bool = False, compile: bool = False, cuda_graph: bool = False,
-                 warmup_steps: int = 3, loss_fn: Callable = ssd_loss):
-        self.device = torch.device(device)
+    def __init__(self, parts, compile: bool = False, cuda_graph: bool = False, warmup_steps: int = 3):
+        """``parts``: the `train.loop.StepParts` this step runs (model, optimizer, scheduler or None,
+        encoder, device, amp_dtype, channels_last, loss_fn; its scaler is not used)."""
+        model, optimizer, encoder, amp_dtype = parts.model, parts.optimizer, parts.encoder, parts.amp_dtype
+        scheduler, channels_last, loss_fn = parts.scheduler, parts.channels_last, parts.loss_fn
+        self.device = torch.device(parts.device)
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, got {self.device}")
         if amp_dtype not in (None, torch.bfloat16):

@@ -3,7 +3,7 @@
 Everything around it (building parts, resume, eval, logs) lives in `train.trainer`; this file
 only moves batches through the network and the optimiser. Batches are dicts with ``images``
 (N, 3, S, S) float, ``boxes`` (N, M, 4) ltrb normalised and ``labels`` (N, M) int64 (0 = padding).
-The learning-rate schedule the scheduler follows is `train.schedule.MLPerfSchedule`.
+The learning-rate schedule the scheduler follows is `train.build.MLPerfSchedule`.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def step_function(parts: StepParts) -> Callable[[dict], torch.Tensor]:
     fast_loss = getattr(parts.fast_step, "loss_fn", None)
     if fast_loss != parts.loss_fn:
         raise ValueError(f"StepParts.loss_fn is {_name(parts.loss_fn)} but the fast step computes "
-                         f"{_name(fast_loss)}; build FastStep(..., loss_fn=parts.loss_fn)")
+                         f"{_name(fast_loss)}; build FastStep(parts)")
     return parts.fast_step
 
 
@@ -126,18 +126,38 @@ def _window_loss(losses: list[torch.Tensor], first_step: int, flags: tuple[bool,
 SIGNAL, TARGET = "signal", "target"  # why `train_one_epoch` stopped early ("" = the epoch ended)
 
 
-def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int, reduce,
-                    on_window=None, should_stop=lambda: False, max_steps: int | None = None,
-                    heartbeat=lambda: None, target_reached=lambda: False) -> str:
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class EpochHooks:
+    """What `train_one_epoch` calls back: ``reduce`` sums host values over the ranks (identity
+    alone), ``on_window(record)`` gets each logged window, ``should_stop()`` (a signal) and
+    ``target_reached()`` (an evaluation scored in the background reached the quality target) are
+    polled, ``heartbeat()`` is called after every step (`dist.Watchdog.beat`)."""
+
+    reduce: Callable[[list[float]], list[float]]
+    on_window: Callable[[dict], None] | None = None
+    should_stop: Callable[[], bool] = _never
+    heartbeat: Callable[[], None] = _nothing
+    target_reached: Callable[[], bool] = _never
+
+
+def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int, hooks: EpochHooks,
+                    max_steps: int | None = None) -> str:
     """Train until the loader ends (or `max_steps` steps this epoch); returns why it stopped early:
-    `SIGNAL` (``should_stop()``), `TARGET` (``target_reached()``: an evaluation scored in the
-    background reached the quality target) or "" (the epoch ended).
+    `SIGNAL` (``hooks.should_stop()``), `TARGET` (``hooks.target_reached()``) or "" (the epoch ended).
 
     `loader` yields the epoch's remaining batches (resume already skipped the done ones).
-    Every `log_every` steps `on_window(record)` gets {step, epoch, loss, lr, img_s, time}, the
-    loss averaged over the window and the ranks. ``should_stop()`` and ``target_reached()`` are
-    polled at window ends (all ranks agree through `reduce`, so every rank stops at the same
-    step) and after every step when running alone.
+    Every `log_every` steps ``hooks.on_window(record)`` gets {step, epoch, loss, lr, img_s, time},
+    the loss averaged over the window and the ranks. ``should_stop()`` and ``target_reached()`` are
+    polled at window ends (all ranks agree through ``hooks.reduce``, so every rank stops at the
+    same step) and after every step when running alone.
     """
     parts.model.train()
     step = step_function(parts)
@@ -145,7 +165,7 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
     alone = not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)
 
     def polled() -> tuple[bool, bool]:
-        return should_stop(), target_reached()
+        return hooks.should_stop(), hooks.target_reached()
 
     for batch in loader:
         if max_steps is not None and state.epoch_step >= max_steps:
@@ -157,16 +177,16 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, log_every: int,
         images += batch["images"].shape[0]
         state.step += 1
         state.epoch_step += 1
-        heartbeat()
+        hooks.heartbeat()
         if len(losses) == log_every:
-            flags = _end_window(parts, state, losses, images, t0, reduce, on_window, polled)
+            flags = _end_window(parts, state, losses, images, t0, hooks, polled)
             losses, images, t0 = [], 0, time.perf_counter()
             if any(flags):
                 return _reason(flags)
         elif alone and any(polled()):
             break
     if losses:
-        _end_window(parts, state, losses, images, t0, reduce, on_window, lambda: (False, False))
+        _end_window(parts, state, losses, images, t0, hooks, lambda: (False, False))
     return _reason(polled()) if alone else ""
 
 
@@ -187,14 +207,14 @@ def _reason(flags: tuple[bool, bool]) -> str:
     return SIGNAL if stop else TARGET if target else ""
 
 
-def _end_window(parts, state, losses, images, t0, reduce, on_window, polled) -> tuple[bool, bool]:
+def _end_window(parts, state, losses, images, t0, hooks: EpochHooks, polled) -> tuple[bool, bool]:
     """Log one window; returns (any rank asked to stop, any rank saw the target reached)."""
     first_step = state.step - len(losses) + 1  # steps are numbered from 1 in messages and logs
-    loss, flags = _window_loss(losses, first_step, polled(), reduce)
-    if on_window is not None:
+    loss, flags = _window_loss(losses, first_step, polled(), hooks.reduce)
+    if hooks.on_window is not None:
         elapsed = max(time.perf_counter() - t0, 1e-9)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         lr = float(parts.optimizer.param_groups[0]["lr"])  # a device tensor with step=fast: one read
-        on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": lr,
+        hooks.on_window({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "lr": lr,
                    "img_s": images * world / elapsed})
     return flags

@@ -3,7 +3,7 @@
 `MLPerfLogger` is the only interface the training loop uses: timing events (init, run, block,
 epoch, eval), the hyperparameters under the ruleset's key names, and `weights_initialization` once
 per tensor under the tensor names of the ruleset's `closed_ssd.yaml`. Only rank 0 writes.
-`check_log` runs the official compliance checker on a log.
+The official compliance checker reads these logs in `train.mlperf_checks.compliance`.
 
 Tensor names (`ruleset_tensor_names`): the 1.1.0 ruleset lists the tensors of NVIDIA's MXNet
 (Gluon) SSD, named by Gluon's per-scope creation counters. Our modules map onto them as follows:
@@ -30,9 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import warnings
 from typing import Any
 
@@ -257,21 +255,3 @@ def _platform() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x{torch.cuda.get_device_name(0)}"
     return f"cpu-{os.cpu_count()}cores"
-
-
-def check_log(path: str | os.PathLike, ruleset: str = "1.1.0") -> tuple[bool, str]:
-    """Run MLPerf's compliance checker on a log: (passed, the checker's output)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MLPerf log not found: {path}")
-    with tempfile.TemporaryDirectory() as tmp:  # the checker writes its own log file
-        cmd = [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-               "--ruleset", ruleset, "--log_output", os.path.join(tmp, "checker.log"), os.fspath(path)]
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)  # returncode is the verdict
-    return proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def checker_failures(output: str) -> list[str]:
-    """The individual failure messages of a `check_log` output (empty when it passed)."""
-    body = output.split("WARNING - ", 1)[-1] if "WARNING - " in output else ""
-    parts = [p.strip() for p in body.split("-" * 30)]
-    return [p.split("\n** Logging output")[0].replace("ERROR - FAILED", "").strip() for p in parts if p.strip()]

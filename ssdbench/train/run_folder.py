@@ -1,4 +1,4 @@
-"""The run folder: everything one training run leaves behind.
+"""The run folder: everything one training run leaves behind, and where a run segment starts in it.
 
 ``<run>/config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per step window
 ``{"kind": "train", step, epoch, loss, lr, img_s, time}`` and per evaluation ``{"kind": "eval",
@@ -6,6 +6,11 @@ epoch, map, stats}``), ``plots/{loss,lr,map}.png``, ``checkpoints/``, ``mlperf_l
 ``summary.json`` (the MLPerf-style result, read by ``ssdbench score``; keys in
 `train.trainer.Trainer.summary`). Only rank 0 writes. JSON files are written atomically
 (`ssdbench.io.atomic_write_json`); metrics.jsonl is appended to, one line per record.
+
+`open_run` locks the folder (`ssdbench.io.FolderLock`: a second run into it fails at once, naming
+the first), finds the checkpoint to resume and compares its config with this one
+(`train.checkpoint.resume_changes`), all before anything is built, so a finished run is not built
+again; the `RunStart` it returns holds the lock until `RunStart.release`.
 """
 
 from __future__ import annotations
@@ -13,10 +18,23 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ssdbench.io import WriteError, atomic_write_json, atomic_write_text, jsonable
+from ssdbench import dist as D
+from ssdbench.checks import output_folder
+from ssdbench.errors import CliError
+from ssdbench.io import FolderLock, WriteError, atomic_write_json, atomic_write_text, jsonable, read_json
+from ssdbench.train.checkpoint import (
+    check_changes,
+    find_resume,
+    load_checkpoint,
+    resume_changes,
+    resume_state,
+)
+from ssdbench.train.config import TrainConfig, TrainSetup
+from ssdbench.train.loop import TrainState
 
 
 def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
@@ -142,3 +160,92 @@ def remove_failed_start(folder: Path, before: set[Path]) -> None:
     if not rest:
         (folder / ".lock").unlink(missing_ok=True)
         folder.rmdir()
+
+
+# ---------------------------------------------------------------- where a run segment starts
+@dataclass
+class RunStart:
+    """A run segment's folder, the checkpoint it resumes (None: a fresh run) and its counters."""
+
+    folder: RunFolder
+    checkpoint: Path | None
+    payload: dict | None  # the loaded checkpoint (`checkpoint.training_payload`)
+    state: TrainState  # the checkpoint's counters, ``segments`` including this start
+    changes: dict | None = None  # accepted config changes {key: (old, new)} (`train.checkpoint`)
+    lock: FolderLock | None = None  # held by rank 0 while the run writes the folder
+
+    def finished(self, cfg: TrainConfig) -> bool:
+        """A resumed run that already reached the target, or its last epoch with every score in."""
+        return self.payload is not None and (self.state.reached_target or (
+            self.state.epoch >= cfg.epochs and not self.state.pending_evals))
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_ERRORS = {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}
+
+
+def open_run(setup: TrainSetup, accept_changes: bool = False) -> RunStart:
+    """Rank 0 chooses and locks the run folder and finds the checkpoint; every rank gets the same
+    and loads it. Refuses (ValueError) a checkpoint whose config differs, unless accepted. The lock
+    is the returned `RunStart`'s; a start that fails here releases it."""
+    cfg, launch = setup.cfg, setup.launch
+    run_dir = D.broadcast_object(str(_run_dir(cfg)) if launch.is_main else None)
+    lock = FolderLock(run_dir) if launch.is_main else None
+    try:
+        resume, payload = _agree_on_checkpoint(cfg.resume, run_dir, lock)
+        changes = resume_changes(payload.get("config", {}), cfg) if payload else {}
+        check_changes(changes, accept_changes, resume)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunStart(RunFolder(run_dir, enabled=launch.is_main), resume, payload, resume_state(payload),
+                    changes or None, lock)
+
+
+def _agree_on_checkpoint(resume: str, run_dir: str, lock: FolderLock | None) -> tuple[Path | None, dict | None]:
+    """(checkpoint path or None, its payload): rank 0 (the one with ``lock``) takes the lock and finds
+    the newest checkpoint that loads; every rank gets its path, or rank 0's error, and loads it."""
+    found, shared = None, {}
+    if lock is not None:
+        try:
+            output_folder(run_dir, "--out")
+            lock.acquire()
+            found = find_resume(resume, run_dir)  # (path, payload): the newest one that loads
+            shared = {"path": str(found[0]) if found else None}
+        except (CliError, FileNotFoundError, ValueError) as exc:
+            shared = {"error": (type(exc).__name__, str(exc))}
+            if D.get_world_size() == 1:
+                raise
+    shared = D.broadcast_object(shared)  # every rank fails alike, none waits for the others
+    if "error" in shared:
+        kind, message = shared["error"]
+        raise _ERRORS.get(kind, CliError)(message)
+    path = Path(shared["path"]) if shared["path"] else None
+    return path, found[1] if found else (load_checkpoint(path) if path else None)
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    """`--out`, else the run folder named by `--resume DIR`, else runs/<preset>-<timestamp>."""
+    if cfg.out:
+        return Path(cfg.out)
+    if cfg.resume not in ("auto", "never") and Path(cfg.resume).is_dir():
+        return Path(cfg.resume)
+    return default_run_dir(cfg.preset)
+
+
+def finished_summary(start: RunStart, is_main: bool) -> dict:
+    """A finished run's summary.json (rank 0; {} elsewhere), with a line saying it is not trained again."""
+    if not is_main:
+        return {}
+    print(f"run in {start.folder.path} is already finished; see summary.json (use another --out)", flush=True)
+    return read_json(start.folder.path / "summary.json", "summary")

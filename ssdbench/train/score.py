@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssdbench.errors import CliError
+from ssdbench.io import read_json
+from ssdbench.train.mlperf_checks import RULESET
 
 MLPERF_RUNS = 5  # SSD (mlperf_logging.benchmark_meta: 'ssd': 5)
 MAX_UNCONVERGED = 1  # result_summarizer: max_dropped_scores for every benchmark but unet3d
@@ -104,7 +106,7 @@ def read_run(run: str | Path) -> RunResult:
     raise CliError(f"{run}: no summary.json or MLPerf log ({', '.join(LOG_NAMES)}) in this folder")
 
 
-def summarizer_verdict(log: Path, ruleset: str = "1.1.0") -> tuple[float | None, list[str]]:
+def summarizer_verdict(log: Path, ruleset: str = RULESET) -> tuple[float | None, list[str]]:
     """(time to train in minutes, why it does not count) of one MLPerf log, as the result
     summarizer decides (`_read_result_file`, `_query_run_start_stop`): it counts when the
     compliance checker passes it on the common rules and it records run_start and run_stop; the
@@ -213,14 +215,14 @@ def _scaling(folder: Path, division: str, ruleset: str) -> tuple[float, str]:
 
     scaling = folder / "scaling.json"
     if scaling.is_file():
-        return float(json.loads(scaling.read_text())["scaling_factor"]), "scaling.json"
+        return float(read_json(scaling, "scaling file")["scaling_factor"]), "scaling.json"
     if division != "closed":
         return 1.0, "open division: no RCP normalisation"
     passed, message, factor = rcp_check(folder, ruleset)
     return factor, f"RCP checker: {message} ({'passed' if passed else 'failed'})"
 
 
-def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
+def score_tree(tree: str | Path, ruleset: str = RULESET) -> list[dict]:
     """One entry per ``results/<system>/ssd`` folder of a submission tree: {"system", "division",
     "runs": [RunResult], "failures": {file: [failed rules]}, "olympic" (minutes or None),
     "factor", "factor_source", "score" (minutes or None), "note"}."""
@@ -229,7 +231,7 @@ def score_tree(tree: str | Path, ruleset: str = "1.1.0") -> list[dict]:
         folder = system_dir / "ssd"
         if not folder.is_dir():
             continue
-        desc = json.loads((tree / "systems" / f"{system_dir.name}.json").read_text())
+        desc = read_json(tree / "systems" / f"{system_dir.name}.json", "system description")
         runs, failures = [], {}
         for path in sorted(folder.glob("result_*.txt")):
             minutes, failed = summarizer_verdict(path, ruleset)

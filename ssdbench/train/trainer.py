@@ -1,6 +1,8 @@
-"""One training run, config to summary: builds the parts, resumes, trains, evaluates, logs.
+"""Training runs, config to summary: starts, trains, evaluates, logs; one run or a series of them.
 
-``run_training(cfg)`` is what `ssdbench train` and `ssdbench demo` call, under any launcher.
+`ssdbench train` and `ssdbench demo` resolve their config once (`config.set_up`: the device picked,
+every "auto" chosen for it) and hand the `TrainSetup` to `train_runs` / `train_run`;
+``run_training(cfg)`` does both for one run, under any launcher.
 The MLPerf clock (benchmark.md §6): ``run_start`` after the model, data and logger are set up, ``run_stop``
 as soon as a score reaches the target (or the epochs run out and every pending score is in);
 time to train is the wall time in between, summed over resumed segments (a resumed run is not a
@@ -9,73 +11,75 @@ eval epochs on the training devices, COCO scoring in a background process while 
 on (``--eval-sync``: training waits for it); every rank learns that the target was reached at
 the same step.
 
-The pieces, in order: `open_run` locks the run folder (`ssdbench.io.FolderLock`: a second run
-into it fails at once, naming the first), finds the checkpoint to resume and compares its config
-with this one (`train.resume`), all before anything is built, so a finished run is not built
-again; `Trainer.__init__` builds everything a run segment needs and restores the checkpoint;
+The pieces, in order: `run_folder.open_run` locks the run folder, finds the checkpoint to resume
+and compares its config with this one, all before anything is built, so a finished run is not
+built again; `Trainer.__init__` builds everything a run segment needs and restores the checkpoint;
 `Trainer.run` is the epoch loop (train, evaluate at eval epochs, checkpoint after every epoch);
-`Trainer.summary` is the result. A run stopped by SIGTERM/SIGINT checkpoints and ends with
-status "interrupted" (the command exits with `errors.PREEMPTED_EXIT`).
+`Trainer.summary` is the result; `train_run` unlocks the folder. A run stopped by SIGTERM/SIGINT
+checkpoints and ends with status "interrupted" (the command exits with `errors.PREEMPTED_EXIT`).
+`train_runs` trains ``--runs N`` runs one after the other (seeds seed + 1000 i, folders OUT/run_i).
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ssdbench import dist as D
-from ssdbench.checks import output_folder
-from ssdbench.dist import Launch, Watchdog, all_reduce_sum, init_distributed, shutdown
-from ssdbench.errors import CliError
-from ssdbench.io import FolderLock
+from ssdbench.dist import Watchdog, all_reduce_sum, join_group, shutdown
+from ssdbench.errors import PREEMPTED_EXIT, CliError
 from ssdbench.progress import Progress
-from ssdbench.train.async_eval import Evaluator
+from ssdbench.train.async_eval import EvalContext, Evaluator
 from ssdbench.train.build import Data, build_data, build_parts, set_determinism
 from ssdbench.train.checkpoint import (
-    find_resume,
-    last_checkpoint,
-    load_checkpoint,
-    restore_training,
-    resume_state,
-    save_training,
-)
-from ssdbench.train.config import TrainConfig, resolve_for_device
-from ssdbench.train.loop import SIGNAL, TARGET, NonFiniteLossError, TrainState, train_one_epoch
-from ssdbench.train.resume import (
-    check_changes,
+    RunObjects,
     describe_changes,
     hyperparameters,
+    last_checkpoint,
     restore_hyperparameters,
-    resume_changes,
+    restore_training,
+    save_training,
 )
-from ssdbench.train.run_folder import RunFolder, default_run_dir, remove_failed_start
+from ssdbench.train.config import TrainConfig, TrainSetup, set_up
+from ssdbench.train.loop import SIGNAL, TARGET, EpochHooks, NonFiniteLossError, TrainState, train_one_epoch
+from ssdbench.train.run_folder import (
+    RunStart,
+    default_run_dir,
+    finished_summary,
+    open_run,
+    remove_failed_start,
+)
 
 
 def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool = False) -> dict:
     """Train with `cfg` under the current launcher; returns the summary (see `Trainer.summary`).
 
-    ``progress``: show training progress on rank 0 (`ssdbench.progress.Progress`: a bar on a
-    terminal, a plain line per metrics window otherwise). A run folder whose run already finished
-    is not trained again: its summary.json is returned. ``accept_changes``: resume a checkpoint
-    whose config differs from ``cfg`` and apply the differences (`train.resume`).
+    `config.set_up` then `train_run`. ``progress``: show training progress on rank 0
+    (`ssdbench.progress.Progress`: a bar on a terminal, a plain line per metrics window otherwise).
+    A run folder whose run already finished is not trained again: its summary.json is returned.
+    ``accept_changes``: resume a checkpoint whose config differs from ``cfg`` and apply the
+    differences (`train.checkpoint`).
     """
-    launch = init_distributed(cfg.device, cfg.dist_timeout_s)
+    setup = set_up(cfg)
+    setup.print_note()
+    return train_run(setup, progress, accept_changes)
+
+
+def train_run(setup: TrainSetup, progress: bool = True, accept_changes: bool = False) -> dict:
+    """One run of ``setup`` (config resolved, device picked): joins the process group, locks the run
+    folder (`run_folder.open_run`), trains; the folder is unlocked here, and only here, at the end."""
+    launch = join_group(setup.launch, setup.cfg.dist_timeout_s)
     start, before = None, None
     try:
-        cfg, note = resolve_for_device(cfg, launch.device.type)  # "auto" step/pipeline/precision
-        if note and launch.is_main:
-            print(note, flush=True)
-        start = open_run(cfg, launch, accept_changes)
-        if start.finished(cfg):
-            return _finished_summary(start, launch)
+        start = open_run(setup, accept_changes)
+        if start.finished(setup.cfg):
+            return finished_summary(start, launch.is_main)
         before = set(start.folder.path.iterdir()) if launch.is_main else None
-        trainer = Trainer(cfg, launch, progress, start)
+        trainer = Trainer(setup, start, progress)
         before = None  # started: from here on the folder is the run's record, failed or not
         return trainer.run()
     finally:
@@ -86,102 +90,97 @@ def run_training(cfg: TrainConfig, progress: bool = True, accept_changes: bool =
         shutdown()
 
 
-
-# ---------------------------------------------------------------- where a run segment starts
-@dataclass
-class RunStart:
-    """A run segment's folder, the checkpoint it resumes (None: a fresh run) and its counters."""
-
-    folder: RunFolder
-    checkpoint: Path | None
-    payload: dict | None  # the loaded checkpoint (`checkpoint.training_payload`)
-    state: TrainState  # the checkpoint's counters, ``segments`` including this start
-    changes: dict | None = None  # accepted config changes {key: (old, new)} (`train.resume`)
-    lock: FolderLock | None = None  # held by rank 0 while the run writes the folder
-
-    def finished(self, cfg: TrainConfig) -> bool:
-        """A resumed run that already reached the target, or its last epoch with every score in."""
-        return self.payload is not None and (self.state.reached_target or (
-            self.state.epoch >= cfg.epochs and not self.state.pending_evals))
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
+# ---------------------------------------------------------------- several runs (`--runs N`)
+RUN_SEED_STRIDE = 1000  # run i trains with seed + 1000 i; its ranks use that + rank (up to 1000 ranks)
 
 
-_ERRORS = {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}
+def run_configs(cfg: TrainConfig, runs: int, world_size: int = 1) -> list[TrainConfig]:
+    """The configs of ``runs`` runs of ``cfg``: seeds seed + 1000 i (distinct, also per rank), folders
+    OUT/run_i (OUT: --out, else runs/<preset>-<time>). ValueError unless runs >= 1."""
+    if runs < 1:
+        raise ValueError(f"--runs {runs}: must be >= 1")
+    if cfg.out is None and world_size > 1:  # ranks must agree on the folders before they meet
+        raise ValueError("--runs under a launcher needs --out (the folder of the runs)")
+    root = cfg.out or str(default_run_dir(cfg.preset))
+    return [replace(cfg, seed=cfg.seed + RUN_SEED_STRIDE * i, out=str(Path(root) / f"run_{i}"))
+            for i in range(runs)]
 
 
-def open_run(cfg: TrainConfig, launch: Launch, accept_changes: bool = False) -> RunStart:
-    """Rank 0 chooses and locks the run folder and finds the checkpoint; every rank gets the same
-    and loads it. Refuses (ValueError) a checkpoint whose config differs, unless accepted."""
-    run_dir = D.broadcast_object(str(_run_dir(cfg)) if launch.is_main else None)
-    lock, found, shared = None, None, {}
-    if launch.is_main:
-        try:
-            lock = FolderLock(output_folder(run_dir, "--out")).acquire()
-            found = find_resume(cfg.resume, run_dir)  # (path, payload): the newest one that loads
-            shared = {"path": str(found[0]) if found else None}
-        except (CliError, FileNotFoundError, ValueError) as exc:
-            if lock is not None:
-                lock.release()
-            shared = {"error": (type(exc).__name__, str(exc))}
-            if D.get_world_size() == 1:
-                raise
-    shared = D.broadcast_object(shared)  # every rank fails alike, none waits for the others
-    if "error" in shared:
-        kind, message = shared["error"]
-        raise _ERRORS.get(kind, CliError)(message)
-    resume = Path(shared["path"]) if shared["path"] else None
-    payload = found[1] if found else (load_checkpoint(resume) if resume else None)
-    changes = resume_changes(payload.get("config", {}), cfg) if payload else {}
-    try:
-        check_changes(changes, accept_changes, resume)
-    except ValueError:
-        if lock is not None:
-            lock.release()
-        raise
-    return RunStart(RunFolder(run_dir, enabled=launch.is_main), resume, payload, resume_state(payload),
-                    changes or None, lock)
+def train_runs(setup: TrainSetup, runs: int = 1, accept_changes: bool = False) -> list[str | None]:
+    """`ssdbench train`: one run, or ``runs`` runs one after the other (`run_configs`), each result
+    printed by rank 0, a series followed by the runs' olympic mean. A run interrupted by a signal
+    ends the series. Returns the runs' statuses (`exit_status` makes them the exit status)."""
+    if runs == 1:
+        summary = train_run(setup, accept_changes=accept_changes)
+        if setup.launch.is_main and summary:
+            print_result(summary)
+        return [summary.get("status")]
+    configs = run_configs(setup.cfg, runs, setup.launch.world_size)
+    statuses = []
+    for i, run_cfg in enumerate(configs):
+        if setup.launch.is_main:
+            print(f"ssdbench train: run {i + 1}/{runs}, seed {run_cfg.seed}, folder {run_cfg.out}", flush=True)
+        summary = train_run(replace(setup, cfg=run_cfg), accept_changes=accept_changes)
+        statuses.append(summary.get("status"))
+        if setup.launch.is_main and summary:
+            print_result(summary)
+        if summary.get("status") == "interrupted":
+            break
+    if setup.launch.is_main:
+        _print_series([c.out for c, s in zip(configs, statuses) if s != "interrupted"])
+    return statuses
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
-    """`--out`, else the run folder named by `--resume DIR`, else runs/<preset>-<timestamp>."""
-    if cfg.out:
-        return Path(cfg.out)
-    if cfg.resume not in ("auto", "never") and Path(cfg.resume).is_dir():
-        return Path(cfg.resume)
-    return default_run_dir(cfg.preset)
+def _print_series(done: list[str]) -> None:
+    from ssdbench.train.score import format_table, olympic_mean, read_run
+
+    if done:
+        results = [read_run(out) for out in done]
+        print(format_table(results, olympic_mean(results)))
+    print(f"package them: ssdbench package --system NAME --org ORG {' '.join(done)}")
 
 
-def _finished_summary(start: RunStart, launch: Launch) -> dict:
-    if not launch.is_main:
-        return {}
-    print(f"run in {start.folder.path} is already finished; see summary.json (use another --out)", flush=True)
-    return json.loads((start.folder.path / "summary.json").read_text())
+def exit_status(statuses: list[str | None]) -> int:
+    """`errors.PREEMPTED_EXIT` when a run was interrupted (checkpointed: the same command resumes),
+    0 when every run succeeded or finished (None: a rank other than 0 of a finished run), else 1."""
+    if "interrupted" in statuses:
+        return PREEMPTED_EXIT
+    return 0 if all(s in ("success", "finished", None) for s in statuses) else 1
+
+
+def print_result(summary: dict) -> None:
+    """A run's result as the commands print it: per-class AP (if scored), the summary line, the folder."""
+    if summary.get("per_class"):
+        from ssdbench.eval.per_class import format_table
+
+        print(f"per-class AP (epoch {summary['eval_history'][-1]['epoch']}):")
+        print(format_table(summary["per_class"]))
+    print(f"result: {summary['summary']}")
+    print(f"run folder: {summary['run_dir']} (summary.json, metrics.jsonl, plots/, checkpoints/, "
+          f"{summary['mlperf_log'].rsplit('/', 1)[-1]})")
 
 
 # ---------------------------------------------------------------- the run
 class Trainer:
     """One run segment on one rank: `__init__` builds and restores everything, `run` trains.
 
-    ``start``: from `open_run` (default: opened here). Attributes: ``cfg``, ``launch``,
+    ``setup``: the resolved config and launch (`config.set_up`); ``start``: from `run_folder.open_run`,
+    whose lock the caller releases. Attributes: ``cfg``, ``launch``,
     ``folder`` (`RunFolder`), ``state`` (`TrainState`), ``mllog``, ``data`` (`build.Data`),
     ``parts`` (`loop.StepParts`), ``net`` (the bare network), ``division`` (as logged),
     ``watchdog`` and ``stop_requested`` (set by SIGTERM/SIGINT; polled at step boundaries).
     """
 
-    def __init__(self, cfg: TrainConfig, launch: Launch, progress: bool = True, start: RunStart | None = None):
+    def __init__(self, setup: TrainSetup, start: RunStart, progress: bool = True):
         from ssdbench.train.mllog import MLPerfLogger
 
-        cfg, _note = resolve_for_device(cfg, launch.device.type)  # idempotent; presets may say "auto"
+        cfg, launch = setup.cfg, setup.launch
         if cfg.tensorboard and launch.is_main:
             from ssdbench.train.tensorboard import require_tensorboard
 
             require_tensorboard()  # one line before anything is built
-        start = start or open_run(cfg, launch)
-        self.cfg, self.launch, self.show_progress = cfg, launch, progress and launch.is_main
-        self.folder, self.state, self.lock = start.folder, start.state, start.lock
+        self.setup, self.cfg, self.launch, self.show_progress = setup, cfg, launch, progress and launch.is_main
+        self.folder, self.state = start.folder, start.state
         if start.payload is None and self.folder.metrics_path.exists() and self.folder.first_write_interrupted():
             self.say(f"note: {self.folder.path} holds a run killed while writing its first checkpoint; "
                      "starting it afresh")
@@ -218,7 +217,7 @@ class Trainer:
         self.folder.truncate_metrics_after(self.state.step, self.state.epoch,
                                            [e["epoch"] for e in self.state.pending_evals])
         self.say(f"resuming {start.checkpoint}: epoch {self.state.epoch} done, step {self.state.step}")
-        if fresh is not None:  # accepted changes, applied truthfully (`train.resume`)
+        if fresh is not None:  # accepted changes, applied truthfully (`train.checkpoint`)
             rates = restore_hyperparameters(self.parts, fresh)
             self.folder.log_metrics({"kind": "resume", "step": self.state.step,
                                      "changes": {k: list(v) for k, v in start.changes.items()}})
@@ -238,8 +237,8 @@ class Trainer:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
-        self.evaluator = Evaluator(self.cfg, self.launch, self.data, self.net, self.parts.amp_dtype, self.mllog,
-                                   self.folder, self.state, self.say, self.watchdog, self.show_progress)
+        context = EvalContext(self.mllog, self.folder, self.state, self.say, self.watchdog, self.show_progress)
+        self.evaluator = Evaluator(self.setup, self.data, self.net, self.parts.amp_dtype, context)
         self._open_tensorboard()
         self.watchdog.start()
         self.mllog.init_stop()
@@ -261,8 +260,6 @@ class Trainer:
             self._finish(status, failing=not done)
             if self.tensorboard is not None:
                 self.tensorboard.close()
-            if self.lock is not None:
-                self.lock.release()
             for sig, handler in previous.items():  # the caller's handlers again (forked workers inherit them)
                 signal.signal(sig, handler)
         return self.summary(status)
@@ -285,9 +282,9 @@ class Trainer:
         # Scores still being computed are recorded in the checkpoint and scored on resume.
         self.state.pending_evals = self.evaluator.records() if self.evaluator is not None else []
         try:
-            return save_training(self.folder.checkpoints, name, self.net, self.parts, self.state,
-                                 self.data.train_loader.sampler, self.cfg, self.launch,
-                                 list(getattr(self.data.train_set, "cat_ids", None) or []) or None)
+            categories = list(getattr(self.data.train_set, "cat_ids", None) or []) or None
+            run = RunObjects(self.net, self.parts, self.state, self.data.train_loader.sampler, self.cfg, categories)
+            return save_training(self.folder.checkpoints, name, run, self.launch)
         finally:
             self.state.pending_evals = []
 
@@ -357,10 +354,10 @@ class Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.window(record)
 
-            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every,
-                                      lambda v: all_reduce_sum(v, self.launch.device), on_window,
-                                      lambda: self.stop_requested, self.cfg.steps_per_epoch,
-                                      self.watchdog.beat, self.evaluator.poll)
+            hooks = EpochHooks(lambda v: all_reduce_sum(v, self.launch.device), on_window,
+                               lambda: self.stop_requested, self.watchdog.beat, self.evaluator.poll)
+            stopped = train_one_epoch(self.parts, data.train_batches(), state, self.cfg.log_every, hooks,
+                                      self.cfg.steps_per_epoch)
         if stopped:
             return stopped
         self.mllog.epoch_stop(epoch)

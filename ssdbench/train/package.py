@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ssdbench import sysinfo
 from ssdbench.errors import CliError
-from ssdbench.io import atomic_write_json
+from ssdbench.io import atomic_write_json, read_json
 from ssdbench.sysinfo import as_strings
 
 BENCHMARK = "ssd"
@@ -80,7 +80,7 @@ def run_log(run: str | os.PathLike) -> Path:
 def _world_size(run: str | os.PathLike) -> int:
     summary = Path(run) / "summary.json"
     try:
-        return int(json.loads(summary.read_text()).get("world_size", 1))
+        return int(read_json(summary, "summary").get("world_size", 1))
     except (OSError, ValueError, TypeError):
         return 1
 
@@ -142,8 +142,6 @@ def read_system_json(path: str | None) -> dict:
     """``--system-json`` as a dict ({} when not given)."""
     if not path:
         return {}
-    from ssdbench.io import read_json
-
     data = read_json(path, "--system-json")
     if not isinstance(data, dict):
         raise CliError(f"--system-json {path}: expected a JSON object of system description fields")
