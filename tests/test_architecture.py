@@ -79,14 +79,6 @@ def _names_used_twice() -> dict[str, list[str]]:
     return {name: paths for name, paths in names.items() if len(paths) > 1}
 
 
-# Collisions whose renames are on their way (loadgen/submission.py and train/submission.py,
-# loadgen/sysinfo.py and sysinfo.py): while exactly these remain, the test below is an expected
-# failure that lists them; with none left it passes, and any other collision fails it.
-PENDING_RENAMES = {"submission", "sysinfo"}
-
-
-@pytest.mark.xfail(bool(_names_used_twice()) and set(_names_used_twice()) <= PENDING_RENAMES,
-                   reason=f"pending renames: {sorted(PENDING_RENAMES)}", strict=True)
 def test_no_module_name_is_used_twice_outside_cli():
     twice = _names_used_twice()
     assert not twice, "module names used twice outside cli/ (rename one): " + "; ".join(
