@@ -4,9 +4,10 @@
     python tools/structure_counts.py --json F   # the same as JSON
     python tools/structure_counts.py --trace-train [--json F]
         also runs a one-step training on the embedded dataset under a profiler and counts the
-        package files whose functions receive the run's config (the argparse Namespace or the
-        TrainConfig) as an argument: how many files the config passes through, how many stops
-        (calls that move it to another file) and how many returns to a file it had already left.
+        package files whose functions receive the run's config (the argparse Namespace, the
+        TrainConfig, or a TrainSetup holding it) as an argument: how many files the config passes
+        through, how many stops (calls that move it to another file) and how many returns to a file
+        it had already left.
 
 Static counts read the source with `ast`; nothing of the package is imported for them.
 """
@@ -73,8 +74,10 @@ def trace_train() -> dict:
     import tempfile
 
     sys.path.insert(0, str(ROOT))
-    from ssdbench.train.config import TrainConfig
+    from ssdbench.train import config
 
+    # What carries the config: the flags, the TrainConfig, and an object that holds it (TrainSetup)
+    carriers = tuple(t for t in (config.TrainConfig, _argparse.Namespace, getattr(config, "TrainSetup", None)) if t)
     package_root = str(PACKAGE) + "/"
     route: list[str] = []  # every call that receives the config, its methods included
     passed: list[str] = []  # calls that receive it as an argument other than `self`
@@ -83,7 +86,7 @@ def trace_train() -> dict:
         code = frame.f_code
         anywhere = as_argument = False
         for i, name in enumerate(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]):
-            if isinstance(frame.f_locals.get(name), (TrainConfig, _argparse.Namespace)):
+            if isinstance(frame.f_locals.get(name), carriers):
                 anywhere = True
                 as_argument = as_argument or not (i == 0 and name == "self")
         return anywhere, as_argument
