@@ -8,7 +8,15 @@ import torch
 
 from ssdbench.data.coco import BadSampleError
 from ssdbench.data.gpu_pipeline import build_byte_loader
-from ssdbench.data.loader import PaddedCollate, ShardedSampler, build_loader, pad_targets
+from ssdbench.data.loader import (
+    InputSettings,
+    PaddedCollate,
+    Shard,
+    ShardedSampler,
+    WorkerOptions,
+    build_loader,
+    pad_targets,
+)
 
 
 class ArrayDataset:
@@ -108,7 +116,8 @@ def test_batch_size_is_checked_by_both_loaders(build):
 
 
 def test_bad_sample_skipped_with_warning():
-    loader = build_loader(ArrayDataset(6, bad={2}), batch_size=3, train=False, size=16, workers=0)
+    loader = build_loader(ArrayDataset(6, bad={2}), batch_size=3, train=False, inputs=InputSettings(16),
+                          workers=0)
     with pytest.warns(RuntimeWarning, match=r"image 102 \(/data/img2.jpg\): truncated JPEG"):
         batches = list(loader)
     ids = torch.cat([b["image_ids"] for b in batches]).tolist()
@@ -116,7 +125,8 @@ def test_bad_sample_skipped_with_warning():
 
 
 def test_eval_batches_in_order_and_padded():
-    loader = build_loader(ArrayDataset(5), batch_size=2, train=False, size=16, workers=0, max_objects=4)
+    loader = build_loader(ArrayDataset(5), batch_size=2, train=False, inputs=InputSettings(16, max_objects=4),
+                          workers=0)
     batches = list(loader)
     assert [len(b["image_ids"]) for b in batches] == [2, 2, 1]  # no drop_last in eval
     b = batches[0]
@@ -130,7 +140,7 @@ def test_eval_batches_in_order_and_padded():
 @pytest.mark.filterwarnings("ignore:.*keeping the first")
 def test_train_loader_reproducible_across_worker_counts():
     data = ArrayDataset(8, objects=3)
-    kwargs = {"batch_size": 4, "train": True, "size": 32, "seed": 9, "max_objects": 2}
+    kwargs = {"batch_size": 4, "train": True, "inputs": InputSettings(32, max_objects=2, shard=Shard(seed=9))}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         serial = list(build_loader(data, workers=0, **kwargs))
@@ -141,7 +151,7 @@ def test_train_loader_reproducible_across_worker_counts():
         for key in s:
             assert torch.equal(s[key], p[key]), key
     assert serial[0]["labels"].shape == (4, 2) and serial[0]["images"].dtype == torch.float32
-    loader = build_loader(data, workers=0, defer_jitter=True, **kwargs)
+    loader = build_loader(data, workers=0, options=WorkerOptions(defer_jitter=True), **kwargs)
     loader.sampler.set_epoch(1)
     batch = next(iter(loader))
     assert batch["images"].dtype == torch.uint8
@@ -156,7 +166,8 @@ def test_synthetic_coco_end_to_end(tmp_path):
     data = CocoDetection(root, "train")
     data.image_path(1).write_bytes(data.image_path(1).read_bytes()[:300])  # truncate one JPEG
     bad_id = data.ids[1]
-    loader = build_loader(data, batch_size=3, train=True, size=64, workers=0, decoder="pillow")
+    loader = build_loader(data, batch_size=3, train=True, inputs=InputSettings(64), workers=0,
+                          options=WorkerOptions(decoder="pillow"))
     with pytest.warns(RuntimeWarning, match=f"image {bad_id} .*{data.image_path(1).name}"):
         batches = list(loader)
     assert sum(len(b["image_ids"]) for b in batches) == 5 and bad_id not in torch.cat(
