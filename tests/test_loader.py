@@ -41,7 +41,7 @@ class ArrayDataset:
 
 def test_shards_disjoint_complete_and_reshuffled():
     for n in (10, 11):
-        shards = [ShardedSampler(n, rank, 2, seed=3) for rank in (0, 1)]
+        shards = [ShardedSampler(n, Shard(rank, 2, 3)) for rank in (0, 1)]
         a, b = (list(s) for s in shards)
         assert not set(a) & set(b) and sorted(a + b) == list(range(n))
         assert abs(len(a) - len(b)) <= 1 and len(shards[0]) == len(a)
@@ -49,25 +49,25 @@ def test_shards_disjoint_complete_and_reshuffled():
             s.set_epoch(1)
         a1, b1 = (list(s) for s in shards)
         assert sorted(a1 + b1) == list(range(n)) and a1 != a  # a new order each epoch
-    dropped = [list(ShardedSampler(11, rank, 2, seed=3, drop_last=True)) for rank in (0, 1)]
+    dropped = [list(ShardedSampler(11, Shard(rank, 2, 3), drop_last=True)) for rank in (0, 1)]
     assert len(dropped[0]) == len(dropped[1]) == 5 and not set(dropped[0]) & set(dropped[1])
-    assert list(ShardedSampler(11, 0, 2, seed=3)) == a and list(ShardedSampler(11, 0, 2, seed=4)) != a
-    assert list(ShardedSampler(5, 1, 2, shuffle=False)) == [1, 3]
+    assert list(ShardedSampler(11, Shard(0, 2, 3))) == a and list(ShardedSampler(11, Shard(0, 2, 4))) != a
+    assert list(ShardedSampler(5, Shard(1, 2), shuffle=False)) == [1, 3]
     with pytest.raises(ValueError, match="rank=2"):
-        ShardedSampler(5, 2, 2)
+        ShardedSampler(5, Shard(2, 2))
 
 
 def test_sampler_resumes_mid_epoch():
-    full = ShardedSampler(20, 1, 2, seed=5)
+    full = ShardedSampler(20, Shard(1, 2, 5))
     full.set_epoch(3)
     order = list(full)
-    run = ShardedSampler(20, 1, 2, seed=5)
+    run = ShardedSampler(20, Shard(1, 2, 5))
     run.set_epoch(3)
     it = iter(run)
     seen = [next(it) for _ in range(4)]
     state = run.state_dict()
     assert state["epoch"] == 3 and state["position"] == 4
-    resumed = ShardedSampler(20, 1, 2, seed=5)
+    resumed = ShardedSampler(20, Shard(1, 2, 5))
     resumed.load_state_dict(state)
     resumed.set_epoch(3)  # the training loop calls this again on restart: must not rewind
     assert len(resumed) == len(order) - 4
@@ -76,11 +76,11 @@ def test_sampler_resumes_mid_epoch():
     assert len(list(resumed)) == len(order)  # the next epoch is whole
     # workers prefetch ahead: the loop states what it consumed in this epoch, resumed part included
     assert run.state_dict(consumed=2)["position"] == 2
-    again = ShardedSampler(20, 1, 2, seed=5)
+    again = ShardedSampler(20, Shard(1, 2, 5))
     again.load_state_dict(state)
     assert again.state_dict(consumed=6)["position"] == 6
     with pytest.raises(ValueError, match="seed"):
-        ShardedSampler(20, 1, 2, seed=6).load_state_dict(state)
+        ShardedSampler(20, Shard(1, 2, 6)).load_state_dict(state)
 
 
 def test_padded_collate_by_hand():

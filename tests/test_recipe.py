@@ -108,7 +108,7 @@ def test_padded_shards_are_torchs_distributed_sampler():
     for n, world in ((11, 4), (117266, 8), (3, 5)):  # 3 < 5: the padding repeats the order
         for rank in range(world):
             theirs = list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
-            ours = list(ShardedSampler(n, rank, world, shuffle=False, pad=True))
+            ours = list(ShardedSampler(n, Shard(rank, world), shuffle=False, pad=True))
             assert ours == theirs, (n, world, rank)
 
 

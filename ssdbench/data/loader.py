@@ -35,9 +35,20 @@ from ssdbench.data.coco import BadSampleError
 from ssdbench.data.transforms import EvalTransform, TrainTransform
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which part of a dataset this process reads: rank ``rank`` of ``world_size``, in the order
+    ``seed`` draws (the sampler's shuffle and the per-sample augmentation draws)."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+
+
 class ShardedSampler(Sampler):
     """Per-rank shard of a per-epoch shuffled order of ``range(num_samples)``.
 
+    ``shard`` (default `Shard()`: rank 0 of 1, seed 0) gives rank r, world_size and seed.
     Epoch e's order is ``default_rng([seed, e]).permutation(num_samples)`` (identical on every
     rank); rank r takes every ``world_size``-th index from position r. Equal shards (training:
     every rank runs the same number of steps) come two ways: ``pad=True`` appends the order's
@@ -50,9 +61,10 @@ class ShardedSampler(Sampler):
     augmentation) instead of plain indices.
     """
 
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, with_epoch: bool = False,
-                 pad: bool = False):
+    def __init__(self, num_samples: int, shard: Shard | None = None, shuffle: bool = True,
+                 drop_last: bool = False, with_epoch: bool = False, pad: bool = False):
+        shard = Shard() if shard is None else shard
+        rank, world_size, seed = shard.rank, shard.world_size, shard.seed
         if num_samples < 0 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad shard: num_samples={num_samples}, rank={rank}, world_size={world_size}")
         if seed < 0:
@@ -115,16 +127,6 @@ class ShardedSampler(Sampler):
 
 
 @dataclass(frozen=True)
-class Shard:
-    """Which part of a dataset this process reads: rank ``rank`` of ``world_size``, in the order
-    ``seed`` draws (the sampler's shuffle and the per-sample augmentation draws)."""
-
-    rank: int = 0
-    world_size: int = 1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class InputSettings:
     """What a training run's input paths share (the CPU loader, the byte loader and the device
     pipeline get the same values): input size S, ``max_objects`` targets kept per image (M),
@@ -154,8 +156,7 @@ def epoch_sampler(num_samples: int, batch_size: int, shard: Shard, shuffle: bool
     """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return ShardedSampler(num_samples, shard.rank, shard.world_size, shard.seed, shuffle=shuffle,
-                          drop_last=drop_last, with_epoch=True, pad=pad)
+    return ShardedSampler(num_samples, shard, shuffle=shuffle, drop_last=drop_last, with_epoch=True, pad=pad)
 
 
 class AugmentedDataset(Dataset):
