@@ -254,7 +254,7 @@ def loadgen_runs(args, model_name, qfiles, rows, out: Path) -> list[dict]:
 # ---------------------------------------------------------------- 4. accuracy
 def accuracy(args, out: Path) -> list[dict]:
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.loader import build_loader
+    from ssdbench.data.loader import InputSettings, build_loader
     from ssdbench.data.synth import default_dataset
     from ssdbench.eval.evaluate import evaluate_backend
     from ssdbench.train.demo_model import demo_checkpoint
@@ -263,7 +263,7 @@ def accuracy(args, out: Path) -> list[dict]:
     print(f"accuracy of {weights} ...", flush=True)
     model = build_model("ssd128_mini", weights=weights).eval()
     dataset = CocoDetection(default_dataset(), "val")
-    loader = build_loader(dataset, 32, train=False, size=128, workers=0)
+    loader = build_loader(dataset, 32, train=False, inputs=InputSettings(128), workers=0)
     qfiles = _quantized_files(model, "ssd128_mini", 200, out / "quantized")
     rows = []
     for variant in args.variants.split(","):

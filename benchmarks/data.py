@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ssdbench.data.coco import CocoDetection
 from ssdbench.data.decode import available_decoders, decode_image
 from ssdbench.data.jitter import jitter_and_normalize
-from ssdbench.data.loader import build_loader
+from ssdbench.data.loader import InputSettings, WorkerOptions, build_loader
 from ssdbench.data.synth import make_synthetic_coco
 from ssdbench.data.transforms import TrainTransform, to_chw
 
@@ -87,8 +87,8 @@ def pipeline_rates(root: Path, decoder: str, batch: int, repeats: int) -> dict:
     }
     for name, defer in (("loader_full", False), ("loader_deferred_jitter", True)):
         batch = min(batch, n)
-        loader = build_loader(data, batch, train=True, size=300, workers=0, pin_memory=False,
-                              defer_jitter=defer)
+        loader = build_loader(data, batch, train=True, inputs=InputSettings(300), workers=0,
+                              options=WorkerOptions(defer_jitter=defer, pin_memory=False))
         count = len(loader) * batch
         rates[name] = median_rate(lambda loader=loader: [None for _ in loader], count, repeats)
     return rates

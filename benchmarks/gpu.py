@@ -40,7 +40,7 @@ import torch
 from timing import sync_for, timed
 from tqdm import tqdm
 
-from ssdbench.data.loader import Shard
+from ssdbench.data.loader import InputSettings, Shard
 from ssdbench.model.encoder import Encoder
 from ssdbench.model.postprocess import postprocess_padded
 from ssdbench.model.specs import get_spec
@@ -126,7 +126,7 @@ def bench_pipeline(args, device) -> list[dict]:
     name = args.train_model
     data = CocoDetection(synth_data(args), "train")
     size = get_spec(name).input_size
-    pipe = DevicePipeline(size, device, seed=0, encoder=Encoder(name))
+    pipe = DevicePipeline(InputSettings(size, shard=Shard(seed=0)), device, encoder=Encoder(name))
     rows = []
     for with_step in (False, True):
         step = None
@@ -134,7 +134,8 @@ def bench_pipeline(args, device) -> list[dict]:
             precision = "bf16" if device.type == "cuda" else "fp32"
             mode = "graph" if device.type == "cuda" else "eager"
             step = make_step(build_model(name), name, device, precision, device.type == "cuda", mode)
-        loader = build_byte_loader(data, args.train_batch, shard=Shard(seed=0), workers=args.workers)
+        loader = build_byte_loader(data, args.train_batch, inputs=InputSettings(shard=Shard(seed=0)),
+                                   workers=args.workers)
         images, t0 = 0, None
         batches = tqdm(device_batches(loader, pipe), total=len(loader), desc=f"pipeline step={with_step}")
         for n_batches, batch in enumerate(batches, start=1):

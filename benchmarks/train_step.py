@@ -61,13 +61,13 @@ def make_parts(model_name: str, device: torch.device, precision: str, channels_l
 
 def pipeline_batches(model_name: str, batch: int, workers: int):
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.loader import build_loader
+    from ssdbench.data.loader import InputSettings, build_loader
     from ssdbench.data.synth import default_dataset
     from ssdbench.model.specs import get_spec
 
     data = CocoDetection(default_dataset(), "train")
-    loader = build_loader(data, batch, train=True, size=get_spec(model_name).input_size, workers=workers,
-                          max_objects=64)
+    inputs = InputSettings(get_spec(model_name).input_size, max_objects=64)
+    loader = build_loader(data, batch, train=True, inputs=inputs, workers=workers)
     return itertools.cycle(loader), data.num_classes
 
 

@@ -8,6 +8,7 @@ from ssdbench.data import augment as A
 from ssdbench.data import transforms as T
 from ssdbench.data.gpu_pipeline import DevicePipeline, crop_resize, pad_batch
 from ssdbench.data.jitter import draw_jitter
+from ssdbench.data.loader import InputSettings, Shard
 
 H, W = 60, 80
 
@@ -168,7 +169,7 @@ def test_cpu_and_device_executors_agree():
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
     samples = [{"boxes": boxes_of(rng, 1 + k), "labels": np.arange(1, 2 + k), "orig_size": shape,
                 "key": (3, k)} for k, shape in enumerate(shapes)]
-    pipe = DevicePipeline(32, seed=9, max_samples=50, max_objects=6)
+    pipe = DevicePipeline(InputSettings(32, max_objects=6, max_samples=50, shard=Shard(seed=9)))
     plan = pipe.plan(samples)
     cpu = T.TrainTransform(32, max_samples=50)
     canvas = pad_batch([torch.from_numpy(im).permute(2, 0, 1) for im in images], torch.float32)
@@ -182,4 +183,5 @@ def test_cpu_and_device_executors_agree():
         assert np.array_equal(plan.factors[k], p.factors) and np.array_equal(plan.order[k], p.order)
         on_cpu = T.apply_geometry(image, p, 32).astype(np.float32)
         assert np.abs(pixels[k].permute(1, 2, 0).numpy() - on_cpu).max() <= 1
-    assert DevicePipeline(32, train=False).plan(samples).crops.tolist() == [[0, 0, w, h] for h, w in shapes]
+    eval_plan = DevicePipeline(InputSettings(32), train=False).plan(samples)
+    assert eval_plan.crops.tolist() == [[0, 0, w, h] for h, w in shapes]

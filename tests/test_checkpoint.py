@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdbench.data.loader import ShardedSampler
+from ssdbench.data.loader import Shard, ShardedSampler
 from ssdbench.io import WriteError
 from ssdbench.train import checkpoint as C
 from ssdbench.train.build import MLPerfSchedule
@@ -75,7 +75,7 @@ def _training(lr: float = 0.5, seed: int = 0):
     net = torch.nn.Linear(3, 2)
     opt = make_sgd(net.parameters(), lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, MLPerfSchedule(iters_per_epoch=5, warmup_iters=3))
-    sampler = ShardedSampler(40, seed=1, drop_last=True, with_epoch=True)
+    sampler = ShardedSampler(40, Shard(seed=1), drop_last=True, with_epoch=True)
     return net, StepParts(net, opt, sched, None, torch.device("cpu")), sampler
 
 

@@ -15,7 +15,7 @@ from ssdbench.data.gpu_pipeline import (
     pad_batch,
 )
 from ssdbench.data.jitter import MEAN, STD
-from ssdbench.data.loader import Shard, build_loader
+from ssdbench.data.loader import InputSettings, Shard, build_loader
 from ssdbench.data.transforms import hflip, resize_uint8
 from ssdbench.model.encoder import Encoder
 
@@ -76,8 +76,9 @@ def _painted_dataset(root, n=6, size=(72, 96)):
 def test_boxes_land_on_the_painted_pixels(tmp_path, train):
     data = _painted_dataset(tmp_path)
     size = 64
-    pipe = DevicePipeline(size, train=train, seed=3, jitter=False, max_samples=50, max_objects=4)
-    loader = build_byte_loader(data, batch_size=3, train=train, shard=Shard(seed=3), workers=0, max_objects=4)
+    inputs = InputSettings(size, max_objects=4, max_samples=50, shard=Shard(seed=3))
+    pipe = DevicePipeline(inputs, train=train, jitter=False)
+    loader = build_byte_loader(data, batch_size=3, train=train, inputs=inputs, workers=0)
     for epoch in range(3):
         loader.sampler.set_epoch(epoch)
         for samples in loader:
@@ -96,10 +97,11 @@ def test_equals_the_cpu_loader_batch_for_batch(tmp_path):
     anns = [{"id": k + 1, "image_id": k % 6 + 1, "category_id": 1 + k % 2,
              "bbox": [2 + k % 5, 3 + k % 4, 15 + k % 7, 12 + k % 9], "area": 100, "iscrowd": 0} for k in range(12)]
     data = CocoDetection(write_coco(tmp_path, "train", images, anns, [{"id": 1}, {"id": 2}]), "train")
-    kwargs = {"batch_size": 3, "train": True, "workers": 0, "max_objects": 8}
-    cpu = build_loader(data, size=48, max_samples=50, seed=5, **kwargs)
-    dev = build_byte_loader(data, shard=Shard(seed=5), **kwargs)
-    pipe = DevicePipeline(48, train=True, seed=5, max_objects=8, max_samples=50, encoder=Encoder("ssd128_mini"))
+    kwargs = {"batch_size": 3, "train": True, "workers": 0,
+              "inputs": InputSettings(48, max_objects=8, max_samples=50, shard=Shard(seed=5))}
+    cpu = build_loader(data, **kwargs)
+    dev = build_byte_loader(data, **kwargs)
+    pipe = DevicePipeline(kwargs["inputs"], train=True, encoder=Encoder("ssd128_mini"))
     for epoch in range(2):
         cpu.sampler.set_epoch(epoch)
         dev.sampler.set_epoch(epoch)
@@ -117,11 +119,12 @@ def test_equals_the_cpu_loader_batch_for_batch(tmp_path):
 def test_seeded_and_epoch_dependent(tmp_path):
     data = _painted_dataset(tmp_path, n=3)
     samples = [JpegBytesDataset(data)[(0, i)] for i in range(3)]
-    a = DevicePipeline(32, seed=1)(samples)
-    b = DevicePipeline(32, seed=1)(samples)
+    inputs = InputSettings(32, shard=Shard(seed=1))
+    a = DevicePipeline(inputs)(samples)
+    b = DevicePipeline(inputs)(samples)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    c = DevicePipeline(32, seed=1)([JpegBytesDataset(data)[(1, i)] for i in range(3)])  # next epoch
+    c = DevicePipeline(inputs)([JpegBytesDataset(data)[(1, i)] for i in range(3)])  # next epoch
     assert not torch.equal(a["images"], c["images"])
 
 
@@ -129,11 +132,11 @@ def test_bad_inputs_are_named(tmp_path):
     data = _painted_dataset(tmp_path, n=2)
     sample = JpegBytesDataset(data)[0]
     with pytest.raises(ValueError, match="cannot decode"):
-        DevicePipeline(32)([{**sample, "data": sample["data"][:40]}])
+        DevicePipeline(InputSettings(32))([{**sample, "data": sample["data"][:40]}])
     with pytest.raises(ValueError, match="image 1 decodes to"):
-        DevicePipeline(32)([{**sample, "orig_size": (10, 10)}])
+        DevicePipeline(InputSettings(32))([{**sample, "orig_size": (10, 10)}])
     with pytest.raises(ValueError, match="empty batch"):
-        DevicePipeline(32)([])
+        DevicePipeline(InputSettings(32))([])
     data.image_path(1).unlink()
     with pytest.warns(RuntimeWarning, match="image 2"):
         assert JpegBytesDataset(data)[1] is None

@@ -8,7 +8,15 @@ import torch
 
 from ssdbench.data.coco import BadSampleError
 from ssdbench.data.gpu_pipeline import build_byte_loader
-from ssdbench.data.loader import PaddedCollate, ShardedSampler, build_loader, pad_targets
+from ssdbench.data.loader import (
+    InputSettings,
+    PaddedCollate,
+    Shard,
+    ShardedSampler,
+    WorkerOptions,
+    build_loader,
+    pad_targets,
+)
 
 
 class ArrayDataset:
@@ -33,7 +41,7 @@ class ArrayDataset:
 
 def test_shards_disjoint_complete_and_reshuffled():
     for n in (10, 11):
-        shards = [ShardedSampler(n, rank, 2, seed=3) for rank in (0, 1)]
+        shards = [ShardedSampler(n, Shard(rank, 2, 3)) for rank in (0, 1)]
         a, b = (list(s) for s in shards)
         assert not set(a) & set(b) and sorted(a + b) == list(range(n))
         assert abs(len(a) - len(b)) <= 1 and len(shards[0]) == len(a)
@@ -41,25 +49,25 @@ def test_shards_disjoint_complete_and_reshuffled():
             s.set_epoch(1)
         a1, b1 = (list(s) for s in shards)
         assert sorted(a1 + b1) == list(range(n)) and a1 != a  # a new order each epoch
-    dropped = [list(ShardedSampler(11, rank, 2, seed=3, drop_last=True)) for rank in (0, 1)]
+    dropped = [list(ShardedSampler(11, Shard(rank, 2, 3), drop_last=True)) for rank in (0, 1)]
     assert len(dropped[0]) == len(dropped[1]) == 5 and not set(dropped[0]) & set(dropped[1])
-    assert list(ShardedSampler(11, 0, 2, seed=3)) == a and list(ShardedSampler(11, 0, 2, seed=4)) != a
-    assert list(ShardedSampler(5, 1, 2, shuffle=False)) == [1, 3]
+    assert list(ShardedSampler(11, Shard(0, 2, 3))) == a and list(ShardedSampler(11, Shard(0, 2, 4))) != a
+    assert list(ShardedSampler(5, Shard(1, 2), shuffle=False)) == [1, 3]
     with pytest.raises(ValueError, match="rank=2"):
-        ShardedSampler(5, 2, 2)
+        ShardedSampler(5, Shard(2, 2))
 
 
 def test_sampler_resumes_mid_epoch():
-    full = ShardedSampler(20, 1, 2, seed=5)
+    full = ShardedSampler(20, Shard(1, 2, 5))
     full.set_epoch(3)
     order = list(full)
-    run = ShardedSampler(20, 1, 2, seed=5)
+    run = ShardedSampler(20, Shard(1, 2, 5))
     run.set_epoch(3)
     it = iter(run)
     seen = [next(it) for _ in range(4)]
     state = run.state_dict()
     assert state["epoch"] == 3 and state["position"] == 4
-    resumed = ShardedSampler(20, 1, 2, seed=5)
+    resumed = ShardedSampler(20, Shard(1, 2, 5))
     resumed.load_state_dict(state)
     resumed.set_epoch(3)  # the training loop calls this again on restart: must not rewind
     assert len(resumed) == len(order) - 4
@@ -68,11 +76,11 @@ def test_sampler_resumes_mid_epoch():
     assert len(list(resumed)) == len(order)  # the next epoch is whole
     # workers prefetch ahead: the loop states what it consumed in this epoch, resumed part included
     assert run.state_dict(consumed=2)["position"] == 2
-    again = ShardedSampler(20, 1, 2, seed=5)
+    again = ShardedSampler(20, Shard(1, 2, 5))
     again.load_state_dict(state)
     assert again.state_dict(consumed=6)["position"] == 6
     with pytest.raises(ValueError, match="seed"):
-        ShardedSampler(20, 1, 2, seed=6).load_state_dict(state)
+        ShardedSampler(20, Shard(1, 2, 6)).load_state_dict(state)
 
 
 def test_padded_collate_by_hand():
@@ -108,7 +116,8 @@ def test_batch_size_is_checked_by_both_loaders(build):
 
 
 def test_bad_sample_skipped_with_warning():
-    loader = build_loader(ArrayDataset(6, bad={2}), batch_size=3, train=False, size=16, workers=0)
+    loader = build_loader(ArrayDataset(6, bad={2}), batch_size=3, train=False, inputs=InputSettings(16),
+                          workers=0)
     with pytest.warns(RuntimeWarning, match=r"image 102 \(/data/img2.jpg\): truncated JPEG"):
         batches = list(loader)
     ids = torch.cat([b["image_ids"] for b in batches]).tolist()
@@ -116,7 +125,8 @@ def test_bad_sample_skipped_with_warning():
 
 
 def test_eval_batches_in_order_and_padded():
-    loader = build_loader(ArrayDataset(5), batch_size=2, train=False, size=16, workers=0, max_objects=4)
+    loader = build_loader(ArrayDataset(5), batch_size=2, train=False, inputs=InputSettings(16, max_objects=4),
+                          workers=0)
     batches = list(loader)
     assert [len(b["image_ids"]) for b in batches] == [2, 2, 1]  # no drop_last in eval
     b = batches[0]
@@ -130,7 +140,7 @@ def test_eval_batches_in_order_and_padded():
 @pytest.mark.filterwarnings("ignore:.*keeping the first")
 def test_train_loader_reproducible_across_worker_counts():
     data = ArrayDataset(8, objects=3)
-    kwargs = {"batch_size": 4, "train": True, "size": 32, "seed": 9, "max_objects": 2}
+    kwargs = {"batch_size": 4, "train": True, "inputs": InputSettings(32, max_objects=2, shard=Shard(seed=9))}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         serial = list(build_loader(data, workers=0, **kwargs))
@@ -141,7 +151,7 @@ def test_train_loader_reproducible_across_worker_counts():
         for key in s:
             assert torch.equal(s[key], p[key]), key
     assert serial[0]["labels"].shape == (4, 2) and serial[0]["images"].dtype == torch.float32
-    loader = build_loader(data, workers=0, defer_jitter=True, **kwargs)
+    loader = build_loader(data, workers=0, options=WorkerOptions(defer_jitter=True), **kwargs)
     loader.sampler.set_epoch(1)
     batch = next(iter(loader))
     assert batch["images"].dtype == torch.uint8
@@ -156,7 +166,8 @@ def test_synthetic_coco_end_to_end(tmp_path):
     data = CocoDetection(root, "train")
     data.image_path(1).write_bytes(data.image_path(1).read_bytes()[:300])  # truncate one JPEG
     bad_id = data.ids[1]
-    loader = build_loader(data, batch_size=3, train=True, size=64, workers=0, decoder="pillow")
+    loader = build_loader(data, batch_size=3, train=True, inputs=InputSettings(64), workers=0,
+                          options=WorkerOptions(decoder="pillow"))
     with pytest.warns(RuntimeWarning, match=f"image {bad_id} .*{data.image_path(1).name}"):
         batches = list(loader)
     assert sum(len(b["image_ids"]) for b in batches) == 5 and bad_id not in torch.cat(

@@ -41,10 +41,10 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def val(data):
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.loader import build_loader
+    from ssdbench.data.loader import InputSettings, build_loader
 
     dataset = CocoDetection(data, "val")
-    return build_loader(dataset, 32, train=False, size=128, workers=0), dataset
+    return build_loader(dataset, 32, train=False, inputs=InputSettings(128), workers=0), dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from data_fixtures import tiny_coco
 
-from ssdbench.data.loader import ShardedSampler, build_loader
+from ssdbench.data.loader import InputSettings, Shard, ShardedSampler, WorkerOptions, build_loader
 from ssdbench.train.build import MLPerfSchedule
 from ssdbench.train.config import REFERENCE_RULES, SYSTEM_WORLD_SIZES, resolve_config
 
@@ -69,8 +69,9 @@ def ref_eval_epochs(val_interval: int, val_epochs: list[int], epochs: int) -> li
 
 # ---------------------------------------------------------------- ours
 def our_iters_per_epoch(cfg, world: int) -> int:
-    return len(build_loader(_Sized(COCO_TRAIN), cfg.batch_size, train=True, world_size=world, workers=0,
-                            drop_last=cfg.drop_last, pin_memory=False))
+    inputs = InputSettings(shard=Shard(0, world))
+    return len(build_loader(_Sized(COCO_TRAIN), cfg.batch_size, train=True, inputs=inputs, workers=0,
+                            drop_last=cfg.drop_last, options=WorkerOptions(pin_memory=False)))
 
 
 def our_lrs(cfg, world: int, iters: list[int]) -> dict[int, float]:
@@ -107,7 +108,7 @@ def test_padded_shards_are_torchs_distributed_sampler():
     for n, world in ((11, 4), (117266, 8), (3, 5)):  # 3 < 5: the padding repeats the order
         for rank in range(world):
             theirs = list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
-            ours = list(ShardedSampler(n, rank, world, shuffle=False, pad=True))
+            ours = list(ShardedSampler(n, Shard(rank, world), shuffle=False, pad=True))
             assert ours == theirs, (n, world, rank)
 
 

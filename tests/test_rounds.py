@@ -79,7 +79,7 @@ def test_runs_log_the_rounds_seeds_as_effective_seeds(lg_env, tmp_path, name):
         assert saved["round"] == name and tuple(saved["seeds"].values()) == SEEDS[name]
         assert saved["command"].startswith("ssdbench loadgen --scenario Offline --round")
         report = (out / "report.md").read_text()
-        assert "Detail log: 0 error(s), 0 warning(s)" in report
+        assert "Detail log: 0 error(s), 0 warning(s)" in report, report
         assert f"Round {name} rules not met" in report and "[min-duration]" in report
 
 

@@ -164,7 +164,7 @@ def _resolve_flags(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
-    from ssdbench.data.loader import build_loader
+    from ssdbench.data.loader import InputSettings, Shard, build_loader
     from ssdbench.eval.coco_scoring import format_stats
     from ssdbench.eval.evaluate import evaluate, evaluate_backend
     from ssdbench.precision import AMP_DTYPES, resolve_precision
@@ -178,14 +178,16 @@ def run(args: argparse.Namespace) -> int:
         if args.backend != "eager" or args.model_file:
             raise CliError("distributed eval runs the eager backend on --weights")
         model = _model(args, dataset, device)
-        loader = build_loader(dataset, args.batch_size, train=False, size=model.spec.input_size,
-                              rank=D.get_rank(), world_size=D.get_world_size(), workers=args.workers)
+        shard = Shard(D.get_rank(), D.get_world_size())
+        loader = build_loader(dataset, args.batch_size, train=False,
+                              inputs=InputSettings(model.spec.input_size, shard=shard), workers=args.workers)
         stats, results = evaluate(model, loader, dataset, device, backend=args.eval_backend, distributed=True,
                                   autocast_dtype=AMP_DTYPES[resolve_precision(args.dtype, device)])
         name = model.spec.name
     else:
         backend = _backend(args, dataset, device)
-        loader = build_loader(dataset, args.batch_size, train=False, size=backend.input_size, workers=args.workers)
+        loader = build_loader(dataset, args.batch_size, train=False, inputs=InputSettings(backend.input_size),
+                              workers=args.workers)
         stats, results = evaluate_backend(backend, loader, dataset, args.eval_backend)
         name = f"{backend.model_name} ({backend.name}, {backend.dtype}{', int8' if _quantized(backend) else ''})"
     seconds = time.perf_counter() - start

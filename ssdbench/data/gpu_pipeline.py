@@ -43,7 +43,7 @@ from ssdbench.data.augment import AugmentSettings, SamplePlan, identity_plan, pl
 from ssdbench.data.coco import normalized_targets
 from ssdbench.data.decode import check_image_size, decode_image
 from ssdbench.data.jitter import jitter_normalize, to_device
-from ssdbench.data.loader import Shard, batch_info, epoch_sampler, pad_targets
+from ssdbench.data.loader import InputSettings, batch_info, epoch_sampler, pad_targets
 
 try:  # optional nvjpeg fast path (never required: torchvision may be absent)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -96,21 +96,22 @@ def _keep_samples(samples: list) -> list:
     return [s for s in samples if s is not None]
 
 
-def build_byte_loader(dataset, batch_size: int, train: bool = True, shard: Shard | None = None, workers: int = 4,
-                      max_objects: int = 200, drop_last: bool | None = None) -> DataLoader:
-    """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's ``shard``.
+def build_byte_loader(dataset, batch_size: int, train: bool = True, inputs: InputSettings | None = None,
+                      workers: int = 4, drop_last: bool | None = None) -> DataLoader:
+    """DataLoader yielding lists of `JpegBytesDataset` samples over this rank's ``inputs.shard``.
 
     Same sampling as `loader.build_loader` (`loader.epoch_sampler`, shuffled for training;
     ``drop_last`` default = ``train``, False for training pads the shards as DistributedSampler
     does and keeps the last partial batch), so ``loader.sampler.set_epoch(e)`` and its resume
-    state work the same way. ``shard``: default rank 0 of 1, seed 0.
+    state work the same way. Of ``inputs`` (default `InputSettings()`) only the shard and
+    ``max_objects`` are read here.
     """
-    shard = Shard() if shard is None else shard
+    inputs = InputSettings() if inputs is None else inputs
     drop_last = train if drop_last is None else drop_last
-    sampler = epoch_sampler(len(dataset), batch_size, shard, shuffle=train, drop_last=drop_last,
+    sampler = epoch_sampler(len(dataset), batch_size, inputs.shard, shuffle=train, drop_last=drop_last,
                             pad=train and not drop_last)
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
-    return DataLoader(JpegBytesDataset(dataset, max_objects), batch_size=batch_size, sampler=sampler,
+    return DataLoader(JpegBytesDataset(dataset, inputs.max_objects), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=_keep_samples, drop_last=drop_last, **extra)
 
 
@@ -243,18 +244,23 @@ def _fixed_point(weights: torch.Tensor) -> torch.Tensor:
 class DevicePipeline:
     """Byte samples (from `build_byte_loader`) -> a device batch (module docstring).
 
-    ``train=True``: SSD crop (``max_samples`` tries, benchmark.md §5), flip with ``flip_p``, resize,
-    colour jitter (``jitter``), normalise. ``train=False``: resize + normalise (eval, benchmark.md §5).
-    ``encoder``: optional `model.encoder.Encoder` to add encoded targets. ``resize_dtype``:
-    matmul dtype of the resize (default float16 on CUDA, float32 elsewhere).
+    ``inputs`` (default `InputSettings()`): input size S, targets kept (M), crop tries and the
+    seed of ``inputs.shard`` (the values the CPU loader gets). ``train=True``: SSD crop
+    (``inputs.max_samples`` tries, benchmark.md §5), flip with ``flip_p``, resize, colour jitter
+    (``jitter``), normalise.
+    ``train=False``: resize + normalise (eval, benchmark.md §5). ``encoder``: optional
+    `model.encoder.Encoder` to add encoded targets. ``resize_dtype``: matmul dtype of the resize
+    (default float16 on CUDA, float32 elsewhere).
     """
 
-    def __init__(self, size: int, device="cpu", train: bool = True, seed: int = 0, max_objects: int = 200,
-                 max_samples: int = 1, flip_p: float = 0.5, jitter: bool = True, encoder=None,
-                 resize_dtype: torch.dtype | None = None):
-        self.augment = AugmentSettings(int(max_samples), flip_p, jitter and train)
-        self.size, self.device, self.train, self.seed = int(size), torch.device(device), train, int(seed)
-        self.max_objects, self.max_samples, self.flip_p = int(max_objects), int(max_samples), flip_p
+    def __init__(self, inputs: InputSettings | None = None, device="cpu", train: bool = True,
+                 flip_p: float = 0.5, jitter: bool = True, encoder=None, resize_dtype: torch.dtype | None = None):
+        inputs = InputSettings() if inputs is None else inputs
+        max_samples = int(inputs.max_samples)
+        self.inputs, self.augment = inputs, AugmentSettings(max_samples, flip_p, jitter and train)
+        self.size, self.device, self.train = int(inputs.size), torch.device(device), train
+        self.seed, self.max_objects = int(inputs.shard.seed), int(inputs.max_objects)
+        self.max_samples, self.flip_p = max_samples, flip_p
         self.jitter, self.encoder = jitter and train, encoder
         cuda = self.device.type == "cuda"
         self.resize_dtype = resize_dtype or (torch.float16 if cuda else torch.float32)

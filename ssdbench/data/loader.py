@@ -1,5 +1,8 @@
 """Data loader: sharded, resumable sampling; per-sample augmentation in workers; padded batches.
 
+Also the settings a training run's input paths share (`Shard`, `InputSettings`: size, targets
+kept, crop tries, shard; the device pipeline, `gpu_pipeline`, takes the same) and the CPU
+workers' own options (`WorkerOptions`).
 A batch is a dict (N images, M = ``max_objects`` boxes per image, S = input size):
 
 - ``images``: float32 (N, 3, S, S) normalised, or uint8 (N, 3, S, S) with ``defer_jitter``
@@ -21,7 +24,7 @@ import copy
 import functools
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,9 +35,20 @@ from ssdbench.data.coco import BadSampleError
 from ssdbench.data.transforms import EvalTransform, TrainTransform
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which part of a dataset this process reads: rank ``rank`` of ``world_size``, in the order
+    ``seed`` draws (the sampler's shuffle and the per-sample augmentation draws)."""
+
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+
+
 class ShardedSampler(Sampler):
     """Per-rank shard of a per-epoch shuffled order of ``range(num_samples)``.
 
+    ``shard`` (default `Shard()`: rank 0 of 1, seed 0) gives rank r, world_size and seed.
     Epoch e's order is ``default_rng([seed, e]).permutation(num_samples)`` (identical on every
     rank); rank r takes every ``world_size``-th index from position r. Equal shards (training:
     every rank runs the same number of steps) come two ways: ``pad=True`` appends the order's
@@ -47,9 +61,10 @@ class ShardedSampler(Sampler):
     augmentation) instead of plain indices.
     """
 
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = False, with_epoch: bool = False,
-                 pad: bool = False):
+    def __init__(self, num_samples: int, shard: Shard | None = None, shuffle: bool = True,
+                 drop_last: bool = False, with_epoch: bool = False, pad: bool = False):
+        shard = Shard() if shard is None else shard
+        rank, world_size, seed = shard.rank, shard.world_size, shard.seed
         if num_samples < 0 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad shard: num_samples={num_samples}, rank={rank}, world_size={world_size}")
         if seed < 0:
@@ -112,13 +127,28 @@ class ShardedSampler(Sampler):
 
 
 @dataclass(frozen=True)
-class Shard:
-    """Which part of a dataset this process reads: rank ``rank`` of ``world_size``, in the order
-    ``seed`` draws (the sampler's shuffle and the per-sample augmentation draws)."""
+class InputSettings:
+    """What a training run's input paths share (the CPU loader, the byte loader and the device
+    pipeline get the same values): input size S, ``max_objects`` targets kept per image (M),
+    ``max_samples`` SSD crop tries per mode (MLPerf: 1 or 50; training only) and the ``shard``
+    read (rank, world size, seed)."""
 
-    rank: int = 0
-    world_size: int = 1
-    seed: int = 0
+    size: int = 300
+    max_objects: int = 200
+    max_samples: int = 1
+    shard: Shard = field(default_factory=Shard)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the CPU loader's workers hand batches over: ``decoder`` overrides the dataset's JPEG
+    decoder (on a copy; None keeps it); ``defer_jitter``: images come as uint8 and colour
+    jitter + normalisation are left to the caller, on the device; ``pin_memory`` (None: CUDA
+    being available) pins the batches for the copy to the device."""
+
+    decoder: str | None = None
+    defer_jitter: bool = False
+    pin_memory: bool | None = None
 
 
 def epoch_sampler(num_samples: int, batch_size: int, shard: Shard, shuffle: bool, drop_last: bool,
@@ -126,8 +156,7 @@ def epoch_sampler(num_samples: int, batch_size: int, shard: Shard, shuffle: bool
     """A loader's `ShardedSampler` yielding ``(epoch, index)``; ValueError unless ``batch_size >= 1``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return ShardedSampler(num_samples, shard.rank, shard.world_size, shard.seed, shuffle=shuffle,
-                          drop_last=drop_last, with_epoch=True, pad=pad)
+    return ShardedSampler(num_samples, shard, shuffle=shuffle, drop_last=drop_last, with_epoch=True, pad=pad)
 
 
 class AugmentedDataset(Dataset):
@@ -221,42 +250,43 @@ def _seed_worker(worker_id: int, sampler: ShardedSampler, seed: int, rank: int) 
     random.seed(int(state[1]))
 
 
-def build_loader(dataset, batch_size: int, train: bool, size: int = 300, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, workers: int = 2, max_objects: int = 200, max_samples: int = 1,
-                 decoder: str | None = None, pin_memory: bool | None = None, drop_last: bool | None = None,
-                 defer_jitter: bool = False) -> DataLoader:
+def build_loader(dataset, batch_size: int, train: bool, inputs: InputSettings = InputSettings(),
+                 workers: int = 2, drop_last: bool | None = None,
+                 options: WorkerOptions = WorkerOptions()) -> DataLoader:
     """DataLoader of padded batches (see the module docstring) over this rank's shard.
 
     ``dataset``: anything with ``len`` and ``load(i)`` -> (uint8 (H, W, 3) image, target), e.g.
     ``CocoDetection``. ``train`` picks `TrainTransform` (shuffled) or `EvalTransform` (in order,
-    every sample once). Training batches: ``drop_last`` (default True) drops each rank's last
+    every sample once). ``inputs``: input size, targets kept, crop tries and ``inputs.shard``.
+    Training batches: ``drop_last`` (default True) drops each rank's last
     partial batch and the shard tail; ``drop_last=False`` keeps the partial batch and pads the
     shards as torch's DistributedSampler does (the MLPerf reference, train.py:242-250: at 8 x 128
-    on COCO, 115 steps per epoch instead of 114). ``decoder`` overrides the dataset's JPEG decoder (on a copy).
-    ``defer_jitter``: images come as uint8 and colour jitter + normalisation are left to the
-    caller, on the device. ``pin_memory`` defaults to CUDA being available. Call
+    on COCO, 115 steps per epoch instead of 114). ``options``: the workers' decoder, deferred
+    jitter and pinned memory (`WorkerOptions`). Call
     ``loader.sampler.set_epoch(e)`` before each epoch; ``loader.sampler`` also resumes.
     """
+    shard, size, max_objects = inputs.shard, inputs.size, inputs.max_objects
     drop_last = train if drop_last is None else drop_last
-    sampler = epoch_sampler(len(dataset), batch_size, Shard(rank, world_size, seed), shuffle=train,
+    sampler = epoch_sampler(len(dataset), batch_size, shard, shuffle=train,
                             drop_last=drop_last, pad=train and not drop_last)
-    if decoder is not None:
+    if options.decoder is not None:
         dataset = copy.copy(dataset)
-        dataset.decoder = decoder
-    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        dataset.decoder = options.decoder
+    pin_memory = torch.cuda.is_available() if options.pin_memory is None else options.pin_memory
+    defer_jitter = options.defer_jitter
     if train:
-        transform = TrainTransform(size, max_samples=max_samples, defer_jitter=defer_jitter)
+        transform = TrainTransform(size, max_samples=inputs.max_samples, defer_jitter=defer_jitter)
     else:
         transform = EvalTransform(size, defer_normalize=defer_jitter)
     extra = {"prefetch_factor": 2} if workers > 0 else {}
     return DataLoader(
-        AugmentedDataset(dataset, transform, train, seed, max_objects),
+        AugmentedDataset(dataset, transform, train, shard.seed, max_objects),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         collate_fn=PaddedCollate(size, max_objects, uint8=defer_jitter),
         pin_memory=pin_memory,
         drop_last=drop_last,
-        worker_init_fn=functools.partial(_seed_worker, sampler=sampler, seed=seed, rank=rank),
+        worker_init_fn=functools.partial(_seed_worker, sampler=sampler, seed=shard.seed, rank=shard.rank),
         **extra,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,9 @@ from ssdbench.dist import Launch
 from ssdbench.precision import AMP_DTYPES
 from ssdbench.train.config import TrainConfig
 from ssdbench.train.loop import StepParts
+
+if TYPE_CHECKING:
+    from ssdbench.data.loader import InputSettings
 
 COCO_CATEGORIES = 80  # benchmark.md §5: COCO 2017 detection categories
 # torch docs, CUDA graphs "Usage with DistributedDataParallel": capture DDP's all-reduce only
@@ -86,7 +90,7 @@ def dataset_name(cfg: TrainConfig, root: Path, train_set) -> str:
 
 def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     from ssdbench.data.coco import CocoDetection
-    from ssdbench.data.loader import build_loader
+    from ssdbench.data.loader import InputSettings, Shard, build_loader
     from ssdbench.model.specs import get_spec
 
     root = data_root(cfg)
@@ -96,10 +100,12 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
     if train_set.num_classes != val_set.num_classes:
         raise ValueError(f"{root}: train has {train_set.num_classes - 1} categories, val {val_set.num_classes - 1}")
     size = get_spec(cfg.model).input_size
-    common = {"size": size, "rank": launch.rank, "world_size": launch.world_size, "seed": cfg.seed,
-              "workers": cfg.workers, "max_objects": cfg.max_objects}
-    train_loader, pipeline = _train_input(cfg, launch, train_set, size, common)
-    val_loader = build_loader(val_set, cfg.eval_batch_size or cfg.batch_size, train=False, **common)
+    # one shard and seed, input size and target count for the training and the validation input
+    shard = Shard(launch.rank, launch.world_size, cfg.seed)
+    inputs = InputSettings(size, cfg.max_objects, cfg.max_samples, shard)
+    train_loader, pipeline = _train_input(cfg, launch, train_set, inputs)
+    val_loader = build_loader(val_set, cfg.eval_batch_size or cfg.batch_size, train=False, inputs=inputs,
+                              workers=cfg.workers)
     iters = len(train_loader)
     if iters == 0:
         raise ValueError(f"{root}: {len(train_set)} training images are fewer than one global batch "
@@ -112,7 +118,7 @@ def build_data(cfg: TrainConfig, launch: Launch) -> Data:
                 pipeline)
 
 
-def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common: dict):
+def _train_input(cfg: TrainConfig, launch: Launch, train_set, inputs: InputSettings):
     """(training loader, DevicePipeline or None) for ``cfg.input_pipeline`` (cpu | device).
 
     device: the loader's workers only read JPEG bytes; `DevicePipeline` decodes and augments on
@@ -122,17 +128,14 @@ def _train_input(cfg: TrainConfig, launch: Launch, train_set, size: int, common:
     from ssdbench.data.loader import build_loader
 
     if cfg.input_pipeline != "device":
-        return build_loader(train_set, cfg.batch_size, train=True, max_samples=cfg.max_samples,
-                            drop_last=cfg.drop_last, **common), None
+        return build_loader(train_set, cfg.batch_size, train=True, inputs=inputs, workers=cfg.workers,
+                            drop_last=cfg.drop_last), None
     from ssdbench.data.gpu_pipeline import DevicePipeline, build_byte_loader
-    from ssdbench.data.loader import Shard
     from ssdbench.model.encoder import Encoder
 
-    loader = build_byte_loader(train_set, cfg.batch_size, True, Shard(launch.rank, launch.world_size, cfg.seed),
-                               cfg.workers, cfg.max_objects, drop_last=cfg.drop_last)
+    loader = build_byte_loader(train_set, cfg.batch_size, True, inputs, cfg.workers, drop_last=cfg.drop_last)
     encoder = Encoder(cfg.model) if cfg.step == "fast" else None
-    pipeline = DevicePipeline(size, launch.device, train=True, seed=cfg.seed, max_objects=cfg.max_objects,
-                              max_samples=cfg.max_samples, encoder=encoder)
+    pipeline = DevicePipeline(inputs, launch.device, train=True, encoder=encoder)
     return loader, pipeline
 
 
