@@ -74,12 +74,16 @@ def test_runs_log_the_rounds_seeds_as_effective_seeds(lg_env, tmp_path, name):
         detail = read_detail_log(out / "mlperf_log_detail.txt")
         assert tuple(detail.get(key) for key in SEED_NAMES) == SEEDS[name]
         assert detail.errors == [] and not detail.found_audit_config
+        # LoadGen's own note on its logger ("Logging allocation detected: tid ..."): a LoadGen thread that
+        # lives as long as the process grew its log buffer in an earlier, heavier run of this process
+        # (test_faults_bounds' overloaded Server run), and LoadGen says so in every later detail log.
+        assert [w for w in detail.warnings if "Logging allocation detected" not in w] == []
         assert detail.get("effective_min_duration_ms") == 50 and detail.get("effective_performance_sample_count") == 12
         saved = json.loads((out / "settings.json").read_text())
         assert saved["round"] == name and tuple(saved["seeds"].values()) == SEEDS[name]
         assert saved["command"].startswith("ssdbench loadgen --scenario Offline --round")
         report = (out / "report.md").read_text()
-        assert "Detail log: 0 error(s), 0 warning(s)" in report, report
+        assert f"Detail log: 0 error(s), {len(detail.warnings)} warning(s)" in report, report
         assert f"Round {name} rules not met" in report and "[min-duration]" in report
 
 
