@@ -1,7 +1,7 @@
 """The MLPerf compliance tests: running them (`run_compliance`) and verifying them as MLPerf's
 scripts do (`verify_performance`, `verify_test04`, `compare_responses`).
 
-MLPerf compliance tests for SSD-Large: TEST01, TEST04-A, TEST04-B, TEST05 (`ssdbench compliance`).
+The tests for SSD-Large: TEST01, TEST04-A, TEST04-B, TEST05 (`ssdbench compliance`).
 
 Each test reruns the submission's performance run (its ``settings.json``: scenario, LoadGen keys,
 SUT, data, weights) with the round's audit settings for ssd-resnet34 (`rounds.json`, from

@@ -2,8 +2,6 @@
 histogram (`write_report`), the device pool's section (`write_device_report`) and the run over
 time (`write_timeline`, from LoadGen's trace or the SUT's timings).
 
-Human report of a LoadGen run: VALID/INVALID and why, throughput, latency percentiles, histogram.
-
 The verdict is LoadGen's ``mlperf_log_summary.txt``, overruled to INVALID when the detail log
 holds an error message (the MLPerf submission checker rejects such a run, e.g. LoadGen 6.x's
 ``error_invalid_config`` for a second config file in a process) or shows a setting other than

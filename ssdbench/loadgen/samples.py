@@ -2,8 +2,6 @@
 as uint8 in shared memory for the pool workers (`SharedSamples`), and the compact detections
 that cross a pipe (`pack_detections`).
 
-LoadGen query sample library (QSL): preprocessed COCO val images held in memory.
-
 QSL index ``i`` is image ``i`` of the annotation file's ``images`` list in file order, every
 image included (`CocoDetection(root, "val", all_images=True)`; 5,000 on COCO val 2017), limited
 to the first ``count``: the order MLPerf's accuracy script assumes (benchmark.md §7). LoadGen

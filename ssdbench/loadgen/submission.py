@@ -1,10 +1,8 @@
 """An MLPerf inference submission: the tree (`build_submission`) and its system description
 (`system_description`).
 
-Assemble an MLPerf inference submission tree for ssd-resnet34 (`ssdbench submission`).
-
 From ``ssdbench loadgen`` run folders (one performance and one accuracy run per scenario) and
-``ssdbench compliance`` output folders, it writes, in the layout of the round's submission checker
+``ssdbench compliance`` output folders, `build_submission` writes, in the layout of the round's submission checker
 (tools/submission/submission-checker.py; truncation by tools/submission/truncate_accuracy_log.py)::
 
     OUT/<division>/<org>/systems/<system>.json
