@@ -10,8 +10,8 @@ so a worker still building its model is never left behind. Messages are pickled 
 each side learns (`send_message`, `recv_message`). The parent may wait for each worker's first
 message (`first_messages`: the ready handshake, bounded by a timeout), ask a question and wait a
 bounded time for the answer (`Worker.ask`: a worker silent past it is killed, `WorkerHung`), learns
-of a death as `WorkerDied`, and stops a worker politely (a ``None`` message), then by SIGTERM,
-then by SIGKILL (`Worker.stop`).
+of a death as `WorkerDied`, asks a worker to leave (`Worker.ask_to_stop`: a ``None`` message), and
+stops it after a grace time by SIGTERM, then SIGKILL (`Worker.stop`).
 """
 
 from __future__ import annotations
@@ -125,8 +125,12 @@ class Worker:
             raise WorkerDied(f"{type(exc).__name__}: {exc}") from None
 
     def poll(self, timeout: float | None = 0) -> bool:
-        """Whether a message (or EOF) is waiting, within ``timeout`` seconds (None: until one is)."""
-        return self.conn.poll(timeout)
+        """Whether a message (or EOF) is waiting, within ``timeout`` seconds (None: until one is);
+        `WorkerDied` when the pipe is broken."""
+        try:
+            return self.conn.poll(timeout)
+        except OSError as exc:
+            raise WorkerDied(f"{type(exc).__name__}: {exc}") from None
 
     def receive(self) -> tuple[object, int]:
         """The next message and its size; `WorkerDied` at EOF or a broken pipe."""
@@ -165,7 +169,7 @@ class Worker:
                 self.process.join(timeout=_TERMINATE_S)
             if self.process.is_alive():
                 self.process.kill()
-                self.process.join()
+                self.process.join(timeout=_TERMINATE_S)  # a process stuck in the kernel is left, not waited on
         self._child.close()  # never started: the worker's end is still here
         self.conn.close()
 

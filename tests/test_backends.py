@@ -146,7 +146,7 @@ def test_device_and_dtype_per_backend(model, monkeypatch):
     import ssdbench.infer.backends as B
 
     monkeypatch.setenv("SSDBENCH_CPU_BF16", "0")
-    monkeypatch.setattr(B, "pick_device", lambda name: torch.device("cuda", 0) if name in ("auto", "cuda")
+    monkeypatch.setattr(B, "pick_device", lambda name, **_: torch.device("cuda", 0) if name in ("auto", "cuda")
                         else torch.device(name))  # a machine with a GPU
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert B.backend_target("onnxruntime", "cuda", "auto") == (gpu, "fp32")

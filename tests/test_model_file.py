@@ -202,8 +202,8 @@ def test_cli_eval_checks_the_model_file_before_inference(official_onnx, tmp_path
 
     data = tiny_coco(tmp_path / "coco", "val")  # 3 categories: 4 classes with background
     out = str(tmp_path / "det.json")
-    evaluate = E.evaluate_backend
-    monkeypatch.setattr(E, "evaluate_backend", lambda *a, **k: pytest.fail("inference ran"))
+    evaluate = E.predict_backend
+    monkeypatch.setattr(E, "predict_backend", lambda *a, **k: pytest.fail("inference ran"))
     assert main(["eval", "--data", str(data), "--backend", "onnxruntime", "--model-file", str(official_onnx),
                  "--model", "ssd128_mini", "--out", out]) == 2
     err = capsys.readouterr().err
@@ -215,7 +215,7 @@ def test_cli_eval_checks_the_model_file_before_inference(official_onnx, tmp_path
 
     four = export_model(build_model("ssd128_mini", num_classes=4).eval(), "ssd128_mini", tmp_path / "four.onnx")
     assert MF.inspect_onnx(four).num_classes == 4
-    monkeypatch.setattr(E, "evaluate_backend", evaluate)
+    monkeypatch.setattr(E, "predict_backend", evaluate)
     real_pick = D.pick_device  # --device auto on a machine with a GPU: init_distributed picks it
     monkeypatch.setattr(D, "pick_device", lambda name, *a, **k: torch.device("cuda", 0) if name == "auto"
                         else real_pick(name, *a, **k))

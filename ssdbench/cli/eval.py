@@ -165,8 +165,9 @@ def _resolve_flags(args) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssdbench import dist as D
     from ssdbench.data.loader import InputSettings, Shard, build_loader
+    from ssdbench.eval.analysis import analyze
     from ssdbench.eval.coco_scoring import format_stats
-    from ssdbench.eval.evaluate import evaluate, evaluate_backend
+    from ssdbench.eval.evaluate import evaluate, predict_backend
     from ssdbench.precision import AMP_DTYPES, resolve_precision
 
     _resolve_flags(args)
@@ -188,27 +189,28 @@ def run(args: argparse.Namespace) -> int:
         backend = _backend(args, dataset, device)
         loader = build_loader(dataset, args.batch_size, train=False, inputs=InputSettings(backend.input_size),
                               workers=args.workers)
-        stats, results = evaluate_backend(backend, loader, dataset, args.eval_backend)
+        stats, results = None, predict_backend(backend, loader, dataset)  # scored once, with the details below
         name = f"{backend.model_name} ({backend.name}, {backend.dtype}{', int8' if _quantized(backend) else ''})"
-    seconds = time.perf_counter() - start
     if D.is_main():
+        details = analyze(dataset.ann_file, results, image_ids=dataset.ids, backend=args.eval_backend)
+        stats = details.stats if stats is None else stats
+        seconds = time.perf_counter() - start
         print(f"{name} on {dataset.root} ({args.split}, {len(dataset.ids)} images), "
               f"COCO eval {args.eval_backend}: {seconds:.1f} s, {len(dataset.ids) / seconds:.1f} images/s")
         print(format_stats(stats))
-        _per_class(args, dataset, results)
+        _per_class(args, details)
         atomic_write_json(args.out, results, indent=None)
         print(f"{len(results)} detections written to {args.out}")
     D.shutdown()
     return 0
 
 
-def _per_class(args, dataset, results: list[dict]) -> None:
+def _per_class(args, details) -> None:
     """Print the per-class AP table; with --analysis also write eval.json and the pictures."""
-    from ssdbench.eval.analysis import analyze, details_json
+    from ssdbench.eval.analysis import details_json
     from ssdbench.eval.coco_scoring import STAT_NAMES
     from ssdbench.eval.per_class import format_table, per_class_rows
 
-    details = analyze(dataset.ann_file, results, image_ids=dataset.ids, backend=args.eval_backend)
     print(format_table(per_class_rows(details)))
     if args.analysis is None:
         return

@@ -257,7 +257,7 @@ class DevicePipeline:
                  flip_p: float = 0.5, jitter: bool = True, encoder=None, resize_dtype: torch.dtype | None = None):
         inputs = InputSettings() if inputs is None else inputs
         max_samples = int(inputs.max_samples)
-        self.inputs, self.augment = inputs, AugmentSettings(max_samples, flip_p, jitter and train)
+        self.augment = AugmentSettings(max_samples, flip_p, jitter and train)
         self.size, self.device, self.train = int(inputs.size), torch.device(device), train
         self.seed, self.max_objects = int(inputs.shard.seed), int(inputs.max_objects)
         self.max_samples, self.flip_p = max_samples, flip_p

@@ -136,11 +136,18 @@ def evaluate(
 
 def evaluate_backend(backend, loader, dataset, eval_backend: str = "faster",
                      progress: bool = True) -> tuple[np.ndarray, list[dict]]:
-    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` in one process.
+    """(stats (12,), COCO results) of ``backend.predict`` over ``loader`` in one process
+    (`predict_backend`, then the COCO evaluation with ``eval_backend``)."""
+    results = predict_backend(backend, loader, dataset, progress)
+    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results
+
+
+def predict_backend(backend, loader, dataset, progress: bool = True) -> list[dict]:
+    """The COCO results of ``backend.predict`` over ``loader`` in one process, sorted by image id.
 
     backend: any object with ``predict(images) -> PaddedDetections`` (`ssdbench.infer.backends`);
     the images go to it float32 normalised on the CPU (the backend moves them to its device).
-    dataset as for `evaluate`; ``eval_backend`` is the COCO evaluation backend.
+    dataset as for `evaluate`.
     """
     from ssdbench.model.postprocess import Detections
 
@@ -155,5 +162,4 @@ def evaluate_backend(backend, loader, dataset, eval_backend: str = "faster",
             det = Detections(pred.boxes[j, :n].cpu(), pred.labels[j, :n].cpu(), pred.scores[j, :n].float().cpu())
             size = tuple(int(v) for v in batch["orig_sizes"][j])
             by_image.setdefault(image_id, detections_to_coco([det], [image_id], [size], dataset.label_to_cat_id))
-    results = merge_shards([by_image])
-    return coco_stats(dataset.ann_file, results, image_ids=dataset.ids, backend=eval_backend), results
+    return merge_shards([by_image])

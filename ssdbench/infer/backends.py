@@ -236,23 +236,31 @@ def backend_target(name: str, device="auto", dtype: str | None = "auto") -> tupl
     naming ``--device``). ``dtype`` auto (or None) is `ssdbench.precision.default_precision` of the
     device, except for onnxruntime: fp32 on every device (INT8 comes from a quantized file).
     """
-    target = _openvino_device(device) if name == "openvino" else pick_device(str(device or "auto"))
+    target = backend_device(name, device)
     if name == "onnxruntime" and dtype in (None, "auto"):
         dtype = "fp32"
     return target, resolve_precision(dtype, target)
 
 
-def _openvino_device(device) -> torch.device:
+def backend_device(name: str, device="auto", flag: str = "--device") -> torch.device:
+    """The device backend ``name`` runs on for a ``--device`` value (`backend_target`); errors name
+    ``flag`` (the flag, or the file or preset that set the value)."""
+    if name == "openvino":
+        return _openvino_device(device, flag)
+    return pick_device(str(device or "auto"), flag=flag)
+
+
+def _openvino_device(device, flag: str) -> torch.device:
     """The CPU for a ``--device`` value given to the openvino backend: auto (or None) picks it;
-    any other device is a ValueError naming ``--device``."""
+    any other device is a ValueError naming ``flag``."""
     if device is None or str(device) == "auto":
         return torch.device("cpu")
     try:
         kind = torch.device(str(device)).type
     except RuntimeError:
-        raise ValueError(f"--device {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+        raise ValueError(f"{flag} {str(device)!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if kind != "cpu":
-        raise ValueError(f"--device {device}: the openvino backend runs on the CPU; pass --device cpu")
+        raise ValueError(f"{flag} {device}: the openvino backend runs on the CPU; pass --device cpu")
     return torch.device("cpu")
 
 

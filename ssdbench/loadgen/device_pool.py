@@ -77,7 +77,7 @@ def _cpu_entry(entry: str, flag: str) -> list[str]:
     count = entry.partition(":")[2] or "1"
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"{flag} {entry!r}: cpu:N needs a whole number of workers >= 1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(available_cores())
     if int(count) > cores:
         raise ValueError(f"{flag} {entry!r} asks for {count} CPU workers; this process has {cores} cores "
                          "(each worker needs at least one)")  # fmt: skip

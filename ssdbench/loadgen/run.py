@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ssdbench.errors import CliError
-from ssdbench.infer.backends import BackendOptions, backend_target, make_backend
+from ssdbench.infer.backends import BackendOptions, backend_device, make_backend
 from ssdbench.io import atomic_write_json, atomic_write_text
 from ssdbench.loadgen import settings as S
 from ssdbench.loadgen.accuracy import accuracy_text, open_val_dataset
@@ -300,14 +300,12 @@ def _warm_and_test(job: _Job, qsl, device, predict, pool, audit: dict) -> Loadge
     backend = getattr(predict, "__self__", None)  # a Backend's bound predict: record what it resolved to
     staging = make_staging(out)
     try:
-        extra = {"weights": str(inputs.weights), "eval_backend": inputs.eval_backend, "audit_test": job.audit_test,
-                 "audit": audit, "command": job.command,
-                 "backend_info": {"model_file": None if inputs.model_file is None else str(inputs.model_file),
-                                  "instances": pool.describe if pool is not None else None,
-                                  "pool_devices": describe_devices(pool.devices if pool else None, str(device)),
-                                  "backend_config": backend.describe() if pool is None and hasattr(backend, "describe")
-                                  else None}}  # fmt: skip
-        sut, summary, score, checks = _test(run_settings, predict, qsl, device, staging, extra, pool)
+        backend_info = {"model_file": None if inputs.model_file is None else str(inputs.model_file),
+                        "instances": pool.describe if pool is not None else None,
+                        "pool_devices": describe_devices(pool.devices if pool else None, str(device)),
+                        "backend_config": backend.describe() if pool is None and hasattr(backend, "describe")
+                        else None}  # fmt: skip
+        sut, summary, score, checks = _test(job, predict, qsl, device, staging, audit, backend_info, pool)
     except BaseException as exc:
         failed = fail(staging, out, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, RunFailed):
@@ -339,14 +337,11 @@ def _cap_count(run_settings: S.RunSettings, available: int) -> S.RunSettings:
 
 
 def _device(run_settings: S.RunSettings) -> torch.device:
-    """The SUT's torch device as `backend_target` picks it for the backend (auto: the CPU for
+    """The SUT's torch device as `backend_device` picks it for the backend (auto: the CPU for
     openvino); an error names ``--device`` or the file / preset that chose it."""
     source = run_settings.sources.get("device", "flags")
     flag = "--device" if source == "flags" else f"device (from {source})"
-    try:  # fp32: only the device is wanted here (the backend resolves its dtype itself)
-        return backend_target(run_settings.sut.backend, run_settings.sut.device, "fp32")[0]
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("--device", flag, 1)) from None
+    return backend_device(run_settings.sut.backend, run_settings.sut.device, flag)
 
 
 def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
@@ -366,17 +361,18 @@ def report_stray_audit_config(cwd: str | Path | None = None) -> Path | None:
     return stray
 
 
-def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torch.device, staging: Path,
-          extra: dict, pool=None) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
+def _test(job: _Job, predict, qsl: SampleLibrary, device: torch.device, staging: Path, audit: dict,
+          backend_info: dict, pool=None) -> tuple[BatchingSUT, Summary, float | None, Checks]:  # fmt: skip
     """Settings files, the LoadGen test, its checks, the report and (accuracy mode) the score, all
     in ``staging``; raises RunFailed when the results cannot be trusted."""
-    rnd, audit = get_round(run_settings.round), extra["audit"]
+    run_settings = job.settings
+    rnd = get_round(run_settings.round)
     ts = S.make_test_settings(run_settings, qsl.performance_count, audit)
     S.write_conf(run_settings, str(staging / "settings.conf"))
-    audit_path = _write_audit(staging, audit, extra["audit_test"])
-    info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": extra["weights"],
-            "device": str(device), "qsl_count": qsl.count, "audit_test": extra["audit_test"],
-            "command": extra["command"], **extra.get("backend_info", {})}  # fmt: skip
+    audit_path = _write_audit(staging, audit, job.audit_test)
+    info = {**run_settings.to_json(), "data": str(qsl.dataset.root), "weights": str(job.inputs.weights),
+            "device": str(device), "qsl_count": qsl.count, "audit_test": job.audit_test,
+            "command": job.command, **backend_info}  # fmt: skip
     atomic_write_json(staging / "settings.json", info)
     sut_settings = run_settings.sut
     # Every instance gets a batch in flight: at least one worker thread per instance.
@@ -405,7 +401,7 @@ def _test(run_settings: S.RunSettings, predict, qsl: SampleLibrary, device: torc
         write_device_report(staging, pool.device_stats(), pool.bytes_per_sample(), run_settings.scenario)
     # Scored before publishing: an accuracy run whose log cannot be scored is no result.
     accuracy = run_settings.mode == "accuracy"
-    score = _score_accuracy(staging, qsl.dataset, extra["eval_backend"]) if accuracy else None
+    score = _score_accuracy(staging, qsl.dataset, job.inputs.eval_backend) if accuracy else None
     return sut, summary, score, checks
 
 

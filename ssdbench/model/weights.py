@@ -121,13 +121,14 @@ def _recorded_model(obj) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def load_file(path: str | Path, allow_pickle: bool = False, what: str = "weights file"):
+def load_file(path: str | Path, allow_pickle: bool | None = False, what: str = "weights file"):
     """The object the torch file ``path`` holds, on the CPU: the one place ssdbench calls `torch.load`
     (weight files here, training checkpoints in `train.checkpoint.load_checkpoint`).
 
     Read with ``weights_only=True``, numeric numpy arrays allowlisted (`numpy_safe_globals`); a file
     that needs full unpickling is read only with ``allow_pickle`` (unpickling runs its code), with
-    stand-ins for classes this process cannot import. FileNotFoundError ("{what} not found: PATH"),
+    stand-ins for classes this process cannot import; ``allow_pickle=None``: the caller has no such
+    option (training checkpoints), so the error does not offer it. FileNotFoundError ("{what} not found: PATH"),
     or `WeightsError` ("PATH: why", from the file's first bytes and torch's reason in brief).
     """
     path = Path(path)
@@ -138,6 +139,8 @@ def load_file(path: str | Path, allow_pickle: bool = False, what: str = "weights
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: said below
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if allow_pickle is None:
+            raise WeightsError(f"{path}: {unreadable_reason(path, exc)}") from None
         if not allow_pickle:
             raise WeightsError(f"{path}: {_weights_only_reason(path, str(exc))}") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:  # truncated zip, foreign zip, empty file

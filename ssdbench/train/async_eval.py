@@ -174,9 +174,10 @@ class Scorer:
             try:
                 while self._pending and self._receive(0):
                     pass
+                lost = bool(self._pending) and not self._worker.alive() and not self._worker.poll(0)
             except WorkerDied:
-                self._worker_lost()
-            if self._worker is not None and self._pending and not self._worker.alive() and not self._worker.poll(0):
+                lost = True
+            if lost:
                 self._worker_lost()
         done, self._done = self._done, []
         return done

@@ -121,10 +121,10 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by `save_checkpoint` (tensors and plain Python objects only);
     ValueError naming the file when it is damaged."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:  # only tensors and plain Python values inside: safe to read with weights_only=True
-        return load_file(path, what="checkpoint")
+        return load_file(path, allow_pickle=None, what="checkpoint")
+    except FileNotFoundError:  # "checkpoint not found: PATH"
+        raise
     except WeightsError as exc:  # "PATH: why"
         raise ValueError(f"checkpoint {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any other failure too means the file is unusable
